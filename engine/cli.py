@@ -1,0 +1,229 @@
+"""The `msdm` command: separate, generate, impute, info, import-checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", action="append", metavar="FILE",
+                       help="model file (.safetensors); repeat it with one single-stem model per "
+                            "stem for ISDM separation (default: the model shipped with MSDM Studio)")
+    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def _add_sampler_options(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group("sampler", f"defaults are the paper's settings for {what}")
+    group.add_argument("--steps", type=int, help="number of noise levels (paper: 150, imputation 256)")
+    group.add_argument("--resamples", type=int, help="correction resamples per step (NFE = steps x resamples)")
+    group.add_argument("--churn", type=float, help="S_churn: stochasticity added at each step")
+    group.add_argument("--sigma-min", type=float, help="lowest noise level of the schedule")
+    group.add_argument("--sigma-max", type=float, help="highest noise level of the schedule")
+    group.add_argument("--method", choices=("euler", "heun"), help="ODE step: euler (paper) or heun (2nd order)")
+    group.add_argument("--seed", type=int, default=0, help="random seed: same seed, same audio (default 0)")
+    group.add_argument("--overlap", type=float, default=0.25,
+                       help="overlap between windows of long audio, 0..0.9 (default 0.25)")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder")
+    group.add_argument("--format", choices=("wav", "flac"), default="wav", help="file format (default wav)")
+    group.add_argument("--bits", choices=("16", "24", "32f"), default=None,
+                       help="sample format: 16, 24 or 32f (float, WAV only); default 32f for WAV, 24 for FLAC")
+    group.add_argument("--no-overwrite", action="store_true", help="fail instead of replacing existing files")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msdm",
+        description="MSDM Studio: generate, complete and separate the stems of a song "
+                    "with one multi-source diffusion model.",
+    )
+    parser.add_argument("--version", action="version", version=f"msdm-studio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sep = commands.add_parser("separate", help="separate a mix into its stems",
+                              description="Writes DIR/<stem>.<ext> for each stem of the model, at the "
+                                          "mix's sample rate, length and channel layout.")
+    sep.add_argument("mix", type=Path, help="the mix: any common audio format, rate and channel count")
+    sep.add_argument("--likelihood", choices=("dirac", "gaussian"), default="dirac",
+                     help="dirac: stems sum to the mix exactly (default); gaussian: a soft constraint")
+    sep.add_argument("--mono", action="store_true", help="downmix to mono first (half the work for stereo)")
+    _add_model_options(sep)
+    _add_sampler_options(sep, "separation")
+    _add_output_options(sep)
+
+    gen = commands.add_parser("generate", help="generate all stems of a new piece",
+                              description="Writes every stem and mix.<ext> at the model's sample rate.")
+    gen.add_argument("--seconds", type=float, required=True, help="length to generate, in seconds")
+    _add_model_options(gen)
+    _add_sampler_options(gen, "generation")
+    _add_output_options(gen)
+
+    imp = commands.add_parser("impute", help="generate the missing stems that fit the given ones",
+                              description="Writes the generated stems and mix.<ext> (given + generated) "
+                                          "at the given stems' sample rate, length and channel count.")
+    imp.add_argument("--given", action="append", required=True, metavar="STEM=FILE",
+                     help="a stem you have, e.g. drums=drums.wav; repeat for more")
+    _add_model_options(imp)
+    _add_sampler_options(imp, "imputation")
+    _add_output_options(imp)
+
+    info = commands.add_parser("info", help="describe a model")
+    _add_model_options(info)
+
+    conv = commands.add_parser("import-checkpoint",
+                               help="convert a paper .ckpt (PyTorch Lightning) to a .safetensors model",
+                               description="Reads the checkpoint without executing pickled code; a file "
+                                           "that tries to is refused.")
+    conv.add_argument("checkpoint", type=Path, help="the .ckpt file")
+    conv.add_argument("-o", "--out", required=True, type=Path, help="output .safetensors file")
+    conv.add_argument("--stems", help="comma-separated stem names (default bass,drums,guitar,piano; "
+                                      "required for a single-stem ISDM checkpoint, e.g. --stems drums)")
+    conv.add_argument("--sample-rate", type=int, default=22050, help="the model's sample rate (default 22050)")
+    conv.add_argument("--preset", choices=("paper", "small", "tiny"),
+                      help="configuration to assume when the checkpoint has no hyper-parameters")
+    return parser
+
+
+def _settings(args, defaults):
+    return defaults.override(
+        steps=args.steps, num_resamples=args.resamples, s_churn=args.churn,
+        sigma_min=args.sigma_min, sigma_max=args.sigma_max, method=args.method,
+    )
+
+
+def _output(args):
+    from .pipeline import OutputFormat
+
+    bits = args.bits or ("24" if args.format == "flac" else "32f")
+    if args.format == "flac" and bits == "32f":
+        raise CommandError("FLAC cannot store 32-bit float: use --bits 16 or 24, or --format wav")
+    return OutputFormat(extension=args.format, bits=bits, overwrite=not args.no_overwrite)
+
+
+def _load(args):
+    import torch
+
+    from .model import load_models
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CommandError(f"--device {args.device}: no CUDA GPU is available to PyTorch here; use --device cpu")
+    return load_models(args.model, device=args.device)
+
+
+class _ProgressBar:
+    def __init__(self, quiet: bool) -> None:
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, unit="‰", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                                                               "[{elapsed}<{remaining}]", file=sys.stderr)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(message, refresh=False)
+            self.bar.update(max(0, round(fraction * 1000) - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report(paths, quiet: bool) -> None:
+    if not quiet:
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+
+
+def _run(args) -> int:
+    from . import pipeline, tasks
+
+    if args.command == "info":
+        models = _load(args)
+        print(f"model:       {models.describe()}")
+        print(f"kind:        {'ISDM (one model per stem)' if models.is_isdm else 'MSDM (one joint model)'}")
+        print(f"stems:       {', '.join(models.stems)}")
+        print(f"sample rate: {models.sample_rate} Hz")
+        print(f"window:      {models.window} samples ({models.window / models.sample_rate:.2f} s)")
+        print(f"parameters:  {models.num_parameters:,}")
+        for model in models.models:
+            print(f"source:      {model.source}")
+        return 0
+
+    if args.command == "import-checkpoint":
+        from .config import preset
+        from .lightning_import import import_checkpoint
+
+        stems = tuple(s.strip() for s in args.stems.split(",")) if args.stems else None
+        model = import_checkpoint(args.checkpoint, args.out, base=preset(args.preset) if args.preset else None,
+                                  stems=stems, sample_rate=args.sample_rate)
+        print(f"wrote {args.out}: stems {', '.join(model.stems)}, {model.num_parameters:,} parameters")
+        return 0
+
+    if not 0 <= args.overlap <= 0.9:
+        raise CommandError(f"--overlap must be between 0 and 0.9, got {args.overlap}")
+    output = _output(args)
+    models = _load(args)
+    bar = _ProgressBar(args.quiet)
+    try:
+        if args.command == "separate":
+            settings = _settings(args, tasks.default_separation_settings(args.likelihood, models.is_isdm))
+            paths = pipeline.separate_file(models, args.mix, args.out, likelihood=args.likelihood,
+                                           settings=settings, seed=args.seed, mono=args.mono,
+                                           overlap=args.overlap, output=output, progress=bar)
+        elif args.command == "generate":
+            paths = pipeline.generate_file(models, args.out, args.seconds, seed=args.seed,
+                                           settings=_settings(args, tasks.GENERATE), overlap=args.overlap,
+                                           output=output, progress=bar)
+        else:
+            given = {}
+            for item in args.given:
+                stem, sep, path = item.partition("=")
+                if not sep or not stem or not path:
+                    raise CommandError(f"--given {item!r}: write it as STEM=FILE, e.g. drums=drums.wav")
+                if stem in given:
+                    raise CommandError(f"--given {stem} appears twice")
+                given[stem] = path
+            paths = pipeline.impute_file(models, given, args.out, seed=args.seed,
+                                         settings=_settings(args, tasks.IMPUTE), overlap=args.overlap,
+                                         output=output, progress=bar)
+    finally:
+        bar.close()
+    _report(paths, args.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    from .audio_io import AudioInputError
+    from .model import ModelFileError
+
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("msdm: cancelled; no partial files were left", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (CommandError, AudioInputError, ModelFileError, FileExistsError, ValueError) as error:
+        print(f"msdm {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Files in, files out: the three tasks on real audio of any length, rate and layout.
+
+- separate: the mix is read and separated window by window (engine.windows),
+  at the model's rate, and the stems are resampled back, blended and streamed
+  to disk, so memory stays bounded whatever the length. Each channel is
+  separated on its own (a stereo mix gives stereo stems). What the model cannot
+  see (content above its Nyquist frequency, resampling error) is given back to
+  the stems in proportion to their local energy, so with the Dirac likelihood
+  the written stems sum to the input mix sample for sample.
+- generate: all stems at the model's rate; audio longer than a window is
+  continued window by window, each new window imputed from the overlap with
+  the previous one (the imputation condition masks time as well as stems).
+- impute: the given stems (same rate and length) are downmixed to mono for the
+  model; the generated stems come back at their rate and length, with their
+  channel count (the same part in every channel: two independent draws in
+  left and right would be two different parts).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .audio_io import AudioInputError, AudioReader, AudioWriter, read_audio, resample, to_mono
+from .diffusion import seed_for
+from .model import ModelSet
+from .tasks import (
+    GENERATE,
+    IMPUTE,
+    SamplerSettings,
+    check_likelihood,
+    default_separation_settings,
+    generate,
+    impute,
+    separate,
+)
+from .windows import OverlapAdd, WindowPlan
+
+ProgressFn = Callable[[float, str], None]
+DEFAULT_OVERLAP = 0.25
+ENERGY_FRAME = 1024  # samples over which stems' energy shares are smoothed
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    extension: str = "wav"
+    bits: str = "32f"
+    overwrite: bool = True
+
+    def path(self, out_dir: Path, name: str) -> Path:
+        return out_dir / f"{name}.{self.extension}"
+
+
+def _window_progress(progress: ProgressFn | None, index: int, count: int, label: str):
+    """Adapt the sampler's per-step callback to an overall 0..1 fraction."""
+    if progress is None:
+        return None
+
+    def callback(info: dict) -> None:
+        progress((index + (info["i"] + 1) / info["steps"]) / count, f"{label} window {index + 1}/{count}")
+
+    return callback
+
+
+def _open_writers(out_dir: Path, channels: Mapping[str, int], sample_rate: int, fmt: OutputFormat):
+    writers = {}
+    try:
+        for name, count in channels.items():
+            writers[name] = AudioWriter(fmt.path(out_dir, name), sample_rate, count,
+                                        bits=fmt.bits, overwrite=fmt.overwrite)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    return writers
+
+
+def _commit_all(writers: Mapping[str, AudioWriter]) -> dict[str, Path]:
+    return {name: writer.commit() for name, writer in writers.items()}
+
+
+def distribute_residual(stems: np.ndarray, residual: np.ndarray, frame: int = ENERGY_FRAME) -> np.ndarray:
+    """Add `residual` [C, T] to stems [N, C, T] in proportion to each stem's
+    energy over short frames (equal shares where all stems are silent).
+    The shares sum to one, so sum_n(result) = sum_n(stems) + residual."""
+    n, c, t = stems.shape
+    frames = math.ceil(t / frame)
+    padded = np.zeros((n, c, frames * frame), dtype=np.float64)
+    padded[..., :t] = stems
+    energy = (padded**2).reshape(n, c, frames, frame).sum(-1)
+    total = energy.sum(0, keepdims=True)
+    share = np.where(total > 0, energy / np.where(total > 0, total, 1), 1.0 / n)
+    share = np.repeat(share, frame, axis=-1)[..., :t]
+    return (stems + share * residual[None]).astype(np.float32)
+
+
+def separate_file(
+    models: ModelSet,
+    mix_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    likelihood: str = "dirac",
+    settings: SamplerSettings | None = None,
+    seed: int = 0,
+    mono: bool = False,
+    overlap: float = DEFAULT_OVERLAP,
+    output: OutputFormat = OutputFormat(),
+    max_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Path]:
+    """Separate the mix at `mix_path` into `out_dir/<stem>.<ext>`, one per stem."""
+    check_likelihood(likelihood)
+    settings = settings or default_separation_settings(likelihood, isdm=models.is_isdm)
+    reader = AudioReader(mix_path, max_seconds=max_seconds)
+    rate_in, rate_model = reader.sample_rate, models.sample_rate
+    window_model = models.window
+    window_in = max(1, round(window_model * rate_in / rate_model))
+    plan = WindowPlan.make(reader.frames, window_in, overlap)
+    channels = 1 if mono else reader.channels
+    stems = models.stems
+    device = models.device
+    out_dir = Path(out_dir)
+
+    def read_mix(start: int, frames: int) -> np.ndarray:
+        block = reader.read(start, frames)
+        return to_mono(block) if mono else block
+
+    writers = _open_writers(out_dir, {stem: channels for stem in stems}, rate_in, output)
+    try:
+        blend = OverlapAdd(plan, (len(stems) + 1, channels))
+        written = 0
+        for index in range(plan.count):
+            mix_in = read_mix(plan.start(index), window_in)
+            mix_model = resample(mix_in, rate_in, rate_model, length=window_model)
+            if not mix_model.any():  # digital silence: nothing to separate
+                separated = np.zeros((channels, len(stems), window_model), dtype=np.float32)
+            else:
+                seeds = [seed_for(seed, index, c) for c in range(channels)]
+                separated = separate(
+                    models.denoiser, torch.from_numpy(mix_model)[:, None], len(stems), seeds,
+                    likelihood=likelihood, settings=settings, device=device,
+                    callback=_window_progress(progress, index, plan.count, "separating"),
+                ).cpu().numpy()
+            # [C, N, T] -> [N, C, T] at the input rate, plus the mix as the model saw it.
+            stems_in = resample(separated.transpose(1, 0, 2).reshape(-1, window_model),
+                                rate_model, rate_in, length=window_in).reshape(len(stems), channels, window_in)
+            seen_in = resample(mix_model, rate_model, rate_in, length=window_in)
+            final = blend.add(index, np.concatenate([stems_in, seen_in[None]]))
+            if final.shape[-1]:
+                mix = read_mix(written, final.shape[-1])
+                # Dirac: everything not in the stems goes back, so they sum to the mix.
+                # Gaussian: only what the model could not see (its error is its own).
+                reference = final[:-1].sum(0) if likelihood == "dirac" else final[-1]
+                block = distribute_residual(final[:-1], mix - reference)
+                for n, stem in enumerate(stems):
+                    writers[stem].write(block[n])
+                written += final.shape[-1]
+            if progress:
+                progress((index + 1) / plan.count, f"separated window {index + 1}/{plan.count}")
+        assert written == reader.frames, (written, reader.frames)
+        return _commit_all(writers)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+
+
+def _require_joint(models: ModelSet, task: str) -> None:
+    if models.is_isdm:
+        raise ValueError(f"{task} needs one joint (MSDM) model; single-stem ISDM models can only separate")
+
+
+def generate_stems(
+    models: ModelSet,
+    frames: int,
+    *,
+    seed: int = 0,
+    settings: SamplerSettings = GENERATE,
+    given: np.ndarray | None = None,
+    given_stems: tuple[int, ...] = (),
+    overlap: float = DEFAULT_OVERLAP,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """All stems at the model's rate, [N, frames]. With `given` ([N, frames],
+    only rows `given_stems` are read) the other stems are imputed.
+    Windows after the first continue the previous one through its overlap."""
+    _require_joint(models, "generation")
+    num = len(models.stems)
+    window = models.window
+    plan = WindowPlan.make(frames, window, overlap)
+    out = np.zeros((num, plan.start(plan.count - 1) + window), dtype=np.float32)
+    if given is not None:
+        out[list(given_stems), :frames] = given[list(given_stems)]
+    label = "imputing" if given_stems else "generating"
+    for index in range(plan.count):
+        start = plan.start(index)
+        mask = np.zeros((num, window), dtype=bool)
+        mask[list(given_stems)] = True
+        if index > 0:
+            continued = plan.start(index - 1) + window - start  # overlap with the previous window
+            mask[:, :continued] = True
+        callback = _window_progress(progress, index, plan.count, label)
+        seeds = [seed_for(seed, index)]
+        if mask.any():
+            result = impute(models.denoiser, torch.from_numpy(out[None, :, start:start + window].copy()),
+                            torch.from_numpy(mask)[None], seeds, settings=settings,
+                            callback=callback, device=models.device)
+        else:
+            result = generate(models.denoiser, num, window, seeds, settings=settings,
+                              callback=callback, device=models.device)
+        out[:, start:start + window] = result[0].cpu().numpy()
+    return out[:, :frames]
+
+
+def generate_file(
+    models: ModelSet,
+    out_dir: str | os.PathLike,
+    seconds: float,
+    *,
+    seed: int = 0,
+    settings: SamplerSettings = GENERATE,
+    overlap: float = DEFAULT_OVERLAP,
+    output: OutputFormat = OutputFormat(),
+    progress: ProgressFn | None = None,
+) -> dict[str, Path]:
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"--seconds must be a positive number, got {seconds}")
+    frames = max(1, round(seconds * models.sample_rate))
+    stems = generate_stems(models, frames, seed=seed, settings=settings, overlap=overlap, progress=progress)
+    named = {stem: stems[n:n + 1] for n, stem in enumerate(models.stems)}
+    named["mix"] = stems.sum(0, keepdims=True)
+    return _write_all(Path(out_dir), named, models.sample_rate, output)
+
+
+def read_given_stems(models: ModelSet, given: Mapping[str, str | os.PathLike], max_seconds: float | None = None):
+    """Read and check the stems a user gave: known names, not all of them, one
+    sample rate and one length."""
+    if not given:
+        raise ValueError("give at least one stem, e.g. --given drums=drums.wav")
+    unknown = [name for name in given if name not in models.stems]
+    if unknown:
+        raise ValueError(f"unknown stem(s) {unknown}: this model's stems are {list(models.stems)}")
+    if len(given) == len(models.stems):
+        raise ValueError(f"all stems {list(models.stems)} are given: there is nothing to generate")
+    audio = {name: read_audio(path, max_seconds=max_seconds) for name, path in given.items()}
+    rates = {name: a.sample_rate for name, a in audio.items()}
+    if len(set(rates.values())) > 1:
+        raise AudioInputError(f"given stems have different sample rates {rates}: export them at one rate")
+    lengths = {name: a.frames for name, a in audio.items()}
+    if len(set(lengths.values())) > 1:
+        raise AudioInputError(
+            f"given stems have different lengths (frames) {lengths}: export them from the same start to the same end")
+    return audio
+
+
+def impute_file(
+    models: ModelSet,
+    given: Mapping[str, str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    settings: SamplerSettings = IMPUTE,
+    overlap: float = DEFAULT_OVERLAP,
+    output: OutputFormat = OutputFormat(),
+    max_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Path]:
+    """Write the stems not given (and the full mix) to `out_dir`."""
+    _require_joint(models, "imputation")
+    audio = read_given_stems(models, given, max_seconds)
+    first = next(iter(audio.values()))
+    rate_in, frames_in = first.sample_rate, first.frames
+    channels = max(a.channels for a in audio.values())
+    frames_model = max(1, round(frames_in * models.sample_rate / rate_in))
+    given_model = np.zeros((len(models.stems), frames_model), dtype=np.float32)
+    indices = tuple(models.stems.index(name) for name in audio)
+    for name, a in audio.items():
+        given_model[models.stems.index(name)] = resample(to_mono(a.samples), rate_in, models.sample_rate,
+                                                         length=frames_model)[0]
+    stems = generate_stems(models, frames_model, seed=seed, settings=settings, given=given_model,
+                           given_stems=indices, overlap=overlap, progress=progress)
+    named = {}
+    mix = np.zeros((channels, frames_in), dtype=np.float32)
+    for name, a in audio.items():
+        mix += np.broadcast_to(a.samples, (channels, frames_in))
+    for n, stem in enumerate(models.stems):
+        if n in indices:
+            continue
+        back = resample(stems[n:n + 1], models.sample_rate, rate_in, length=frames_in)
+        named[stem] = np.repeat(back, channels, axis=0)
+        mix += named[stem]
+    named["mix"] = mix
+    return _write_all(Path(out_dir), named, rate_in, output)
+
+
+def _write_all(out_dir: Path, named: Mapping[str, np.ndarray], rate: int, output: OutputFormat) -> dict[str, Path]:
+    """Write several files so that either all of them appear or none does."""
+    writers = _open_writers(out_dir, {name: x.shape[0] for name, x in named.items()}, rate, output)
+    try:
+        for name, samples in named.items():
+            writers[name].write(samples)
+        return _commit_all(writers)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise

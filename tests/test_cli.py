@@ -1,0 +1,131 @@
+"""The `msdm` command end to end on the tiny model, and its answers to bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.cli import get_parser, main
+
+FAST = ["--steps", "4", "--resamples", "1", "-q"]
+
+
+@pytest.fixture()
+def mix_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mix.wav"
+    sf.write(path, (0.1 * rng.standard_normal((6000, 2))).astype(np.float32), 44100, subtype="FLOAT")
+    return path
+
+
+def test_every_flag_has_help():
+    parser = get_parser()
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for option in action._actions:
+            assert option.help, f"{action.prog} {option.option_strings or option.dest} has no help"
+
+
+def test_separate_writes_one_file_per_stem(tmp_path, tiny_model_path, mix_file):
+    out = tmp_path / "out"
+    assert main(["separate", str(mix_file), "-o", str(out), "--model", str(tiny_model_path), *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bass.wav", "drums.wav", "guitar.wav", "piano.wav"]
+    info = sf.info(str(out / "drums.wav"))
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, 6000)
+
+
+def test_generate_and_impute(tmp_path, tiny_model_path, mix_file):
+    gen = tmp_path / "gen"
+    assert main(["generate", "-o", str(gen), "--seconds", "0.1", "--model", str(tiny_model_path),
+                 "--format", "flac", *FAST]) == 0
+    assert sorted(p.name for p in gen.iterdir()) == ["bass.flac", "drums.flac", "guitar.flac", "mix.flac", "piano.flac"]
+    assert sf.info(str(gen / "mix.flac")).frames == 2205
+    imp = tmp_path / "imp"
+    assert main(["impute", "-o", str(imp), "--given", f"drums={mix_file}", "--model", str(tiny_model_path), *FAST]) == 0
+    assert sorted(p.name for p in imp.iterdir()) == ["bass.wav", "guitar.wav", "mix.wav", "piano.wav"]
+    assert sf.info(str(imp / "bass.wav")).channels == 2
+
+
+def test_info_describes_the_model(tiny_model_path, capsys):
+    assert main(["info", "--model", str(tiny_model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "bass, drums, guitar, piano" in out and "129,396" in out and "22050 Hz" in out
+
+
+def test_console_script_runs(tiny_model_path):
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "info", "--model", str(tiny_model_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "parameters" in done.stdout
+
+
+def bad_files(tmp_path):
+    files = {}
+    files["empty file"] = tmp_path / "empty.wav"
+    files["empty file"].write_bytes(b"")
+    files["zero frames"] = tmp_path / "zero.wav"
+    sf.write(files["zero frames"], np.zeros((0, 1), dtype=np.float32), 22050)
+    files["nan"] = tmp_path / "nan.wav"
+    data = np.zeros((1000, 1), dtype=np.float32)
+    data[500] = np.nan
+    sf.write(files["nan"], data, 22050, subtype="FLOAT")
+    files["inf"] = tmp_path / "inf.wav"
+    data[500] = np.inf
+    sf.write(files["inf"], data, 22050, subtype="FLOAT")
+    files["unknown format"] = tmp_path / "notes.wav"
+    files["unknown format"].write_text("this is not audio")
+    files["missing"] = tmp_path / "missing.wav"
+    return files
+
+
+@pytest.mark.parametrize("case", ["empty file", "zero frames", "nan", "inf", "unknown format", "missing"])
+def test_bad_mix_is_a_clear_error_and_writes_nothing(tmp_path, tiny_model_path, case, capsys):
+    path = bad_files(tmp_path)[case]
+    out = tmp_path / "out"
+    code = main(["separate", str(path), "-o", str(out), "--model", str(tiny_model_path), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert path.name in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_given_stems(tmp_path, tiny_model_path, mix_file, capsys):
+    other_rate = tmp_path / "other_rate.wav"
+    sf.write(other_rate, np.zeros((6000, 2), dtype=np.float32), 48000)
+    shorter = tmp_path / "shorter.wav"
+    sf.write(shorter, np.zeros((3000, 2), dtype=np.float32), 44100)
+    cases = {
+        "unknown stem": ([f"vocals={mix_file}"], "vocals"),
+        "no equals sign": ([str(mix_file)], "STEM=FILE"),
+        "different rates": ([f"drums={mix_file}", f"bass={other_rate}"], "sample rates"),
+        "different lengths": ([f"drums={mix_file}", f"bass={shorter}"], "lengths"),
+        "all stems": ([f"{s}={mix_file}" for s in ("bass", "drums", "guitar", "piano")], "nothing to generate"),
+    }
+    for name, (given, expected) in cases.items():
+        out = tmp_path / name.replace(" ", "_")
+        argv = ["impute", "-o", str(out), "--model", str(tiny_model_path), *FAST]
+        for item in given:
+            argv += ["--given", item]
+        assert main(argv) == 2, name
+        assert expected in capsys.readouterr().err, name
+        assert not out.exists() or not any(out.iterdir()), name
+
+
+def test_missing_or_wrong_model_file(tmp_path, mix_file, capsys):
+    not_a_model = tmp_path / "model.safetensors"
+    not_a_model.write_bytes(b"\x00" * 64)
+    for model in (tmp_path / "nope.safetensors", not_a_model):
+        assert main(["separate", str(mix_file), "-o", str(tmp_path / "o"), "--model", str(model), "-q"]) == 2
+        assert model.name in capsys.readouterr().err
+
+
+def test_cuda_requested_without_a_gpu(tmp_path, tiny_model_path, mix_file, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["separate", str(mix_file), "-o", str(tmp_path / "o"), "--model", str(tiny_model_path),
+                 "--device", "cuda", "-q"]) == 2
+    assert "CUDA" in capsys.readouterr().err
