@@ -129,3 +129,32 @@ def test_cuda_requested_without_a_gpu(tmp_path, tiny_model_path, mix_file, capsy
     assert main(["separate", str(mix_file), "-o", str(tmp_path / "o"), "--model", str(tiny_model_path),
                  "--device", "cuda", "-q"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_import_checkpoint_command(tmp_path, capsys):
+    import os
+
+    import torch
+
+    from engine.config import TINY
+    from engine.network import UNet1d
+
+    net = UNet1d(TINY.unet)
+    ckpt = tmp_path / "paper.ckpt"
+    torch.save({"epoch": 1, "global_step": 10,
+                "state_dict": {f"model.unet.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    out = tmp_path / "model.safetensors"
+    assert main(["import-checkpoint", str(ckpt), "-o", str(out), "--preset", "tiny"]) == 0
+    assert "129,396 parameters" in capsys.readouterr().out
+    assert main(["info", "--model", str(out)]) == 0
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": RunsCode()}}, evil)
+    assert main(["import-checkpoint", str(evil), "-o", str(tmp_path / "evil.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing" in err and "system" in err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "evil.safetensors").exists()
