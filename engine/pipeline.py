@@ -100,70 +100,106 @@ def distribute_residual(stems: np.ndarray, residual: np.ndarray, frame: int = EN
     return (stems + share * residual[None]).astype(np.float32)
 
 
-def separate_file(
+class ArrayReader:
+    """The AudioReader interface over an array in memory ([C, T] float32)."""
+
+    def __init__(self, samples: np.ndarray, sample_rate: int) -> None:
+        self.samples = np.asarray(samples, dtype=np.float32)
+        if self.samples.ndim != 2 or self.samples.shape[1] == 0:
+            raise ValueError(f"expected audio as [channels, frames], got shape {self.samples.shape}")
+        if not np.isfinite(self.samples).all():
+            raise AudioInputError("the audio contains NaN or infinite samples")
+        self.sample_rate = int(sample_rate)
+        self.channels, self.frames = self.samples.shape
+
+    def read(self, start: int, frames: int) -> np.ndarray:
+        out = np.zeros((self.channels, frames), dtype=np.float32)
+        block = self.samples[:, start:start + frames]
+        out[:, :block.shape[1]] = block
+        return out
+
+
+def separate_blocks(
     models: ModelSet,
-    mix_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    reader: AudioReader | ArrayReader,
     *,
     likelihood: str = "dirac",
     settings: SamplerSettings | None = None,
     seed: int = 0,
     mono: bool = False,
     overlap: float = DEFAULT_OVERLAP,
-    output: OutputFormat = OutputFormat(),
-    max_seconds: float | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Path]:
-    """Separate the mix at `mix_path` into `out_dir/<stem>.<ext>`, one per stem."""
+):
+    """Separate what `reader` holds, window by window; yields the finished
+    stems in order as [N, C, n] blocks at the reader's rate (C = 1 with `mono`)."""
     check_likelihood(likelihood)
     settings = settings or default_separation_settings(likelihood, isdm=models.is_isdm)
-    reader = AudioReader(mix_path, max_seconds=max_seconds)
     rate_in, rate_model = reader.sample_rate, models.sample_rate
     window_model = models.window
     window_in = max(1, round(window_model * rate_in / rate_model))
     plan = WindowPlan.make(reader.frames, window_in, overlap)
     channels = 1 if mono else reader.channels
-    stems = models.stems
-    device = models.device
-    out_dir = Path(out_dir)
+    num = len(models.stems)
 
     def read_mix(start: int, frames: int) -> np.ndarray:
         block = reader.read(start, frames)
         return to_mono(block) if mono else block
 
-    writers = _open_writers(out_dir, {stem: channels for stem in stems}, rate_in, output)
+    blend = OverlapAdd(plan, (num + 1, channels))
+    written = 0
+    for index in range(plan.count):
+        mix_in = read_mix(plan.start(index), window_in)
+        mix_model = resample(mix_in, rate_in, rate_model, length=window_model)
+        if not mix_model.any():  # digital silence: nothing to separate
+            separated = np.zeros((channels, num, window_model), dtype=np.float32)
+        else:
+            seeds = [seed_for(seed, index, c) for c in range(channels)]
+            separated = separate(
+                models.denoiser, torch.from_numpy(mix_model)[:, None], num, seeds,
+                likelihood=likelihood, settings=settings, device=models.device,
+                callback=_window_progress(progress, index, plan.count, "separating"),
+            ).cpu().numpy()
+        # [C, N, T] -> [N, C, T] at the input rate, plus the mix as the model saw it.
+        stems_in = resample(separated.transpose(1, 0, 2).reshape(-1, window_model),
+                            rate_model, rate_in, length=window_in).reshape(num, channels, window_in)
+        seen_in = resample(mix_model, rate_model, rate_in, length=window_in)
+        final = blend.add(index, np.concatenate([stems_in, seen_in[None]]))
+        if final.shape[-1]:
+            mix = read_mix(written, final.shape[-1])
+            # Dirac: everything not in the stems goes back, so they sum to the mix.
+            # Gaussian: only what the model could not see (its error is its own).
+            reference = final[:-1].sum(0) if likelihood == "dirac" else final[-1]
+            yield distribute_residual(final[:-1], mix - reference)
+            written += final.shape[-1]
+        if progress:
+            progress((index + 1) / plan.count, f"separated window {index + 1}/{plan.count}")
+    assert written == reader.frames, (written, reader.frames)
+
+
+def separate_array(models: ModelSet, mix: np.ndarray, sample_rate: int, **options) -> np.ndarray:
+    """Separate a mix held in memory ([C, T]) -> stems [N, C, T] (options as separate_blocks)."""
+    return np.concatenate(list(separate_blocks(models, ArrayReader(mix, sample_rate), **options)), axis=-1)
+
+
+def separate_file(
+    models: ModelSet,
+    mix_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    output: OutputFormat = OutputFormat(),
+    max_seconds: float | None = None,
+    mono: bool = False,
+    **options,
+) -> dict[str, Path]:
+    """Separate the mix at `mix_path` into `out_dir/<stem>.<ext>`, one per stem,
+    streaming to disk (options as separate_blocks)."""
+    reader = AudioReader(mix_path, max_seconds=max_seconds)
+    channels = 1 if mono else reader.channels
+    writers = _open_writers(Path(out_dir), {stem: channels for stem in models.stems}, reader.sample_rate, output)
     try:
-        blend = OverlapAdd(plan, (len(stems) + 1, channels))
-        written = 0
-        for index in range(plan.count):
-            mix_in = read_mix(plan.start(index), window_in)
-            mix_model = resample(mix_in, rate_in, rate_model, length=window_model)
-            if not mix_model.any():  # digital silence: nothing to separate
-                separated = np.zeros((channels, len(stems), window_model), dtype=np.float32)
-            else:
-                seeds = [seed_for(seed, index, c) for c in range(channels)]
-                separated = separate(
-                    models.denoiser, torch.from_numpy(mix_model)[:, None], len(stems), seeds,
-                    likelihood=likelihood, settings=settings, device=device,
-                    callback=_window_progress(progress, index, plan.count, "separating"),
-                ).cpu().numpy()
-            # [C, N, T] -> [N, C, T] at the input rate, plus the mix as the model saw it.
-            stems_in = resample(separated.transpose(1, 0, 2).reshape(-1, window_model),
-                                rate_model, rate_in, length=window_in).reshape(len(stems), channels, window_in)
-            seen_in = resample(mix_model, rate_model, rate_in, length=window_in)
-            final = blend.add(index, np.concatenate([stems_in, seen_in[None]]))
-            if final.shape[-1]:
-                mix = read_mix(written, final.shape[-1])
-                # Dirac: everything not in the stems goes back, so they sum to the mix.
-                # Gaussian: only what the model could not see (its error is its own).
-                reference = final[:-1].sum(0) if likelihood == "dirac" else final[-1]
-                block = distribute_residual(final[:-1], mix - reference)
-                for n, stem in enumerate(stems):
-                    writers[stem].write(block[n])
-                written += final.shape[-1]
-            if progress:
-                progress((index + 1) / plan.count, f"separated window {index + 1}/{plan.count}")
-        assert written == reader.frames, (written, reader.frames)
+        for block in separate_blocks(models, reader, mono=mono, **options):
+            for n, stem in enumerate(models.stems):
+                writers[stem].write(block[n])
         return _commit_all(writers)
     except BaseException:
         for writer in writers.values():

@@ -1,0 +1,1 @@
+"""Data, training and evaluation for MSDM Studio's models."""
