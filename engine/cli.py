@@ -98,6 +98,27 @@ def get_parser() -> argparse.ArgumentParser:
     conv.add_argument("--sample-rate", type=int, default=22050, help="the model's sample rate (default 22050)")
     conv.add_argument("--preset", choices=("paper", "small", "tiny"),
                       help="configuration to assume when the checkpoint has no hyper-parameters")
+    trn = commands.add_parser("train", help="train a model (PyTorch Lightning; CPU, GPU, many GPUs)",
+                              description="Writes OUT/model.safetensors, Lightning checkpoints (OUT/checkpoints, "
+                                          "resumable) and the learning curve (OUT/logs/metrics.csv).")
+    trn.add_argument("--data", required=True, type=Path,
+                     help="dataset folder: DATA/{train,valid}/<track>/<stem>.wav, or a Slakh2100 split")
+    trn.add_argument("-o", "--out", required=True, type=Path, help="run folder")
+    trn.add_argument("--preset", choices=("paper", "default", "tiny"), default="default",
+                     help="paper: the published 405.5M model; default: what MSDM Studio ships; tiny: tests")
+    trn.add_argument("--stems", help="comma-separated stems to train on (default: the dataset's)")
+    trn.add_argument("--isdm-stem", help="train a single-stem (ISDM) model of this stem")
+    trn.add_argument("--max-steps", type=int, help="optimizer steps (default: the preset's)")
+    trn.add_argument("--batch-size", type=int, help="examples per step and device (default: the preset's)")
+    trn.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
+    trn.add_argument("--devices", default="1", help="devices per node, or 'auto' (default 1)")
+    trn.add_argument("--num-nodes", type=int, default=1, help="machines (DDP across nodes)")
+    trn.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
+    trn.add_argument("--precision", help="e.g. bf16-mixed, 32-true (default: the preset's)")
+    trn.add_argument("--resume", type=Path, help="Lightning checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
+    trn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    trn.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    trn.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -175,6 +196,20 @@ def _run(args) -> int:
         model = import_checkpoint(args.checkpoint, args.out, base=preset(args.preset) if args.preset else None,
                                   stems=stems, sample_rate=args.sample_rate)
         print(f"wrote {args.out}: stems {', '.join(model.stems)}, {model.num_parameters:,} parameters")
+        return 0
+
+    if args.command == "train":
+        from training.train import train
+
+        devices = args.devices if args.devices == "auto" else int(args.devices)
+        stems = [s.strip() for s in args.stems.split(",")] if args.stems else None
+        path = train(args.data, args.out, preset=args.preset, stems=stems, isdm_stem=args.isdm_stem,
+                     max_steps=args.max_steps, batch_size=args.batch_size, devices=devices,
+                     accelerator=args.accelerator, num_nodes=args.num_nodes, strategy=args.strategy,
+                     precision=args.precision, resume=args.resume, seed=args.seed,
+                     num_workers=args.workers, quiet=args.quiet)
+        if path.exists():
+            print(f"wrote {path}")
         return 0
 
     if not 0 <= args.overlap <= 0.9:

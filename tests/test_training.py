@@ -1,0 +1,167 @@
+"""Datasets (Slakh layouts, folders of stems) and training, including 2-process DDP on CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from engine.model import MSDMModel
+from training.data import DatasetError, StemCrops, detect_layout, infer_stems, read_stems, scan
+from training.train import edm_loss
+
+SLAKH_METADATA = """
+audio_dir: stems
+stems:
+  S00: {inst_class: Bass, is_drum: false, program_num: 33, audio_rendered: true}
+  S01: {inst_class: Drums, is_drum: true, program_num: 0, audio_rendered: true}
+  S02: {inst_class: Piano, is_drum: false, program_num: 0, audio_rendered: true}
+  S03: {inst_class: Piano, is_drum: false, program_num: 4, audio_rendered: true}
+  S04: {inst_class: Strings, is_drum: false, program_num: 48, audio_rendered: true}
+  S05: {inst_class: Guitar, is_drum: false, program_num: 25, audio_rendered: false}
+"""
+
+
+def tone(seconds, rate, freq, level=0.1):
+    t = np.arange(int(seconds * rate)) / rate
+    return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def make_folder_dataset(root, stems=("bass", "drums", "guitar", "piano"), tracks=2, seconds=1.0, rate=22050):
+    for split in ("train", "valid"):
+        for t in range(tracks):
+            folder = root / split / f"Track{t:05d}"
+            folder.mkdir(parents=True)
+            for n, stem in enumerate(stems):
+                sf.write(folder / f"{stem}.wav", tone(seconds, rate, 110 * (n + 1) * (t + 1)), rate, subtype="FLOAT")
+    return root
+
+
+def test_slakh_original_layout_groups_stems_by_class(tmp_path):
+    track = tmp_path / "Track00001"
+    (track / "stems").mkdir(parents=True)
+    (track / "metadata.yaml").write_text(SLAKH_METADATA)
+    for i, freq in enumerate((55, 0, 220, 330, 440, 660)):
+        data = tone(1.0, 22050, freq) if freq else 0.05 * np.random.default_rng(0).standard_normal(22050).astype(np.float32)
+        sf.write(track / "stems" / f"S0{i}.flac", data, 22050)
+    assert detect_layout(tmp_path) == "slakh"
+    report = scan(tmp_path, ("bass", "drums", "guitar", "piano"))
+    (found,) = report.tracks
+    assert [p.name for p in found.files["piano"]] == ["S02.flac", "S03.flac"]  # two pianos, summed
+    assert found.files["guitar"] == []  # not rendered -> silence; strings dropped
+    stems = read_stems(found, ("bass", "drums", "guitar", "piano"), 0, 22050, 22050)
+    expected_piano = sum(sf.read(track / "stems" / f"S0{i}.flac", dtype="float32")[0] for i in (2, 3))
+    np.testing.assert_allclose(stems[3], expected_piano, atol=1e-6)
+    assert not stems[2].any()
+
+
+def test_folder_of_stems_with_any_names_and_bad_files_reported(tmp_path, caplog):
+    make_folder_dataset(tmp_path, stems=("vocals", "drums", "bass", "other"))
+    train = tmp_path / "train"
+    assert infer_stems(train) == ("bass", "drums", "other", "vocals")
+    broken = train / "Track00009"
+    broken.mkdir()
+    (broken / "vocals.wav").write_text("not audio")
+    uneven = train / "Track00008"
+    uneven.mkdir()
+    sf.write(uneven / "vocals.wav", tone(1.0, 22050, 200), 22050)
+    sf.write(uneven / "bass.wav", tone(0.5, 22050, 100), 22050)
+    report = scan(train, infer_stems(train))
+    assert [t.name for t in report.tracks] == ["Track00000", "Track00001"]
+    problems = "\n".join(report.problems)
+    assert "vocals.wav" in problems and "Track00008" in problems and "different lengths" in problems
+
+
+def test_crops_are_aligned_resampled_and_reproducible(tmp_path):
+    make_folder_dataset(tmp_path, rate=44100, seconds=1.0)
+    report = scan(tmp_path / "train", ("bass", "drums", "guitar", "piano"))
+    crops = StemCrops(report.tracks, ("bass", "drums", "guitar", "piano"), 22050, 4096, items_per_epoch=4, seed=3)
+    a, b = crops[1], crops[1]
+    assert a.shape == (4, 4096) and torch.equal(a, b)
+    # A tone of 110*(n+1)*k Hz in every stem: the crop holds it at 22050 Hz.
+    spectrum = np.abs(np.fft.rfft(a[0].numpy()))
+    freq = spectrum.argmax() * 22050 / 4096
+    assert min(abs(freq - 110), abs(freq - 220)) < 10
+    crops.set_epoch(1)
+    assert not torch.equal(crops[1], a)
+    with pytest.raises(DatasetError):
+        StemCrops([], ("bass",), 22050, 4096)
+
+
+def test_edm_loss_weighting_is_the_papers():
+    class Zero(torch.nn.Module):
+        def forward(self, x, c_noise):
+            return torch.zeros_like(x)
+
+    from engine.diffusion import KarrasDenoiser
+
+    denoiser = KarrasDenoiser(Zero(), sigma_data=0.2)
+    x = torch.full((1, 2, 8), 0.1)
+    sigma = torch.tensor([0.5])
+    noise = torch.zeros_like(x)
+    # D = c_skip x; loss = lambda * (c_skip x - x)^2
+    c_skip = 0.04 / (0.25 + 0.04)
+    weight = (0.25 + 0.04) / (0.5 * 0.2) ** 2
+    assert edm_loss(denoiser, x, sigma, noise).item() == pytest.approx(weight * ((c_skip - 1) * 0.1) ** 2, rel=1e-5)
+
+
+def run_msdm(*args):
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_tiny_then_resume_and_use_the_model(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    done = run_msdm("train", "--data", str(data), "-o", str(run), "--preset", "tiny", "--accelerator", "cpu", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = MSDMModel.load(run / "model.safetensors")
+    assert model.stems == ("bass", "drums", "guitar", "piano")
+    assert "preset tiny" in model.source
+    curve = (run / "logs" / "metrics.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,step") and len(curve) > 2
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    resumed = run_msdm("train", "--data", str(data), "-o", str(run), "--preset", "tiny", "--accelerator", "cpu",
+                       "--max-steps", "6", "--resume", str(last), "-q")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert '"steps": 6' in (run / "training.json").read_text()
+
+
+def test_isdm_training_gives_a_single_stem_model(tmp_path):
+    data = make_folder_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    done = run_msdm("train", "--data", str(data), "-o", str(run), "--preset", "tiny", "--accelerator", "cpu",
+                    "--isdm-stem", "drums", "--max-steps", "2", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert MSDMModel.load(run / "model.safetensors").stems == ("drums",)
+
+
+def test_two_process_ddp_on_cpu_keeps_replicas_identical(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", tracks=4)
+    run = tmp_path / "run"
+    done = run_msdm("train", "--data", str(data), "-o", str(run), "--preset", "tiny", "--accelerator", "cpu",
+                    "--devices", "2", "--strategy", "ddp", "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests = [(run / f"weights-rank{r}.sha256").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    # The replicas trained: the weights moved away from their initialisation.
+    initial = MSDMModel.build(MSDMModel.load(run / "model.safetensors").config, seed=0)
+    trained = MSDMModel.load(run / "model.safetensors")
+    assert any(not torch.equal(a, b) for a, b in zip(initial.network.state_dict().values(),
+                                                     trained.network.state_dict().values()))
+
+
+def test_figures_are_drawn(tmp_path):
+    from training.figures import plot_learning_curve, plot_spectrograms, read_metrics
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,step,train_loss,valid_loss\n0,1,1.5,\n0,1,,1.4\n0,3,1.2,\n0,3,,1.1\n")
+    assert read_metrics(metrics) == {"train_loss": [(1, 1.5), (3, 1.2)], "valid_loss": [(1, 1.4), (3, 1.1)]}
+    png = plot_learning_curve(metrics, tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = plot_spectrograms({"bass": tone(0.5, 22050, 55), "drums": tone(0.5, 22050, 3000)}, 22050, tmp_path / "s.png")
+    assert png.stat().st_size > 1000
