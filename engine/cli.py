@@ -98,6 +98,25 @@ def get_parser() -> argparse.ArgumentParser:
     conv.add_argument("--sample-rate", type=int, default=22050, help="the model's sample rate (default 22050)")
     conv.add_argument("--preset", choices=("paper", "small", "tiny"),
                       help="configuration to assume when the checkpoint has no hyper-parameters")
+    ev = commands.add_parser("evaluate", help="score separation on a dataset split (the paper's protocol)",
+                             description="SI-SNRi per stem over 4 s windows of 262144-sample chunks, as in "
+                                         "the paper; writes a CSV and a markdown table.")
+    ev.add_argument("--data", required=True, type=Path, help="dataset folder holding train/ valid/ test/")
+    ev.add_argument("--split", default="test", help="which split to score (default test)")
+    ev.add_argument("--settings", nargs="+", default=["dirac", "gaussian"], metavar="LIK[:STEPS[:R[:CHURN]]]",
+                    help="sampler settings to score, e.g. dirac (the paper's) or dirac:50:1 "
+                         "(default: dirac gaussian at the paper's settings)")
+    ev.add_argument("--methods", nargs="+", default=["model", "mixture", "oracle"],
+                    choices=("model", "mixture", "oracle"),
+                    help="model, plus references: mixture (0 dB) and oracle (ideal ratio mask)")
+    ev.add_argument("--max-tracks", type=int, help="score only the first N tracks")
+    ev.add_argument("--chunk", type=int, default=262144, help="samples per separated chunk (paper 262144)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ev.add_argument("--csv", type=Path, default=Path("separation_results.csv"), help="CSV output")
+    ev.add_argument("--markdown", type=Path, default=Path("separation_results.md"), help="markdown table output")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_model_options(ev)
+
     trn = commands.add_parser("train", help="train a model (PyTorch Lightning; CPU, GPU, many GPUs)",
                               description="Writes OUT/model.safetensors, Lightning checkpoints (OUT/checkpoints, "
                                           "resumable) and the learning curve (OUT/logs/metrics.csv).")
@@ -173,6 +192,52 @@ def _report(paths, quiet: bool) -> None:
             print(f"{name}: {path}")
 
 
+def parse_setting(text: str):
+    """'dirac', 'gaussian:50', 'dirac:50:1:10' -> (likelihood, steps, resamples, churn)."""
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 4 or parts[0] not in ("dirac", "gaussian"):
+        raise CommandError(f"--settings {text!r}: write LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN]]], e.g. dirac:50:1")
+    try:
+        steps = int(parts[1]) if len(parts) > 1 else None
+        resamples = int(parts[2]) if len(parts) > 2 else None
+        churn = float(parts[3]) if len(parts) > 3 else None
+    except ValueError:
+        raise CommandError(f"--settings {text!r}: steps and resamples are integers, churn a number") from None
+    return parts[0], steps, resamples, churn
+
+
+def _evaluate(args) -> int:
+    from training.evaluate import evaluate_dataset, write_results
+
+    from . import tasks
+
+    settings = [parse_setting(text) for text in args.settings]
+    models = _load(args)
+    results = []
+    methods = [m for m in args.methods if m != "model"]
+    runs = [(None, m) for m in methods] + ([(s, "model") for s in settings] if "model" in args.methods else [])
+    bar = _ProgressBar(args.quiet)
+    try:
+        for index, (setting, method) in enumerate(runs):
+            kwargs = {}
+            if setting:
+                likelihood, steps, resamples, churn = setting
+                kwargs = dict(likelihood=likelihood, settings=tasks.default_separation_settings(
+                    likelihood, models.is_isdm).override(steps=steps, num_resamples=resamples, s_churn=churn))
+
+            def progress(fraction, message, index=index):
+                bar((index + fraction) / len(runs), message)
+
+            results.append(evaluate_dataset(models, args.data, split=args.split, methods=(method,),
+                                            seed=args.seed, max_tracks=args.max_tracks, chunk=args.chunk,
+                                            progress=progress, **kwargs))
+    finally:
+        bar.close()
+    write_results(results, args.csv, args.markdown)
+    print(args.markdown.read_text())
+    return 0
+
+
 def _run(args) -> int:
     from . import pipeline, tasks
 
@@ -197,6 +262,9 @@ def _run(args) -> int:
                                   stems=stems, sample_rate=args.sample_rate)
         print(f"wrote {args.out}: stems {', '.join(model.stems)}, {model.num_parameters:,} parameters")
         return 0
+
+    if args.command == "evaluate":
+        return _evaluate(args)
 
     if args.command == "train":
         from training.train import train

@@ -192,3 +192,24 @@ def test_no_model_shipped_yet_is_said_plainly(tmp_path, mix_file, capsys):
         pytest.skip("a default model is shipped")
     assert main(["separate", str(mix_file), "-o", str(tmp_path / "out"), "-q"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_evaluate_command_writes_the_table(tmp_path, tiny_model_path, capsys):
+    rng = np.random.default_rng(0)
+    for t in range(2):
+        folder = tmp_path / "data" / "test" / f"Track{t:05d}"
+        folder.mkdir(parents=True)
+        for stem in ("bass", "drums", "guitar", "piano"):
+            sf.write(folder / f"{stem}.wav", (0.05 * rng.standard_normal(2 * 4096 + 100)).astype(np.float32), 22050,
+                     subtype="FLOAT")
+    csv_path, md_path = tmp_path / "r.csv", tmp_path / "r.md"
+    code = main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tiny_model_path),
+                 "--settings", "dirac:30:1", "--chunk", "4096", "--csv", str(csv_path), "--markdown", str(md_path), "-q"])
+    assert code == 0
+    table = md_path.read_text()
+    assert "mixture" in table and "oracle" in table and "model" in table
+    rows = csv_path.read_text().splitlines()
+    assert len(rows) == 4  # header + mixture, oracle, model
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tiny_model_path),
+                 "--settings", "median:3"]) == 2
+    assert "LIKELIHOOD" in capsys.readouterr().err
