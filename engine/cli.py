@@ -98,6 +98,21 @@ def get_parser() -> argparse.ArgumentParser:
     conv.add_argument("--sample-rate", type=int, default=22050, help="the model's sample rate (default 22050)")
     conv.add_argument("--preset", choices=("paper", "small", "tiny"),
                       help="configuration to assume when the checkpoint has no hyper-parameters")
+    ds = commands.add_parser("dataset", help="make datasets")
+    ds_commands = ds.add_subparsers(dest="dataset_command", required=True, metavar="KIND")
+    synth = ds_commands.add_parser(
+        "synth", help="render a Slakh-like multi-stem dataset (music21 corpus + FluidSynth)",
+        description="4-part pieces of the music21 corpus rendered with General MIDI instruments "
+                    "(bass, guitar, piano) plus a generated drum part; OUT/{train,valid,test}/TrackNNNNN/. "
+                    "Needs: apt-get install fluidsynth timgm6mb-soundfont; pip install -e '.[train]'.")
+    synth.add_argument("--out", required=True, type=Path, help="dataset folder (resumable: finished tracks are kept)")
+    synth.add_argument("--tracks", required=True, type=int, help="number of tracks")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
+    synth.add_argument("--max-seconds", type=float, default=60.0, help="longest track, in seconds (default 60)")
+    synth.add_argument("--soundfont", help="a General MIDI .sf2 (default: TimGM6mb, then FluidR3_GM)")
+    synth.add_argument("--jobs", type=int, help="parallel renders (default: one per core)")
+    synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     ev = commands.add_parser("evaluate", help="score separation on a dataset split (the paper's protocol)",
                              description="SI-SNRi per stem over 4 s windows of 262144-sample chunks, as in "
                                          "the paper; writes a CSV and a markdown table.")
@@ -129,6 +144,7 @@ def get_parser() -> argparse.ArgumentParser:
     trn.add_argument("--isdm-stem", help="train a single-stem (ISDM) model of this stem")
     trn.add_argument("--max-steps", type=int, help="optimizer steps (default: the preset's)")
     trn.add_argument("--batch-size", type=int, help="examples per step and device (default: the preset's)")
+    trn.add_argument("--max-time", help="stop (and export) after this long, DD:HH:MM:SS, e.g. 00:01:30:00")
     trn.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
     trn.add_argument("--devices", default="1", help="devices per node, or 'auto' (default 1)")
     trn.add_argument("--num-nodes", type=int, default=1, help="machines (DDP across nodes)")
@@ -266,13 +282,32 @@ def _run(args) -> int:
     if args.command == "evaluate":
         return _evaluate(args)
 
+    if args.command == "dataset":
+        from training.synth import SynthError, render_dataset
+
+        if args.tracks < 1:
+            raise CommandError("--tracks must be at least 1")
+        bar = _ProgressBar(args.quiet)
+        try:
+            summary = render_dataset(args.out, args.tracks, args.seed, max_seconds=args.max_seconds,
+                                     soundfont=args.soundfont, jobs=args.jobs,
+                                     progress=lambda done, total: bar(done / total, f"rendered {done}/{total}"))
+        except SynthError as error:
+            raise CommandError(str(error)) from None
+        finally:
+            bar.close()
+        splits = summary.get("splits", {})
+        print(f"wrote {args.out}: {summary.get('seconds', 0) / 3600:.2f} h of audio; " + ", ".join(
+            f"{name} {split.get('tracks', 0)} tracks" for name, split in splits.items()))
+        return 0
+
     if args.command == "train":
         from training.train import train
 
         devices = args.devices if args.devices == "auto" else int(args.devices)
         stems = [s.strip() for s in args.stems.split(",")] if args.stems else None
         path = train(args.data, args.out, preset=args.preset, stems=stems, isdm_stem=args.isdm_stem,
-                     max_steps=args.max_steps, batch_size=args.batch_size, devices=devices,
+                     max_steps=args.max_steps, max_time=args.max_time, batch_size=args.batch_size, devices=devices,
                      accelerator=args.accelerator, num_nodes=args.num_nodes, strategy=args.strategy,
                      precision=args.precision, resume=args.resume, seed=args.seed,
                      num_workers=args.workers, quiet=args.quiet)

@@ -213,3 +213,19 @@ def test_evaluate_command_writes_the_table(tmp_path, tiny_model_path, capsys):
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tiny_model_path),
                  "--settings", "median:3"]) == 2
     assert "LIKELIHOOD" in capsys.readouterr().err
+
+
+def test_dataset_synth_command(tmp_path, capsys):
+    import shutil
+
+    if shutil.which("fluidsynth") is None:
+        pytest.skip("fluidsynth is not installed (apt-get install fluidsynth timgm6mb-soundfont)")
+    out = tmp_path / "synth"
+    assert main(["dataset", "synth", "--out", str(out), "--tracks", "3", "--seed", "1",
+                 "--max-seconds", "3", "-q"]) == 0
+    assert "h of audio" in capsys.readouterr().out
+    tracks = sorted(out.glob("*/Track*"))
+    assert len(tracks) == 3 and all((t / "mix.wav").is_file() for t in tracks)
+    assert main(["dataset", "synth", "--out", str(out), "--tracks", "3", "--seed", "1", "--max-seconds", "3",
+                 "--soundfont", str(tmp_path / "none.sf2"), "-q"]) == 2
+    assert "timgm6mb-soundfont" in capsys.readouterr().err

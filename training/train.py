@@ -139,6 +139,7 @@ def train(
     stems: Sequence[str] | None = None,
     isdm_stem: str | None = None,
     max_steps: int | None = None,
+    max_time: str | None = None,
     batch_size: int | None = None,
     devices: int | str = 1,
     accelerator: str = "auto",
@@ -194,7 +195,7 @@ def train(
     if settings.ema_decay:
         callbacks.append(EMAWeightAveraging(decay=settings.ema_decay))
     trainer = pl.Trainer(
-        default_root_dir=out_dir, max_steps=max_steps or settings.max_steps, accelerator=accelerator,
+        default_root_dir=out_dir, max_steps=max_steps or settings.max_steps, max_time=max_time, accelerator=accelerator,
         devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision or settings.precision,
         logger=CSVLogger(out_dir, name="logs", version=""), callbacks=callbacks,
         val_check_interval=settings.val_every if valid_dir is not None else None,
