@@ -165,3 +165,23 @@ def test_figures_are_drawn(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = plot_spectrograms({"bass": tone(0.5, 22050, 55), "drums": tone(0.5, 22050, 3000)}, 22050, tmp_path / "s.png")
     assert png.stat().st_size > 1000
+
+
+def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
+    from training.showcase import main as showcase
+
+    track = tmp_path / "data" / "test" / "Track00003"
+    track.mkdir(parents=True)
+    stems = {s: tone(1.0, 22050, f) for s, f in (("bass", 55), ("drums", 200), ("guitar", 330), ("piano", 440))}
+    for name, data in stems.items():
+        sf.write(track / f"{name}.wav", data, 22050, subtype="FLOAT")
+    sf.write(track / "mix.wav", sum(stems.values()), 22050, subtype="FLOAT")
+    assert showcase(["--model", str(tiny_model_path), "--data", str(tmp_path / "data"), "--docs",
+                     str(tmp_path / "docs"), "--examples", str(tmp_path / "ex"), "--seconds", "0.5",
+                     "--steps", "3"]) == 0
+    assert sf.info(str(tmp_path / "ex" / "example_mix.flac")).frames == 11025
+    given = sf.read(tmp_path / "docs" / "audio" / "imputation" / "drums_given.flac", dtype="float32")[0]
+    np.testing.assert_allclose(given, stems["drums"][:11025], atol=1e-4)  # 16-bit
+    for kind in ("generation", "imputation"):
+        assert (tmp_path / "docs" / "audio" / kind / "spectrogram.png").stat().st_size > 1000
+        assert (tmp_path / "docs" / "audio" / kind / "mix.flac").is_file()
