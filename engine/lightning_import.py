@@ -221,7 +221,8 @@ def load_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
 # Where the U-Net's weights live in the checkpoints, in order of preference:
 # the LightningModule's `model` is an AudioDiffusionModel holding the U-Net as
 # `unet` and again as `diffusion.net` (the same module, registered twice).
-UNET_PREFIXES = ("model.unet.", "model.diffusion.net.", "unet.", "diffusion.net.")
+# The paper's Lightning module first, then our own training module (training/train.py).
+UNET_PREFIXES = ("model.unet.", "model.diffusion.net.", "unet.", "diffusion.net.", "network.")
 _UNET_MARKER = "to_time.0.1.weight"
 
 
@@ -546,7 +547,12 @@ def import_checkpoint(
     if out_path.exists() and ckpt_path.exists() and out_path.resolve() == ckpt_path.resolve():
         raise ModelFileError(f"refusing to overwrite the checkpoint {ckpt_path} with the converted model")
     ckpt = load_lightning_checkpoint(ckpt_path)
-    config = config_from_checkpoint(ckpt, base=base, stems=stems, sample_rate=sample_rate)
+    own = ckpt.hyper_parameters.get("config")
+    if isinstance(own, dict) and "unet" in own:
+        # A checkpoint of `msdm train`: it carries its whole ModelConfig.
+        config = ModelConfig.from_dict(own)
+    else:
+        config = config_from_checkpoint(ckpt, base=base, stems=stems, sample_rate=sample_rate)
     sd, _prefix = extract_unet_state_dict(ckpt.state_dict, ckpt.name)
     network = _network_with_weights(config.unet, sd, ckpt.name)
 

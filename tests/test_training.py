@@ -125,6 +125,12 @@ def test_train_tiny_then_resume_and_use_the_model(tmp_path):
     assert curve[0].startswith("epoch,step") and len(curve) > 2
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file()
+    # Our own checkpoints convert like the paper's, config included.
+    exported = tmp_path / "exported.safetensors"
+    done = run_msdm("import-checkpoint", str(last), "-o", str(exported))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for a, b in zip(MSDMModel.load(exported).network.state_dict().values(), model.network.state_dict().values()):
+        assert torch.equal(a, b)
     resumed = run_msdm("train", "--data", str(data), "-o", str(run), "--preset", "tiny", "--accelerator", "cpu",
                        "--max-steps", "6", "--resume", str(last), "-q")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
