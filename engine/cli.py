@@ -99,7 +99,8 @@ def get_parser() -> argparse.ArgumentParser:
     conv.add_argument("--preset", choices=("paper", "small", "tiny"),
                       help="configuration to assume when the checkpoint has no hyper-parameters")
     ds = commands.add_parser("dataset", help="make datasets")
-    ds_commands = ds.add_subparsers(dest="dataset_command", required=True, metavar="KIND")
+    ds_commands = ds.add_subparsers(dest="dataset_command", required=True, metavar="KIND",
+                                    help="synth: render the synthetic Slakh-like dataset")
     synth = ds_commands.add_parser(
         "synth", help="render a Slakh-like multi-stem dataset (music21 corpus + FluidSynth)",
         description="4-part pieces of the music21 corpus rendered with General MIDI instruments "
