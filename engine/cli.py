@@ -23,6 +23,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="model file (.safetensors); repeat it with one single-stem model per "
                             "stem for ISDM separation (default: the model shipped with MSDM Studio)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    group.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                       help="torch (default) or onnx: ONNX Runtime with TensorRT/CUDA/CPU, exported once and cached")
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -83,6 +85,12 @@ def get_parser() -> argparse.ArgumentParser:
     _add_model_options(imp)
     _add_sampler_options(imp, "imputation")
     _add_output_options(imp)
+
+    onx = commands.add_parser("export-onnx", help="export a model's denoiser to ONNX",
+                              description="The whole denoiser (network + preconditioning) as one ONNX graph with "
+                                          "dynamic batch and length, checked and compared with PyTorch.")
+    onx.add_argument("--model", help="model file (default: the shipped model)")
+    onx.add_argument("-o", "--out", required=True, type=Path, help="output .onnx file")
 
     info = commands.add_parser("info", help="describe a model")
     _add_model_options(info)
@@ -181,7 +189,7 @@ def _load(args):
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError(f"--device {args.device}: no CUDA GPU is available to PyTorch here; use --device cpu")
-    return load_models(args.model, device=args.device)
+    return load_models(args.model, device=args.device, backend=getattr(args, "backend", "torch"))
 
 
 class _ProgressBar:
@@ -268,6 +276,14 @@ def _run(args) -> int:
         print(f"parameters:  {models.num_parameters:,}")
         for model in models.models:
             print(f"source:      {model.source}")
+        return 0
+
+    if args.command == "export-onnx":
+        from .model import load_models
+        from .onnx_backend import export_onnx
+
+        models = load_models([args.model] if args.model else None)
+        print(export_onnx(models.models[0], args.out).describe())
         return 0
 
     if args.command == "import-checkpoint":
@@ -359,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("msdm: cancelled; no partial files were left", file=sys.stderr)
         return EXIT_CANCELLED
-    except (CommandError, AudioInputError, ModelFileError, FileExistsError, ValueError) as error:
+    except (CommandError, AudioInputError, ModelFileError, FileExistsError, ValueError, RuntimeError) as error:
         print(f"msdm {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -181,8 +181,15 @@ class ModelSet:
         return "+".join(m.file_hash()[:16] for m in self.models)
 
 
-def load_models(paths: Sequence[str | os.PathLike] | None, device: str | torch.device = "cpu") -> ModelSet:
-    """Load the model(s) a user named, or the embedded default model."""
+BACKENDS = ("torch", "onnx")
+
+
+def load_models(paths: Sequence[str | os.PathLike] | None, device: str | torch.device = "cpu",
+                backend: str = "torch") -> ModelSet:
+    """Load the model(s) a user named, or the embedded default model; with
+    backend "onnx" their denoisers run on ONNX Runtime (engine.onnx_backend)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if not paths:
         if not DEFAULT_MODEL_PATH.is_file():
             raise ModelFileError(
@@ -190,7 +197,12 @@ def load_models(paths: Sequence[str | os.PathLike] | None, device: str | torch.d
                 "pass --model FILE.safetensors, e.g. one converted with `msdm import-checkpoint`"
             )
         paths = [DEFAULT_MODEL_PATH]
-    return ModelSet([MSDMModel.load(p, device=device) for p in paths])
+    models = [MSDMModel.load(p, device=device) for p in paths]
+    if backend == "onnx":
+        from .onnx_backend import use_onnx
+
+        models = [use_onnx(m) for m in models]
+    return ModelSet(models)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
