@@ -112,7 +112,8 @@ def make_module(config: ModelConfig, learning_rate: float, betas: Sequence[float
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate, betas=tuple(self.hparams.betas))
 
-    return MSDMTraining(config.to_dict(), learning_rate, list(betas))
+    # Lists, not tuples, so Lightning's hparams.yaml stays plain YAML.
+    return MSDMTraining(json.loads(json.dumps(config.to_dict())), learning_rate, list(betas))
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
