@@ -143,7 +143,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     trn = commands.add_parser("train", help="train a model (PyTorch Lightning; CPU, GPU, many GPUs)",
                               description="Writes OUT/model.safetensors, Lightning checkpoints (OUT/checkpoints, "
-                                          "resumable) and the learning curve (OUT/logs/metrics.csv).")
+                                          "resumable) and the learning curve (OUT/logs/version_N/metrics.csv).")
     trn.add_argument("--data", required=True, type=Path,
                      help="dataset folder: DATA/{train,valid}/<track>/<stem>.wav, or a Slakh2100 split")
     trn.add_argument("-o", "--out", required=True, type=Path, help="run folder")

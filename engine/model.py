@@ -93,6 +93,9 @@ class MSDMModel:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=metadata)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a model file is not a secret
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

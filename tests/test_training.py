@@ -121,7 +121,7 @@ def test_train_tiny_then_resume_and_use_the_model(tmp_path):
     model = MSDMModel.load(run / "model.safetensors")
     assert model.stems == ("bass", "drums", "guitar", "piano")
     assert "preset tiny" in model.source
-    curve = (run / "logs" / "metrics.csv").read_text().splitlines()
+    curve = (run / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,step") and len(curve) > 2
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file()
@@ -135,6 +135,9 @@ def test_train_tiny_then_resume_and_use_the_model(tmp_path):
                        "--max-steps", "6", "--resume", str(last), "-q")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert '"steps": 6' in (run / "training.json").read_text()
+    # The resumed run logs to its own file: the first curve is kept.
+    assert (run / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[:len(curve)] == curve
+    assert (run / "logs" / "version_1" / "metrics.csv").is_file()
 
 
 def test_isdm_training_gives_a_single_stem_model(tmp_path):

@@ -19,21 +19,23 @@ def _pyplot():
     return plt
 
 
-def read_metrics(metrics_csv: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Lightning CSVLogger output -> metric -> [(step, value)]."""
+def read_metrics(*metrics_csv: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Lightning CSVLogger output (one file per run or resume) -> metric -> [(step, value)], by step."""
     series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key, value in row.items():
-                if key in ("epoch", "step") or not value:
-                    continue
-                series.setdefault(key, []).append((int(row["step"]), float(value)))
-    return series
+    for path in metrics_csv:
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                for key, value in row.items():
+                    if key in ("epoch", "step") or not value:
+                        continue
+                    series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return {key: sorted(values) for key, values in series.items()}
 
 
-def plot_learning_curve(metrics_csv: str | os.PathLike, out_png: str | os.PathLike, title: str = "") -> Path:
+def plot_learning_curve(metrics_csv: str | os.PathLike | list, out_png: str | os.PathLike, title: str = "") -> Path:
     plt = _pyplot()
-    series = read_metrics(metrics_csv)
+    files = metrics_csv if isinstance(metrics_csv, (list, tuple)) else [metrics_csv]
+    series = read_metrics(*files)
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
     if "train_loss" in series:
         steps, values = map(np.array, zip(*series["train_loss"]))

@@ -153,7 +153,7 @@ def train(
     quiet: bool = False,
 ) -> Path:
     """Train and write `out_dir/model.safetensors` (plus Lightning checkpoints and
-    `logs/metrics.csv`). Returns the model path."""
+    `logs/version_N/metrics.csv`, one per run or resume). Returns the model path."""
     pl = _lightning()
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -198,7 +198,8 @@ def train(
     trainer = pl.Trainer(
         default_root_dir=out_dir, max_steps=max_steps or settings.max_steps, max_time=max_time, accelerator=accelerator,
         devices=devices, num_nodes=num_nodes, strategy=strategy, precision=precision or settings.precision,
-        logger=CSVLogger(out_dir, name="logs", version=""), callbacks=callbacks,
+        # A new logs/version_N per run: resuming must not overwrite the earlier curve.
+        logger=CSVLogger(out_dir, name="logs"), callbacks=callbacks,
         val_check_interval=settings.val_every if valid_dir is not None else None,
         check_val_every_n_epoch=None, log_every_n_steps=max(1, min(50, settings.val_every)),
         enable_progress_bar=not quiet, enable_model_summary=not quiet, num_sanity_val_steps=0,
