@@ -40,9 +40,10 @@ def plot_learning_curve(metrics_csv: str | os.PathLike | list, out_png: str | os
     if "train_loss" in series:
         steps, values = map(np.array, zip(*series["train_loss"]))
         ax.plot(steps, values, color="0.75", lw=0.8, label="train loss")
-        width = max(1, len(values) // 50)
-        smooth = np.convolve(values, np.ones(width) / width, mode="valid")
-        ax.plot(steps[width - 1:], smooth, color="C0", lw=1.5, label=f"train loss (mean of {width})")
+        width = len(values) // 50
+        if width > 1:  # a running mean, where there are enough points for one
+            smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+            ax.plot(steps[width - 1:], smooth, color="C0", lw=1.5, label=f"train loss (mean of {width})")
     if "valid_loss" in series:
         steps, values = zip(*series["valid_loss"])
         ax.plot(steps, values, "o-", color="C3", ms=3, label="valid loss")
