@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +12,9 @@ from . import __version__
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
+
+# Modules outside this file that add `msdm` commands (see get_parser).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class CommandError(Exception):
@@ -163,6 +167,12 @@ def get_parser() -> argparse.ArgumentParser:
     trn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     trn.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     trn.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    # Commands that live beside the engine register themselves: each module has
+    # `register(commands)`, which adds its sub-parsers with `set_defaults(handler=...)`
+    # and imports nothing heavy (torch, Qt) until the handler runs.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 
@@ -265,6 +275,9 @@ def _evaluate(args) -> int:
 
 def _run(args) -> int:
     from . import pipeline, tasks
+
+    if getattr(args, "handler", None) is not None:  # a registered command (COMMAND_MODULES)
+        return args.handler(args)
 
     if args.command == "info":
         models = _load(args)
