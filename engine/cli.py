@@ -38,7 +38,9 @@ def _add_sampler_options(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--churn", type=float, help="S_churn: stochasticity added at each step")
     group.add_argument("--sigma-min", type=float, help="lowest noise level of the schedule")
     group.add_argument("--sigma-max", type=float, help="highest noise level of the schedule")
-    group.add_argument("--method", choices=("euler", "heun"), help="ODE step: euler (paper) or heun (2nd order)")
+    group.add_argument("--method", choices=("euler", "heun", "dpmpp2m"),
+                       help="ODE step: euler (paper), heun (2nd order, 2 NFE/step) or dpmpp2m "
+                            "(DPM-Solver++(2M): 2nd order at 1 NFE/step, for few steps)")
     group.add_argument("--seed", type=int, default=0, help="random seed: same seed, same audio (default 0)")
     group.add_argument("--overlap", type=float, default=0.25,
                        help="overlap between windows of long audio, 0..0.9 (default 0.25)")
@@ -131,8 +133,8 @@ def get_parser() -> argparse.ArgumentParser:
                                          "the paper; writes a CSV and a markdown table.")
     ev.add_argument("--data", required=True, type=Path, help="dataset folder holding train/ valid/ test/")
     ev.add_argument("--split", default="test", help="which split to score (default test)")
-    ev.add_argument("--settings", nargs="+", default=["dirac", "gaussian"], metavar="LIK[:STEPS[:R[:CHURN]]]",
-                    help="sampler settings to score, e.g. dirac (the paper's) or dirac:50:1 "
+    ev.add_argument("--settings", nargs="+", default=["dirac", "gaussian"], metavar="LIK[:STEPS[:R[:CHURN[:METHOD]]]]",
+                    help="sampler settings to score, e.g. dirac (the paper's), dirac:50:1 or dirac:16:2:20:dpmpp2m "
                          "(default: dirac gaussian at the paper's settings)")
     ev.add_argument("--methods", nargs="+", default=["model", "mixture", "oracle"],
                     choices=("model", "mixture", "oracle"),
@@ -228,17 +230,24 @@ def _report(paths, quiet: bool) -> None:
 
 
 def parse_setting(text: str):
-    """'dirac', 'gaussian:50', 'dirac:50:1:10' -> (likelihood, steps, resamples, churn)."""
+    """'dirac', 'gaussian:50', 'dirac:50:1:10', 'dirac:16:2:20:dpmpp2m'
+    -> (likelihood, steps, resamples, churn, method); missing fields are None."""
+    from .diffusion import METHODS
+
     parts = text.split(":")
-    if not 1 <= len(parts) <= 4 or parts[0] not in ("dirac", "gaussian"):
-        raise CommandError(f"--settings {text!r}: write LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN]]], e.g. dirac:50:1")
+    if not 1 <= len(parts) <= 5 or parts[0] not in ("dirac", "gaussian"):
+        raise CommandError(f"--settings {text!r}: write LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN[:METHOD]]]], "
+                           "e.g. dirac:50:1 or dirac:16:2:20:dpmpp2m")
+    method = parts[4] if len(parts) > 4 else None
+    if method is not None and method not in METHODS:
+        raise CommandError(f"--settings {text!r}: unknown method {method!r}; use one of {', '.join(METHODS)}")
     try:
         steps = int(parts[1]) if len(parts) > 1 else None
         resamples = int(parts[2]) if len(parts) > 2 else None
         churn = float(parts[3]) if len(parts) > 3 else None
     except ValueError:
         raise CommandError(f"--settings {text!r}: steps and resamples are integers, churn a number") from None
-    return parts[0], steps, resamples, churn
+    return parts[0], steps, resamples, churn, method
 
 
 def _evaluate(args) -> int:
@@ -256,9 +265,10 @@ def _evaluate(args) -> int:
         for index, (setting, method) in enumerate(runs):
             kwargs = {}
             if setting:
-                likelihood, steps, resamples, churn = setting
+                likelihood, steps, resamples, churn, method_name = setting
                 kwargs = dict(likelihood=likelihood, settings=tasks.default_separation_settings(
-                    likelihood, models.is_isdm).override(steps=steps, num_resamples=resamples, s_churn=churn))
+                    likelihood, models.is_isdm).override(steps=steps, num_resamples=resamples, s_churn=churn,
+                                                         method=method_name))
 
             def progress(fraction, message, index=index):
                 bar((index + fraction) / len(runs), message)
