@@ -1,0 +1,182 @@
+"""A small OSC client for `msdm serve`: send one request, wait for its replies
+on a bound port. Used by `msdm osc-send` (so a DAW script needs nothing but a
+command line) and by the tests (a real client over a real socket)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any, Callable, Sequence
+
+from .server import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
+
+JOB_ADDRESSES = ("/msdm/separate", "/msdm/generate", "/msdm/impute")
+QUERY_REPLIES = {"/msdm/ping": "/msdm/pong", "/msdm/models": "/msdm/models",
+                 "/msdm/status": "/msdm/status", "/msdm/root": "/msdm/root"}
+FINAL_JOB_REPLIES = ("/msdm/done", "/msdm/error", "/msdm/cancelled")
+
+_INT = re.compile(r"[+-]?\d+\Z")
+
+
+def infer_args(texts: Sequence[str], types: str | None = None) -> list:
+    """Command-line words -> OSC values. Without `types`: whole numbers are
+    int32, other numbers float, the rest strings (as liblo's oscsend would be
+    told with 'i', 'f', 's'). With `types` (e.g. "ssi"), one letter per word."""
+    if types is not None:
+        if len(types) != len(texts):
+            raise ValueError(f"--types {types!r} has {len(types)} letters for {len(texts)} arguments")
+        convert = {"s": str, "i": int, "f": float}
+        try:
+            return [convert[t](text) for t, text in zip(types, texts)]
+        except KeyError as error:
+            raise ValueError(f"--types: unknown type letter {error}; use s, i or f") from None
+    values: list = []
+    for text in texts:
+        if _INT.match(text) and -(2**31) <= int(text) < 2**31:
+            values.append(int(text))
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            values.append(text)
+            continue
+        # "nan", "inf" and "1e5"-like words in paths stay strings unless they look numeric.
+        values.append(number if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text) else text)
+    return values
+
+
+class OscClient:
+    """One UDP socket bound on loopback (or `bind_host`): requests leave from it
+    and replies come back to it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9010, *, reply_port: int = 0,
+                 bind_host: str | None = None) -> None:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.server = address
+        self.socket = socket.socket(family, kind, proto)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError:
+            pass
+        self.socket.bind((bind_host or ("::1" if family == socket.AF_INET6 else "127.0.0.1"), reply_port))
+        self.port = self.socket.getsockname()[1]
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "OscClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, address: str, *args: Any) -> None:
+        self.socket.sendto(encode_message(address, args), self.server)
+
+    def send_raw(self, data: bytes) -> None:
+        self.socket.sendto(data, self.server)
+
+    def receive(self, timeout: float) -> tuple[str, list] | None:
+        """The next reply, or None after `timeout` seconds of silence."""
+        self.socket.settimeout(max(timeout, 1e-3))
+        while True:
+            try:
+                data, _ = self.socket.recvfrom(MAX_DATAGRAM)
+            except (socket.timeout, TimeoutError):
+                return None
+            except ConnectionResetError:
+                continue
+            try:
+                return decode_datagram(data)[0]
+            except (ValueError, IndexError):
+                continue
+
+    def request(self, address: str, *args: Any, timeout: float = 5.0) -> tuple[str, list] | None:
+        """Send a query and return its answer (or an /msdm/error), None on timeout."""
+        self.send(address, *args)
+        expected = QUERY_REPLIES.get(address)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            reply = self.receive(left)
+            if reply is None:
+                return None
+            if reply[0] in (expected, "/msdm/error"):
+                return reply
+        return None
+
+    def wait_job(self, job_id: str, *, silence: float = 30.0,
+                 on_reply: Callable[[str, list], None] | None = None) -> tuple[str, list] | None:
+        """Wait for a job's last reply (done, error or cancelled); every reply of
+        the job is passed to `on_reply`. None when the server says nothing for
+        `silence` seconds (a running job reports progress every second)."""
+        while True:
+            reply = self.receive(silence)
+            if reply is None:
+                return None
+            address, args = reply
+            # A request refused before its job id was read is answered with job id "".
+            unnamed_error = address == "/msdm/error" and args and args[0] == ""
+            if not args or (args[0] != job_id and not unnamed_error):
+                continue
+            if on_reply is not None:
+                on_reply(address, args)
+            if address in FINAL_JOB_REPLIES:
+                return reply
+
+    def run_job(self, address: str, *args: Any, silence: float = 30.0,
+                on_reply: Callable[[str, list], None] | None = None) -> tuple[str, list] | None:
+        self.send(address, *args)
+        return self.wait_job(str(args[0]), silence=silence, on_reply=on_reply)
+
+
+def format_reply(address: str, args: Sequence[Any]) -> str:
+    """One reply as one line: the address and the arguments separated by tabs
+    (easy to split in Lua, Max or a shell; tabs and newlines inside arguments
+    become spaces)."""
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        return re.sub(r"[\t\r\n]", " ", str(value))
+    return "\t".join([address] + [text(v) for v in args])
+
+
+def done_paths(args: Sequence[Any]) -> dict[str, str]:
+    """/msdm/done's arguments after the job id -> {stem: path}."""
+    pairs = list(args[1:])
+    return dict(zip(pairs[::2], pairs[1::2]))
+
+
+class ReplyCollector:
+    """Drains a client's socket on a thread and keeps every reply with its
+    arrival time, so bursts of replies never overflow the socket's buffer."""
+
+    def __init__(self, client: OscClient) -> None:
+        import threading
+
+        self.client = client
+        self.replies: list[tuple[float, str, list]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="osc-replies", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            reply = self.client.receive(0.05)
+            if reply is not None:
+                self.replies.append((time.monotonic(), *reply))
+
+    def of_job(self, job_id: str) -> list[tuple[float, str, list]]:
+        return [r for r in self.replies if r[2] and r[2][0] == job_id]
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.replies):
+                return True
+            time.sleep(0.02)
+        return predicate(self.replies)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,158 @@
+"""`msdm serve` (the OSC server) and `msdm osc-send` (a one-shot client that
+waits for the answer). Registered in engine/cli.py's COMMAND_MODULES; nothing
+heavy is imported until a handler runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_PORT = 9010
+
+
+def register(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="answer OSC requests from a DAW or any OSC tool (docs/osc.md)",
+        description="A UDP OSC server: /msdm/separate, /msdm/generate, /msdm/impute, /msdm/cancel, "
+                    "/msdm/status, /msdm/models, /msdm/ping (docs/osc.md). Audio travels as file paths; "
+                    "outputs are written under --output-root. Prints 'msdm serve: listening on HOST:PORT' "
+                    "once ready; stops cleanly on Ctrl-C or SIGTERM.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this computer only)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="required to listen on a non-loopback address: anyone who can reach the port "
+                            "can run jobs and read audio files this user can read")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"UDP port (default {DEFAULT_PORT}; 0 picks a free one and prints it)")
+    serve.add_argument("--model", action="append", metavar="FILE",
+                       help="model file (.safetensors), repeat for ISDM (default: the shipped model)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    serve.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch (default) or onnx")
+    serve.add_argument("--output-root", type=Path,
+                       help="jobs may only write inside this folder (default: ~/MSDM Studio/outputs)")
+    serve.add_argument("--max-seconds", type=float, default=600.0,
+                       help="longest input or generation accepted, in seconds (default 600)")
+    serve.add_argument("--queue", type=int, default=16, help="jobs that may wait (default 16)")
+    serve.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    serve.set_defaults(handler=run_serve)
+
+    send = commands.add_parser(
+        "osc-send", help="send one OSC message to msdm serve and print its replies",
+        description="Sends ADDRESS ARGS... and prints each reply as one line, address and arguments "
+                    "separated by tabs. Waits for the answer of a query, or for a job's done/error/"
+                    "cancelled. Whole numbers are sent as int32, other numbers as float32, the rest as "
+                    "strings (or give --types). Exit status: 0 done, 1 error reply, 3 no answer, "
+                    "4 cancelled.")
+    send.add_argument("address", help="e.g. /msdm/ping or /msdm/separate")
+    send.add_argument("args", nargs="*", help="the message's arguments")
+    send.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    send.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})")
+    send.add_argument("--types", help="one OSC type letter per argument: s, i or f (default: inferred)")
+    send.add_argument("--no-wait", action="store_true", help="send and exit, like liblo's oscsend")
+    send.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds of silence from the server before giving up (default 10)")
+    send.add_argument("--log", type=Path, help="also append every reply line to this file (flushed at once: "
+                                               "a DAW script polls it)")
+    send.set_defaults(handler=run_osc_send)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from engine.cli import CommandError
+    from engine.model import load_models
+
+    from .server import OscServer, is_loopback
+
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="msdm serve: %(message)s")
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_seconds <= 0 or args.queue < 1:
+        raise CommandError("--max-seconds must be positive and --queue at least 1")
+    if not is_loopback(args.host):
+        if not args.allow_remote:
+            raise CommandError(f"--host {args.host} is not a loopback address: anyone on the network could run "
+                               f"jobs. Add --allow-remote if that is what you want.")
+        print(f"msdm serve: WARNING: listening on {args.host}, reachable from other computers; "
+              f"no authentication is done.", file=sys.stderr, flush=True)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {args.device}: no CUDA GPU is available to PyTorch here; use --device cpu")
+    models = load_models(args.model, device=args.device, backend=args.backend)
+    try:
+        server = OscServer(models, host=args.host, port=args.port, output_root=args.output_root,
+                           max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend)
+    except OSError as error:
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error} "
+                           f"(is another msdm serve running? try --port 0)") from None
+
+    def stop(signum, frame):
+        server.shutdown()  # on this (the serving) thread: only sets a flag
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    logging.getLogger("msdm.serve").info("model %s (%s), output root %s", models.describe(), args.backend,
+                                         server.output_root)
+    print(f"msdm serve: listening on {host}:{server.port}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("msdm serve: stopped", flush=True)
+    return 0
+
+
+def run_osc_send(args: argparse.Namespace) -> int:
+    from engine.cli import CommandError
+
+    from .client import FINAL_JOB_REPLIES, JOB_ADDRESSES, QUERY_REPLIES, OscClient, format_reply, infer_args
+
+    if not args.address.startswith("/"):
+        raise CommandError(f"{args.address!r} is not an OSC address; they start with '/', e.g. /msdm/ping")
+    try:
+        values = infer_args(args.args, args.types)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    log = open(args.log, "a", encoding="utf-8", buffering=1) if args.log else None
+
+    def emit(address: str, reply_args: list) -> None:
+        line = format_reply(address, reply_args)
+        print(line, flush=True)
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
+
+    try:
+        with OscClient(args.host, args.port) as client:
+            if args.no_wait:
+                client.send(args.address, *values)
+                return 0
+            if args.address in JOB_ADDRESSES and values:
+                final = client.run_job(args.address, *values, silence=args.timeout, on_reply=emit)
+            elif args.address == "/msdm/cancel" and values:
+                client.send(args.address, *values)
+                final = client.wait_job(str(values[0]), silence=args.timeout, on_reply=emit)
+            else:
+                final = client.request(args.address, *values, timeout=args.timeout)
+                if final is not None:
+                    emit(*final)
+    finally:
+        if log is not None:
+            log.close()
+    if final is None:
+        print(f"msdm osc-send: no answer from msdm serve at {args.host}:{args.port} within {args.timeout:g} s; "
+              f"is it running? Start it with `msdm serve`.", file=sys.stderr)
+        return 3
+    if final[0] == "/msdm/error":
+        print(f"msdm osc-send: {final[1][1] if len(final[1]) > 1 else 'error'}: "
+              f"{final[1][2] if len(final[1]) > 2 else ''}", file=sys.stderr)
+        return 1
+    if final[0] == "/msdm/cancelled":
+        return 4
+    assert final[0] in FINAL_JOB_REPLIES or final[0] in QUERY_REPLIES.values(), final
+    return 0

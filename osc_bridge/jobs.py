@@ -1,0 +1,257 @@
+"""Jobs: a bounded queue and one worker thread that owns the model.
+
+The network never runs on the thread that reads the socket: handlers enqueue,
+the worker runs one job at a time (the model's memory and the CPU cores are
+used by one job), and replies go out through the `send` function the server
+gives (one socket). Cancel works for a queued job (removed at once) and for the
+running one (a flag the sampler's progress callback checks at every step; it
+raises engine.diffusion.Cancelled and the pipeline removes its partial files).
+
+Progress: the sampler calls back at every step, which can be many times a
+second (tiny model) or once in several seconds (a big model on a CPU). Sends
+are throttled to one every PROGRESS_MIN_INTERVAL, and a heartbeat thread
+repeats the last known progress when nothing was sent for HEARTBEAT seconds,
+so a client always hears from a running job at least once a second.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import protocol
+from .paths import contained_output_dir
+from .protocol import JobRequest, ProtocolError
+
+log = logging.getLogger("msdm.serve")
+
+PROGRESS_MIN_INTERVAL = 0.2  # seconds between two progress replies at most this often
+HEARTBEAT = 0.9              # seconds of silence after which the last progress is repeated
+
+Send = Callable[[tuple, protocol.Reply], None]
+
+
+@dataclass
+class Job:
+    request: JobRequest
+    reply_to: tuple            # (host, port) chosen when the job was submitted
+    out_dir: Path              # resolved, inside the output root
+    cancel: threading.Event = field(default_factory=threading.Event)
+    fraction: float = 0.0
+    message: str = "queued"
+    last_sent: float = 0.0
+    finished: bool = False
+    watchers: list = field(default_factory=list)  # others who asked to cancel it: they hear the end too
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.request.job_id
+
+
+class JobQueue:
+    """A bounded FIFO of jobs and the worker that runs them, one at a time.
+
+    `execute(job, progress)` runs a job and returns {name: path}; it may raise
+    ProtocolError, engine errors, or engine.diffusion.Cancelled."""
+
+    def __init__(self, execute: Callable[[Job, Callable[[float, str], None]], dict],
+                 send: Send, output_root: Path, max_queued: int = 16) -> None:
+        self.execute = execute
+        self.send = send
+        self.output_root = output_root
+        self.max_queued = max_queued
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="msdm-worker", daemon=True)
+        self._heartbeat = threading.Thread(target=self._beat, name="msdm-heartbeat", daemon=True)
+        self._worker.start()
+        self._heartbeat.start()
+
+    # ---- called from the socket thread ---------------------------------- #
+
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns its position (0 = it starts now)."""
+        with self._lock:
+            if self._stopping:
+                raise ProtocolError(protocol.ENGINE, "the server is shutting down", job.id)
+            if job.id in self._ids():
+                raise ProtocolError(protocol.DUPLICATE_JOB, f"a job with id {job.id!r} is already queued or "
+                                                            f"running; use a new id for each request", job.id)
+            if len(self._queue) >= self.max_queued:
+                raise ProtocolError(protocol.QUEUE_FULL, f"the queue is full ({self.max_queued} jobs waiting); "
+                                                         f"wait for a job to finish or cancel one", job.id)
+            position = len(self._queue) + (1 if self._running is not None else 0)
+            # Accepted goes out before the worker can send progress for this job.
+            self.send(job.reply_to, protocol.accepted(job.id, position))
+            self._queue.append(job)
+            self._wake.notify()
+            return position
+
+    def cancel(self, job_id: str, requester: tuple | None = None) -> bool:
+        """Cancel a queued or running job; False when no such job is known.
+        /msdm/cancelled goes to the job's reply address, and to `requester`
+        when that is another one."""
+        with self._lock:
+            for job in self._queue:
+                if job.id == job_id:
+                    self._watch(job, requester)
+                    self._queue.remove(job)
+                    self._finish(job, protocol.cancelled(job.id))
+                    return True
+            if self._running is not None and self._running.id == job_id:
+                self._watch(self._running, requester)
+                self._running.cancel.set()  # the worker answers /msdm/cancelled when sampling stops
+                return True
+        return False
+
+    def status(self) -> tuple[bool, str, float, int]:
+        with self._lock:
+            running = self._running
+            return (running is not None, running.id if running else "",
+                    running.fraction if running else 0.0, len(self._queue))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel everything and wait for the worker to let go of the model."""
+        with self._lock:
+            self._stopping = True
+            while self._queue:
+                self._finish(self._queue.popleft(), protocol.cancelled)
+            if self._running is not None:
+                self._running.cancel.set()
+            self._wake.notify_all()
+        self._worker.join(timeout)
+        self._heartbeat.join(timeout)
+
+    # ---- worker --------------------------------------------------------- #
+
+    def _ids(self) -> set[str]:
+        ids = {job.id for job in self._queue}
+        if self._running is not None:
+            ids.add(self._running.id)
+        return ids
+
+    @staticmethod
+    def _watch(job: Job, requester: tuple | None) -> None:
+        with job.lock:
+            if requester is not None and requester != job.reply_to and requester not in job.watchers:
+                job.watchers.append(requester)
+
+    def _finish(self, job: Job, reply) -> None:
+        """Send a job's last reply exactly once; no progress after it."""
+        if callable(reply):
+            reply = reply(job.id)
+        with job.lock:
+            if job.finished:
+                return
+            job.finished = True
+            for target in [job.reply_to] + job.watchers:
+                self.send(target, reply)
+
+    def _progress(self, job: Job, fraction: float, message: str, force: bool = False) -> None:
+        with job.lock:
+            job.fraction, job.message = max(job.fraction, fraction), message
+            now = time.monotonic()
+            if job.finished or (not force and now - job.last_sent < PROGRESS_MIN_INTERVAL):
+                return
+            job.last_sent = now
+            self.send(job.reply_to, protocol.progress(job.id, job.fraction, message))
+
+    def _work(self) -> None:
+        from engine.diffusion import Cancelled
+
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                job = self._running = self._queue.popleft()
+
+            def progress(fraction: float, message: str) -> None:
+                if job.cancel.is_set():
+                    raise Cancelled()
+                self._progress(job, fraction, message)
+
+            try:
+                self._progress(job, 0.0, "starting", force=True)
+                # The folder may have been swapped for a symlink since the job was accepted.
+                contained_output_dir(str(job.out_dir), self.output_root, job.id, create=True)
+                paths = self.execute(job, progress)
+                if job.cancel.is_set():  # cancelled after the last sampler step: drop nothing already written
+                    log.info("job %s: cancel arrived after the files were written", job.id)
+                self._progress(job, 1.0, "done", force=True)
+                self._finish(job, protocol.done(job.id, paths))
+            except Cancelled:
+                self._finish(job, protocol.cancelled(job.id))
+            except ProtocolError as error:
+                self._finish(job, protocol.error(job.id, error.code, error.message))
+            except BaseException as error:  # a job must never take the worker down
+                code, message = describe_failure(error)
+                if code == protocol.ENGINE:
+                    log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+                self._finish(job, protocol.error(job.id, code, message))
+                if not isinstance(error, Exception):
+                    raise
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT / 3)
+            with self._lock:
+                if self._stopping:
+                    return
+                job = self._running
+            if job is not None and time.monotonic() - job.last_sent >= HEARTBEAT:
+                self._progress(job, job.fraction, job.message, force=True)
+
+
+def describe_failure(error: BaseException) -> tuple[str, str]:
+    """An exception from the engine -> (error code, a message a musician can act on)."""
+    from engine.audio_io import AudioInputError
+
+    if isinstance(error, AudioInputError):
+        return protocol.BAD_INPUT, str(error)
+    if isinstance(error, FileExistsError):
+        return protocol.EXISTS, f"{error} Send overwrite 1 to replace it, or choose another out_dir."
+    if isinstance(error, MemoryError):
+        return protocol.ENGINE, "out of memory: try a shorter file, or mono 1"
+    if isinstance(error, OSError):
+        return protocol.ENGINE, f"cannot write the output: {error.strerror or error} ({error.filename or ''})"
+    if isinstance(error, ValueError):
+        return protocol.BAD_INPUT, str(error)
+    return protocol.ENGINE, f"the engine failed: {type(error).__name__}: {error}; see the server's log"
+
+
+def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], max_seconds: float | None) -> dict:
+    """Run one accepted job on the engine (called on the worker thread only).
+    Sampler defaults are the paper's (engine.tasks); options override them."""
+    from engine import pipeline, tasks
+
+    request, options = job.request, job.request.options
+    output = pipeline.OutputFormat(extension=options.format, bits=options.sample_format, overwrite=options.overwrite)
+    overrides = dict(steps=options.steps, num_resamples=options.resamples, s_churn=options.churn)
+    if request.kind == "separate":
+        settings = tasks.default_separation_settings(options.likelihood, models.is_isdm).override(**overrides)
+        return pipeline.separate_file(models, request.mix_path, job.out_dir, likelihood=options.likelihood,
+                                      settings=settings, seed=options.seed, mono=options.mono,
+                                      overlap=options.overlap, output=output, max_seconds=max_seconds,
+                                      progress=progress)
+    if request.kind == "generate":
+        return pipeline.generate_file(models, job.out_dir, request.seconds, seed=options.seed,
+                                      settings=tasks.GENERATE.override(**overrides), overlap=options.overlap,
+                                      output=output, progress=progress)
+    return pipeline.impute_file(models, request.given, job.out_dir, seed=options.seed,
+                                settings=tasks.IMPUTE.override(**overrides), overlap=options.overlap,
+                                output=output, max_seconds=max_seconds, progress=progress)

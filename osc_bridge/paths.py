@@ -1,0 +1,90 @@
+"""Where the server may write and what it may read.
+
+Every output folder a request names must lie inside the server's output root.
+The check compares *resolved* real paths (symlinks followed, ".." removed), so
+neither "root/../elsewhere" nor a symlink inside the root that points out of
+it gets through. It runs when a job is accepted and again just before the job
+writes, because a folder may be swapped for a symlink in between.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Iterable
+
+from .protocol import BAD_INPUT, BAD_PATH, EXISTS, ProtocolError
+
+
+def default_output_root() -> Path:
+    return Path.home() / "MSDM Studio" / "outputs"
+
+
+def prepare_output_root(root: str | os.PathLike) -> Path:
+    """Create the root if needed and return its resolved real path."""
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve(strict=True)
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def contained_output_dir(out_dir: str, root: Path, job_id: str = "", create: bool = False) -> Path:
+    """The resolved output folder for `out_dir`, which must be absolute and lie
+    inside `root` (already resolved). With `create`, the folder is made and
+    checked again after it exists (a component may be a symlink made meanwhile)."""
+    raw = Path(out_dir)
+    if not raw.is_absolute():
+        raise ProtocolError(BAD_PATH, f"out_dir must be an absolute path, got {out_dir!r}; "
+                                      f"write under the output root {root}", job_id)
+    resolved = Path(os.path.realpath(raw))
+    if not _is_inside(resolved, root):
+        raise ProtocolError(BAD_PATH, f"out_dir {out_dir!r} is outside the server's output root {root}; "
+                                      f"choose a folder inside it (or start msdm serve with --output-root)", job_id)
+    if resolved.exists() and not resolved.is_dir():
+        raise ProtocolError(BAD_PATH, f"out_dir {out_dir!r} exists and is not a folder", job_id)
+    if create:
+        try:
+            resolved.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ProtocolError(BAD_PATH, f"cannot create the folder {out_dir!r}: {error.strerror}", job_id) from None
+        again = Path(os.path.realpath(resolved))
+        if not _is_inside(again, root):
+            raise ProtocolError(BAD_PATH, f"out_dir {out_dir!r} now leads outside the output root {root}", job_id)
+        resolved = again
+    return resolved
+
+
+def check_outputs_free(out_dir: Path, names: Iterable[str], extension: str, overwrite: bool, job_id: str = "") -> None:
+    """Refuse up front when an output exists and overwrite is off, naming the files."""
+    if overwrite:
+        return
+    taken = [f"{name}.{extension}" for name in names if os.path.lexists(out_dir / f"{name}.{extension}")]
+    if taken:
+        raise ProtocolError(EXISTS, f"{', '.join(taken)} already exist(s) in {out_dir}; send overwrite 1 "
+                                    f"to replace them, or choose another out_dir", job_id)
+
+
+def check_input_file(path: str, what: str, job_id: str = "") -> Path:
+    """An input must be an absolute path to an existing regular file we can read.
+    Regular files only: opening a FIFO or a device could block the server."""
+    raw = Path(path)
+    if not raw.is_absolute():
+        raise ProtocolError(BAD_PATH, f"{what} must be an absolute path, got {path!r}", job_id)
+    try:
+        info = os.stat(raw)
+    except FileNotFoundError:
+        raise ProtocolError(BAD_INPUT, f"{what} not found: {path!r}; check the path and that the file "
+                                       f"has not been moved", job_id) from None
+    except OSError as error:
+        raise ProtocolError(BAD_INPUT, f"cannot open {what} {path!r}: {error.strerror}", job_id) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ProtocolError(BAD_INPUT, f"{what} {path!r} is a folder; give the path of one audio file", job_id)
+    if not stat.S_ISREG(info.st_mode):
+        raise ProtocolError(BAD_INPUT, f"{what} {path!r} is not a regular file", job_id)
+    if not os.access(raw, os.R_OK):
+        raise ProtocolError(BAD_INPUT, f"{what} {path!r} is not readable (permissions)", job_id)
+    return raw

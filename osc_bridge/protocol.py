@@ -1,0 +1,434 @@
+"""The MSDM OSC protocol v1 as data and pure functions (no sockets, no engine).
+
+Requests arrive as (address, [args]) and leave this module as typed, validated
+request objects; replies are built here as (address, [args]) tuples. The
+public description with an example per message is docs/osc.md; the agreed
+core is fixed (the desktop app is built against it), so messages and options
+may be added but never changed.
+
+Checks that need the file system (paths, audio headers) live in
+osc_bridge.paths and osc_bridge.server; everything here is decidable from the
+message alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+PROTOCOL_VERSION = 1
+
+# Error codes (osc-protocol.md). "cancelled" is not an error: it has its own reply.
+BAD_REQUEST = "bad_request"
+UNKNOWN_ADDRESS = "unknown_address"
+BAD_INPUT = "bad_input"
+BAD_PATH = "bad_path"
+EXISTS = "exists"
+QUEUE_FULL = "queue_full"
+DUPLICATE_JOB = "duplicate_job"
+UNKNOWN_JOB = "unknown_job"
+ENGINE = "engine"
+ERROR_CODES = (BAD_REQUEST, UNKNOWN_ADDRESS, BAD_INPUT, BAD_PATH, EXISTS, QUEUE_FULL,
+               DUPLICATE_JOB, UNKNOWN_JOB, ENGINE)
+
+MAX_JOB_ID = 128      # characters; job ids come back in every reply
+MAX_PATH = 4096       # characters (PATH_MAX on Linux)
+MAX_STRING = 4096     # any other string argument
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served: becomes /msdm/error <job_id> <code> <message>."""
+
+    def __init__(self, code: str, message: str, job_id: str = "") -> None:
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.job_id = job_id
+
+
+# --------------------------------------------------------------------------- #
+# Values: OSC types are loose in practice (Max and Pure Data send floats for
+# everything, liblo users type by hand), so numbers are accepted in any numeric
+# type, or as a numeric string, as long as the value itself makes sense.
+# --------------------------------------------------------------------------- #
+
+def as_int(value: Any, what: str, low: int | None = None, high: int | None = None) -> int:
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got the text {value[:40]!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got {_kind(value)}")
+    if isinstance(number, float):
+        if not math.isfinite(number) or number != int(number):
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got {value!r}")
+        number = int(number)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be between {low} and {high}, got {number}")
+    return number
+
+
+def as_float(value: Any, what: str, low: float | None = None, high: float | None = None) -> float:
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got the text {value[:40]!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got {_kind(value)}")
+    number = float(number)
+    if not math.isfinite(number):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a finite number, got {value!r}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be between {low:g} and {high:g}, got {number:g}")
+    return number
+
+
+def as_flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool):  # OSC T / F
+        return value
+    return bool(as_int(value, what, 0, 1))
+
+
+def as_text(value: Any, what: str, limit: int = MAX_STRING) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a string, got {_kind(value)}")
+    if not value:
+        raise ProtocolError(BAD_REQUEST, f"{what} is empty")
+    if len(value) > limit:
+        raise ProtocolError(BAD_REQUEST, f"{what} is too long ({len(value)} characters, at most {limit})")
+    if "\x00" in value:
+        raise ProtocolError(BAD_REQUEST, f"{what} contains a NUL character")
+    return value
+
+
+def as_choice(value: Any, what: str, choices: Sequence[str]) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        value = str(int(value))  # bits 16 / 24 may arrive as numbers
+    text = as_text(value, what, 64)
+    if text not in choices:
+        raise ProtocolError(BAD_REQUEST, f"{what} must be one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
+def job_id_of(value: Any) -> str:
+    """Job ids are strings; a number (Max, Pure Data) is taken as its text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = str(int(value))
+    text = as_text(value, "job_id", MAX_JOB_ID)
+    if any(ord(c) < 32 for c in text):
+        raise ProtocolError(BAD_REQUEST, "job_id contains control characters")
+    return text
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a true/false value", int: "an integer", float: "a number", str: "a string",
+             bytes: "a blob", type(None): "nil", list: "an array", tuple: "a value of OSC type r/m/t"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------- #
+# Options: key/value pairs after the fixed arguments.
+# --------------------------------------------------------------------------- #
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[Any], Any]
+    tasks: tuple[str, ...]
+    help: str
+
+
+def _opt(name, parse, help, tasks=("separate", "generate", "impute")):
+    return Option(name, parse, tasks, help)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _opt("steps", lambda v: as_int(v, "steps", 1, 10000), "noise levels (paper: 150; imputation 256)"),
+    _opt("resamples", lambda v: as_int(v, "resamples", 1, 100), "correction resamples per step"),
+    _opt("churn", lambda v: as_float(v, "churn", 0.0, 1000.0), "S_churn, stochasticity added at each step"),
+    _opt("seed", lambda v: as_int(v, "seed", -(2**31), 2**31 - 1), "random seed: same seed, same audio (default 0)"),
+    _opt("likelihood", lambda v: as_choice(v, "likelihood", ("dirac", "gaussian")),
+         "dirac (stems sum to the mix exactly, default) or gaussian", ("separate",)),
+    _opt("mono", lambda v: as_flag(v, "mono"), "1: downmix the mix to mono first", ("separate",)),
+    _opt("format", lambda v: as_choice(v, "format", ("wav", "flac")), "wav (default) or flac"),
+    _opt("bits", lambda v: as_choice(v, "bits", ("16", "24", "32f")), "16, 24 or 32f (default 32f wav, 24 flac)"),
+    _opt("overwrite", lambda v: as_flag(v, "overwrite"), "1: replace existing output files (default 0)"),
+    _opt("overlap", lambda v: as_float(v, "overlap", 0.0, 0.9), "overlap of long-audio windows (default 0.25)"),
+    _opt("reply_port", lambda v: as_int(v, "reply_port", 1, 65535), "send this job's replies to this port"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    steps: int | None = None
+    resamples: int | None = None
+    churn: float | None = None
+    seed: int = 0
+    likelihood: str = "dirac"
+    mono: bool = False
+    format: str = "wav"
+    bits: str | None = None
+    overwrite: bool = False
+    overlap: float = 0.25
+    reply_port: int | None = None
+
+    @property
+    def sample_format(self) -> str:
+        return self.bits or ("24" if self.format == "flac" else "32f")
+
+
+def parse_options(pairs: Sequence[Any], task: str, job_id: str) -> JobOptions:
+    """[key, value, key, value, ...] -> JobOptions; unknown keys, a key twice,
+    a key without a value and values that make no sense are bad_request."""
+    if len(pairs) % 2:
+        raise ProtocolError(BAD_REQUEST, f"options come in key/value pairs; {pairs[-1]!r} has no value", job_id)
+    values: dict[str, Any] = {}
+    for key, value in zip(pairs[::2], pairs[1::2]):
+        if not isinstance(key, str):
+            raise ProtocolError(BAD_REQUEST, f"option names are strings, got {_kind(key)} {key!r}", job_id)
+        option = OPTIONS_BY_NAME.get(key)
+        if option is None or task not in option.tasks:
+            known = ", ".join(o.name for o in OPTIONS if task in o.tasks)
+            raise ProtocolError(BAD_REQUEST, f"unknown option {key[:40]!r} for {task}; known: {known}", job_id)
+        if key in values:
+            raise ProtocolError(BAD_REQUEST, f"option {key!r} given twice", job_id)
+        try:
+            values[key] = option.parse(value)
+        except ProtocolError as error:
+            raise ProtocolError(error.code, error.message, job_id) from None
+    options = JobOptions(**values)
+    if options.format == "flac" and options.sample_format == "32f":
+        raise ProtocolError(BAD_REQUEST, "FLAC cannot store 32-bit float: use bits 16 or 24, or format wav", job_id)
+    return options
+
+
+# --------------------------------------------------------------------------- #
+# Requests
+# --------------------------------------------------------------------------- #
+
+@dataclass(frozen=True)
+class Query:
+    """ping, models, status, root: answered at once, no job."""
+
+    kind: str
+    reply_port: int | None = None
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    job_id: str
+    reply_port: int | None = None
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    kind: str                      # separate | generate | impute
+    job_id: str
+    out_dir: str
+    options: JobOptions
+    mix_path: str | None = None    # separate
+    seconds: float | None = None   # generate
+    given: dict[str, str] = field(default_factory=dict)  # impute: stem -> path
+
+
+def _query_parser(kind: str):
+    def parse(args: Sequence[Any], stems: Sequence[str]) -> Query:
+        if len(args) > 1:
+            raise ProtocolError(BAD_REQUEST, f"/msdm/{kind} takes at most one argument (reply_port), got {len(args)}")
+        return Query(kind, as_int(args[0], "reply_port", 1, 65535) if args else None)
+    return parse
+
+
+def _job_prefix(args: Sequence[Any], address: str, count: int, names: str) -> str:
+    """The job id (first argument), checked before anything else so that every
+    later error can name the job."""
+    if not args:
+        raise ProtocolError(BAD_REQUEST, f"{address} needs {names}")
+    job_id = job_id_of(args[0])
+    if len(args) < count:
+        raise ProtocolError(BAD_REQUEST, f"{address} needs {names}; got {len(args)} argument(s)", job_id)
+    return job_id
+
+
+def _with_job(job_id: str, parse: Callable[[], Any]):
+    try:
+        return parse()
+    except ProtocolError as error:
+        raise ProtocolError(error.code, error.message, job_id) from None
+
+
+def parse_separate(args: Sequence[Any], stems: Sequence[str]) -> JobRequest:
+    job_id = _job_prefix(args, "/msdm/separate", 3, "<job_id> <mix_path> <out_dir> [key value ...]")
+    return _with_job(job_id, lambda: JobRequest(
+        "separate", job_id, as_text(args[2], "out_dir", MAX_PATH), parse_options(args[3:], "separate", job_id),
+        mix_path=as_text(args[1], "mix_path", MAX_PATH)))
+
+
+def parse_generate(args: Sequence[Any], stems: Sequence[str]) -> JobRequest:
+    job_id = _job_prefix(args, "/msdm/generate", 3, "<job_id> <out_dir> <seconds> [key value ...]")
+    return _with_job(job_id, lambda: JobRequest(
+        "generate", job_id, as_text(args[1], "out_dir", MAX_PATH), parse_options(args[3:], "generate", job_id),
+        seconds=as_float(args[2], "seconds", 0.01, 24 * 3600.0)))
+
+
+def parse_impute(args: Sequence[Any], stems: Sequence[str]) -> JobRequest:
+    names = "<job_id> <out_dir> <stem> <path> [<stem> <path> ...] [key value ...]"
+    job_id = _job_prefix(args, "/msdm/impute", 4, names)
+
+    def parse() -> JobRequest:
+        out_dir = as_text(args[1], "out_dir", MAX_PATH)
+        rest = args[2:]
+        if len(rest) % 2:
+            raise ProtocolError(BAD_REQUEST, f"after <out_dir>, arguments come in pairs; {rest[-1]!r} has no value")
+        given: dict[str, str] = {}
+        options: list[Any] = []
+        for key, value in zip(rest[::2], rest[1::2]):
+            if isinstance(key, str) and key in stems:
+                if key in given:
+                    raise ProtocolError(BAD_REQUEST, f"stem {key!r} is given twice")
+                given[key] = as_text(value, f"the path of {key}", MAX_PATH)
+            else:
+                options += [key, value]
+        if not given:
+            raise ProtocolError(BAD_REQUEST, f"give at least one stem you have as <stem> <path>; "
+                                             f"this model's stems are {', '.join(stems)}")
+        if len(given) == len(stems):
+            raise ProtocolError(BAD_REQUEST, f"all stems ({', '.join(stems)}) are given: nothing is left to generate")
+        return JobRequest("impute", job_id, out_dir, parse_options(options, "impute", job_id), given=given)
+
+    return _with_job(job_id, parse)
+
+
+def parse_cancel(args: Sequence[Any], stems: Sequence[str]) -> CancelRequest:
+    job_id = _job_prefix(args, "/msdm/cancel", 1, "<job_id> [reply_port]")
+    if len(args) > 2:
+        raise ProtocolError(BAD_REQUEST, "/msdm/cancel takes <job_id> [reply_port]", job_id)
+    port = _with_job(job_id, lambda: as_int(args[1], "reply_port", 1, 65535)) if len(args) == 2 else None
+    return CancelRequest(job_id, port)
+
+
+@dataclass(frozen=True)
+class Address:
+    address: str
+    parse: Callable[[Sequence[Any], Sequence[str]], Any]
+    usage: str
+    reply: str
+
+
+# The address table, built from one list (docs/osc.md documents each entry).
+ADDRESSES: tuple[Address, ...] = (
+    Address("/msdm/ping", _query_parser("ping"), "[reply_port]", "/msdm/pong <version> <model>"),
+    Address("/msdm/models", _query_parser("models"), "[reply_port]",
+            "/msdm/models <model> <stems> <sample_rate> <backend>"),
+    Address("/msdm/status", _query_parser("status"), "[reply_port]",
+            "/msdm/status <idle|busy> <running_job> <progress> <queued>"),
+    Address("/msdm/root", _query_parser("root"), "[reply_port]", "/msdm/root <output_root> <max_seconds>"),
+    Address("/msdm/separate", parse_separate, "<job_id> <mix_path> <out_dir> [key value ...]",
+            "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ..."),
+    Address("/msdm/generate", parse_generate, "<job_id> <out_dir> <seconds> [key value ...]",
+            "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ... mix <path>"),
+    Address("/msdm/impute", parse_impute, "<job_id> <out_dir> <stem> <path> [...] [key value ...]",
+            "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ... mix <path>"),
+    Address("/msdm/cancel", parse_cancel, "<job_id> [reply_port]", "/msdm/cancelled <job_id>"),
+)
+ADDRESS_TABLE = {entry.address: entry for entry in ADDRESSES}
+
+
+def parse_request(address: str, args: Sequence[Any], stems: Sequence[str]):
+    """A decoded OSC message -> Query | CancelRequest | JobRequest, or ProtocolError."""
+    entry = ADDRESS_TABLE.get(address)
+    if entry is None:
+        known = ", ".join(a.address for a in ADDRESSES)
+        shown = address if len(address) <= 80 else address[:80] + "..."
+        raise ProtocolError(UNKNOWN_ADDRESS, f"unknown address {shown!r}; this server answers {known}")
+    return entry.parse(list(args), tuple(stems))
+
+
+def reply_port_of(request) -> int | None:
+    if isinstance(request, JobRequest):
+        return request.options.reply_port
+    return getattr(request, "reply_port", None)
+
+
+def best_effort_job_id(address: str, args: Sequence[Any]) -> str:
+    """The job id to put in an error reply for a request that failed to parse."""
+    if address in ("/msdm/separate", "/msdm/generate", "/msdm/impute", "/msdm/cancel") and args:
+        try:
+            return job_id_of(args[0])
+        except ProtocolError:
+            return ""
+    return ""
+
+
+def best_effort_reply_port(address: str, args: Sequence[Any]) -> int | None:
+    """Where to send the error for a request that failed to parse: a valid
+    reply port in it still counts (oscsend's own port is gone by then)."""
+    candidates: list[Any] = []
+    if address in ("/msdm/ping", "/msdm/models", "/msdm/status", "/msdm/root") and len(args) == 1:
+        candidates = [args[0]]
+    elif address == "/msdm/cancel" and len(args) == 2:
+        candidates = [args[1]]
+    else:
+        candidates = [v for k, v in zip(args[:-1], args[1:]) if k == "reply_port"]
+    for value in candidates:
+        try:
+            return as_int(value, "reply_port", 1, 65535)
+        except ProtocolError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------- #
+# Replies: (address, [args]) with OSC-typed Python values (str, int, float).
+# --------------------------------------------------------------------------- #
+
+Reply = tuple[str, list]
+
+
+def pong(version: str, model: str) -> Reply:
+    return "/msdm/pong", [version, model]
+
+
+def models_reply(model: str, stems: Sequence[str], sample_rate: int, backend: str) -> Reply:
+    return "/msdm/models", [model, ",".join(stems), int(sample_rate), backend]
+
+
+def status_reply(busy: bool, running_job: str, progress: float, queued: int) -> Reply:
+    return "/msdm/status", ["busy" if busy else "idle", running_job, float(progress), int(queued)]
+
+
+def root_reply(output_root: str, max_seconds: float) -> Reply:
+    return "/msdm/root", [output_root, float(max_seconds)]
+
+
+def accepted(job_id: str, position: int) -> Reply:
+    return "/msdm/accepted", [job_id, int(position)]
+
+
+def progress(job_id: str, fraction: float, message: str) -> Reply:
+    return "/msdm/progress", [job_id, float(min(max(fraction, 0.0), 1.0)), message]
+
+
+def done(job_id: str, paths: dict[str, Any]) -> Reply:
+    args: list = [job_id]
+    for stem, path in paths.items():
+        args += [stem, str(path)]
+    return "/msdm/done", args
+
+
+def error(job_id: str, code: str, message: str) -> Reply:
+    assert code in ERROR_CODES, code
+    return "/msdm/error", [job_id, code, message]
+
+
+def cancelled(job_id: str) -> Reply:
+    return "/msdm/cancelled", [job_id]

@@ -1,0 +1,257 @@
+"""The OSC server: one UDP socket, an exact address table, handlers that only
+parse, check and enqueue.
+
+Why not python-osc's `OSCUDPServer` + `Dispatcher` as they are (we use
+python-osc to decode and encode messages): its socketserver reads at most
+8192 bytes a datagram and drops unparsable ones silently (the sender never
+learns why), its dispatcher treats addresses as patterns (one "/msdm/*" would
+call every handler) and, for a bundle with a future time tag, sleeps on the
+socket thread, so one datagram could stall the server. Here every datagram is
+read whole (up to the UDP maximum), decoded inside a guard, looked up exactly,
+and every failure is answered with /msdm/error, never a dead server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import select
+import socket
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from . import protocol
+from .jobs import Job, JobQueue, execute_job
+from .paths import check_input_file, check_outputs_free, contained_output_dir, prepare_output_root
+from .protocol import CancelRequest, JobRequest, ProtocolError, Query
+
+log = logging.getLogger("msdm.serve")
+
+MAX_DATAGRAM = 65535
+MAX_BUNDLE_DEPTH = 4
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9010
+DEFAULT_MAX_SECONDS = 600.0
+RECEIVE_BUFFER = 4 << 20  # bursts of small requests (a controller's knob) must not overflow the kernel queue
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def decode_datagram(data: bytes) -> list[tuple[str, list]]:
+    """A datagram -> [(address, args)]; bundles are flattened and run at once
+    (time tags are ignored: nothing here is time-critical). Raises ValueError
+    with a short reason for anything that is not a well-formed OSC packet."""
+    if not data:
+        raise ValueError("empty datagram")
+
+    def messages(dgram: bytes, depth: int) -> list[tuple[str, list]]:
+        if OscBundle.dgram_is_bundle(dgram):
+            if depth >= MAX_BUNDLE_DEPTH:
+                raise ValueError("bundles nested too deep")
+            out = []
+            for content in OscBundle(dgram):
+                if isinstance(content, OscBundle):
+                    out += messages(content.dgram, depth + 1)
+                else:
+                    out.append((content.address, list(content.params)))
+            return out
+        if not OscMessage.dgram_is_message(dgram):
+            raise ValueError("not an OSC message (an OSC address starts with '/')")
+        message = OscMessage(dgram)
+        return [(message.address, list(message.params))]
+
+    try:
+        return messages(data, 0)
+    except ValueError:
+        raise
+    except Exception as error:  # python-osc raises ParseError, IndexError, struct.error... on bad bytes
+        raise ValueError(f"malformed OSC data ({type(error).__name__})") from None
+
+
+def encode_message(address: str, args: Sequence[Any]) -> bytes:
+    builder = OscMessageBuilder(address=address)
+    for value in args:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            value = str(value)
+        builder.add_arg(value, "s" if isinstance(value, str) else "i" if isinstance(value, int) else "f")
+    return builder.build().dgram
+
+
+class OscServer:
+    """`msdm serve`'s server. Construct, then `serve_forever()` (blocking) or
+    `start()` (a thread); `shutdown()` from any thread or a signal handler."""
+
+    def __init__(self, models: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 output_root: str | os.PathLike | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
+                 max_queued: int = 16, backend: str = "torch", version: str | None = None) -> None:
+        from engine import __version__
+        from .paths import default_output_root
+
+        self.models = models
+        self.stems = tuple(models.stems)
+        self.backend = backend
+        self.version = version or __version__
+        self.max_seconds = float(max_seconds)
+        self.output_root = prepare_output_root(output_root or default_output_root())
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.socket = socket.socket(family, kind, proto)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError:
+            pass
+        self.socket.bind(address)
+        self.host, self.port = self.socket.getsockname()[:2]
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.jobs = JobQueue(lambda job, progress: execute_job(models, job, progress, self.max_seconds),
+                             self.send, self.output_root, max_queued)
+
+    # ---- lifecycle ------------------------------------------------------- #
+
+    def start(self) -> "OscServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="msdm-osc", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    ready, _, _ = select.select([self.socket], [], [], 0.2)
+                    if not ready:
+                        continue
+                    data, sender = self.socket.recvfrom(MAX_DATAGRAM)
+                except (ConnectionResetError, ConnectionRefusedError):
+                    continue  # Windows reports an earlier reply's unreachable port here
+                except OSError:
+                    if self._stop.is_set():
+                        break
+                    raise
+                self.handle_datagram(data, sender)
+        finally:
+            self.jobs.stop()
+            self.close()
+
+    def shutdown(self) -> None:
+        """Stop serving: safe from a signal handler (it only sets a flag when
+        called on the serving thread) and from any other thread (it waits)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(15)
+
+    def close(self) -> None:
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+    # ---- replies --------------------------------------------------------- #
+
+    def send(self, target: tuple, reply: protocol.Reply) -> None:
+        address, args = reply
+        try:
+            data = encode_message(address, args)
+            with self._send_lock:
+                self.socket.sendto(data, target)
+        except Exception as error:  # an unreachable client must not stop the server or a job
+            log.debug("could not send %s to %s: %s", address, target, error)
+
+    # ---- requests -------------------------------------------------------- #
+
+    def handle_datagram(self, data: bytes, sender: tuple) -> None:
+        try:
+            messages = decode_datagram(data)
+        except ValueError as error:
+            self.send(sender, protocol.error("", protocol.BAD_REQUEST, f"could not decode the datagram: {error}"))
+            return
+        for address, args in messages:
+            self.handle_message(address, args, sender)
+
+    def handle_message(self, address: str, args: list, sender: tuple) -> None:
+        reply_to = sender
+        try:
+            request = protocol.parse_request(address, args, self.stems)
+            port = protocol.reply_port_of(request)
+            if port is not None:
+                reply_to = (sender[0], port) + tuple(sender[2:])
+            if isinstance(request, Query):
+                self.send(reply_to, self.answer(request))
+            elif isinstance(request, CancelRequest):
+                if not self.jobs.cancel(request.job_id, reply_to):
+                    raise ProtocolError(protocol.UNKNOWN_JOB, f"no queued or running job has id "
+                                                              f"{request.job_id!r}", request.job_id)
+            else:
+                self.jobs.submit(self.check_job(request, reply_to))
+        except ProtocolError as error:
+            if reply_to is sender:  # it failed before its reply port was read
+                port = protocol.best_effort_reply_port(address, args)
+                if port is not None:
+                    reply_to = (sender[0], port) + tuple(sender[2:])
+            job_id = error.job_id or protocol.best_effort_job_id(address, args)
+            self.send(reply_to, protocol.error(job_id, error.code, error.message))
+        except Exception as error:  # a bug here must cost one request, not the server
+            log.error("request %s failed:\n%s", address[:80], traceback.format_exc())
+            job_id = protocol.best_effort_job_id(address, args)
+            self.send(reply_to, protocol.error(job_id, protocol.ENGINE, f"internal error: {error}"))
+
+    def answer(self, query: Query) -> protocol.Reply:
+        if query.kind == "ping":
+            return protocol.pong(self.version, ", ".join(Path(m.path).name if getattr(m, "path", None) else str(m.source)
+                                                          for m in self.models.models))
+        if query.kind == "models":
+            return protocol.models_reply(self.models.describe(), self.stems, self.models.sample_rate, self.backend)
+        if query.kind == "status":
+            return protocol.status_reply(*self.jobs.status())
+        return protocol.root_reply(str(self.output_root), self.max_seconds)
+
+    def check_job(self, request: JobRequest, reply_to: tuple) -> Job:
+        """Everything that can be checked before queueing: the folder, the
+        inputs' headers, the length limit, existing outputs."""
+        from engine.audio_io import AudioInputError, inspect_audio
+
+        job_id = request.job_id
+        out_dir = contained_output_dir(request.out_dir, self.output_root, job_id)
+        fmt = request.options.format
+        if request.kind in ("generate", "impute") and self.models.is_isdm:
+            raise ProtocolError(protocol.BAD_REQUEST, f"{request.kind} needs one joint (MSDM) model; this server "
+                                                      f"runs single-stem ISDM models, which can only separate", job_id)
+        if request.kind == "separate":
+            inputs = {"mix_path": request.mix_path}
+            outputs = list(self.stems)
+        elif request.kind == "generate":
+            if request.seconds > self.max_seconds:
+                raise ProtocolError(protocol.BAD_INPUT, f"{request.seconds:g} s is longer than this server's limit "
+                                                        f"of {self.max_seconds:g} s; ask for less", job_id)
+            inputs, outputs = {}, list(self.stems) + ["mix"]
+        else:
+            inputs = {f"the {stem} file": path for stem, path in request.given.items()}
+            outputs = [s for s in self.stems if s not in request.given] + ["mix"]
+        headers = {}
+        for what, path in inputs.items():
+            checked = check_input_file(path, what, job_id)
+            try:
+                headers[what] = inspect_audio(checked, max_seconds=self.max_seconds)
+            except AudioInputError as error:
+                raise ProtocolError(protocol.BAD_INPUT, str(error), job_id) from None
+        if request.kind == "impute" and len(headers) > 1:
+            shapes = {what.split()[1]: (h.samplerate, h.frames) for what, h in headers.items()}
+            if len(set(shapes.values())) > 1:
+                detail = ", ".join(f"{stem} {rate} Hz {frames} frames" for stem, (rate, frames) in shapes.items())
+                raise ProtocolError(protocol.BAD_INPUT, f"the given stems differ ({detail}): render them at one "
+                                                        f"sample rate, from the same start to the same end", job_id)
+        check_outputs_free(out_dir, outputs, fmt, request.options.overwrite, job_id)
+        return Job(request=request, reply_to=reply_to, out_dir=out_dir)
