@@ -1,0 +1,136 @@
+"""`msdm serve` as a real child process, driven by an independent OSC
+implementation: liblo's oscsend (which exits right after sending) and oscdump
+listening on an explicit reply port. Also how the desktop app starts it:
+--port 0, the "listening on" line, a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.audio_io import read_audio, write_audio
+
+pytestmark = pytest.mark.skipif(not (shutil.which("oscsend") and shutil.which("oscdump")),
+                                reason="liblo-tools (oscsend, oscdump) not installed: apt-get install liblo-tools")
+
+
+# `python -m engine.cli` would load engine.cli twice (as __main__ too), and a CommandError raised
+# by a registered command would then not be the one main() catches: call main() like the script does.
+MSDM = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lines:
+    """A child process's stdout, line by line, read on a thread."""
+
+    def __init__(self, process: subprocess.Popen, strip_time: bool = False) -> None:
+        self.strip_time = strip_time  # oscdump starts each line with the message's time tag
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(process.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            if self.strip_time and not line.startswith("/"):
+                line = line.partition(" ")[2]
+            self.queue.put(line)
+
+    def wait_for(self, predicate, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if predicate(line):
+                return line
+        raise AssertionError(f"no matching line within {timeout} s; got {self.seen}")
+
+
+@pytest.fixture
+def served(tiny_model_path, tmp_path):
+    root = tmp_path / "root"
+    serve = subprocess.Popen([*MSDM, "serve", "--port", "0", "--model",
+                              str(tiny_model_path), "--output-root", str(root), "--quiet"],
+                             stdout=subprocess.PIPE, text=True)
+    lines = Lines(serve)
+    try:
+        first = lines.wait_for(lambda line: True, 60)
+        assert first.startswith("msdm serve: listening on 127.0.0.1:"), first
+        yield serve, int(first.rsplit(":", 1)[1]), root, lines
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
+    serve, port, root, _ = served
+    dump_port = free_udp_port()
+    dump = subprocess.Popen(["oscdump", "-L", str(dump_port)], stdout=subprocess.PIPE, text=True)
+    dumped = Lines(dump, strip_time=True)
+    try:
+        time.sleep(0.3)  # oscdump binds its port
+        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/ping", "i", str(dump_port)], check=True)
+        pong = dumped.wait_for(lambda line: line.startswith("/msdm/pong"), 10)
+        assert pong.split()[1:] == ["ss", '"0.1.0"', '"tiny.safetensors"']
+
+        mix = tmp_path / "mix.wav"
+        write_audio(mix, (0.1 * np.random.default_rng(0).standard_normal((1, 5000))).astype(np.float32), 22050)
+        out = root / "from liblo"
+        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/separate", "ssssisi", "job-1", str(mix),
+                        str(out), "steps", "4", "reply_port", str(dump_port)], check=True)
+        done = dumped.wait_for(lambda line: line.startswith(("/msdm/done", "/msdm/error")), 60)
+        assert done.startswith("/msdm/done " + "s" * 9 + " "), done  # job id + 4 x (stem, path)
+        accepted = [line for line in dumped.seen if line.startswith("/msdm/accepted")]
+        assert accepted == ['/msdm/accepted si "job-1" 0']
+        assert any(line.startswith('/msdm/progress sfs "job-1"') for line in dumped.seen)
+        for stem in ("bass", "drums", "guitar", "piano"):
+            assert f'"{stem}" "{out / stem}.wav"' in done
+        stems = [read_audio(out / f"{stem}.wav").samples for stem in ("bass", "drums", "guitar", "piano")]
+        scale = sum(np.abs(s).max() for s in stems)  # the tiny model's stems are huge: float32 rounding
+        np.testing.assert_allclose(sum(stems), read_audio(mix).samples, atol=4 * np.finfo(np.float32).eps * scale)
+
+        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/cancel", "si", "nojob", str(dump_port)], check=True)
+        error = dumped.wait_for(lambda line: line.startswith("/msdm/error"), 10)
+        assert error.startswith('/msdm/error sss "nojob" "unknown_job"')
+    finally:
+        dump.kill()
+        dump.wait()
+
+
+def test_sigterm_stops_the_server_cleanly_and_osc_send_reports(served):
+    serve, port, root, lines = served
+    status = subprocess.run([*MSDM, "osc-send", "--port", str(port), "/msdm/status"],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and status.stdout == "/msdm/status\tidle\t\t0\t0\n"
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=15) == 0
+    assert lines.wait_for(lambda line: True, 5) == "msdm serve: stopped"
+    gone = subprocess.run([*MSDM, "osc-send", "--port", str(port), "--timeout", "0.5",
+                           "/msdm/ping"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 3 and "is it running? Start it with `msdm serve`" in gone.stderr
+
+
+def test_serve_refuses_a_public_address_without_allow_remote(tiny_model_path, tmp_path):
+    result = subprocess.run([*MSDM, "serve", "--host", "0.0.0.0", "--port", "0",
+                             "--model", str(tiny_model_path), "--output-root", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--allow-remote" in result.stderr and os.listdir(tmp_path) == []
