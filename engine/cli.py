@@ -14,7 +14,7 @@ EXIT_USAGE = 2
 EXIT_CANCELLED = 130
 
 # Modules outside this file that add `msdm` commands (see get_parser).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("osc_bridge.command",)
 
 
 class CommandError(Exception):
