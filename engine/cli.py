@@ -14,7 +14,7 @@ EXIT_USAGE = 2
 EXIT_CANCELLED = 130
 
 # Modules outside this file that add `msdm` commands (see get_parser).
-COMMAND_MODULES: tuple[str, ...] = ("osc_bridge.command",)
+COMMAND_MODULES: tuple[str, ...] = ("engine.bounce", "osc_bridge.command", "desktop.command")
 
 
 class CommandError(Exception):
