@@ -235,3 +235,75 @@ def test_batching_denoiser_gathers_every_thread_into_one_call():
     assert calls == [6, 6, 6, 6]  # every step of the three songs in one call
     for (n, step), out in results.items():
         assert out.shape == (n, 2, 8) and torch.all(out == (n * 10 + step) * 0.5 + 1)
+
+
+def _cli_env():
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model_path, jobs):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # song0 is short, so a record appears while the others still have windows to go.
+    songs = write_songs(tmp_path / "in", {f"song{n}.wav": (12000 if n else 3000, 1, 22050) for n in range(4)})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "engine.cli", "bounce", str(songs), "-o", str(out), "--jobs", jobs,
+               "--model", str(tiny_model_path), "--steps", "10", "--resamples", "1", "-q"]
+    process = subprocess.Popen(command, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "cancelled; no partial files" in err
+
+    assert not leftovers(out)
+    done = {r["track"] for r in read_records([manifest])}
+    assert 1 <= len(done) < 4
+    for n in range(4):
+        files = sorted(p.name for p in (out / f"song{n}").glob("*")) if (out / f"song{n}").exists() else []
+        # A song's stems appear together when it is done, or not at all.
+        assert files == ([f"{s}.wav" for s in STEMS] if f"song{n}" in done else [])
+
+    rerun = subprocess.run(command, env=_cli_env(), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"bounced {4 - len(done)}, skipped {len(done)} (already done), failed 0" in rerun.stdout
+    assert not leftovers(out) and len(read_outputs(out)) == 16
+
+
+def test_two_processes_write_what_one_process_writes(tmp_path, songs, tiny_model_path):
+    """torchrun with 2 CPU processes (gloo): each rank bounces its share into its
+    own manifest part; the stems are the single-process stems sample for sample
+    (both with one thread per process: the thread count changes float rounding)."""
+    import subprocess
+    import sys
+
+    write_songs(songs, {"four.wav": (3000, 1, 16000)}, seed=9)
+    options = ["--model", str(tiny_model_path), "--seed", "5", *FAST]
+    assert main(["bounce", str(songs), "-o", str(tmp_path / "one"), *options]) == 0
+    two = tmp_path / "two"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "engine.cli", "bounce", str(songs), "-o", str(two), *options],
+                          env=_cli_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bounced 4, skipped 0 (already done), failed 0" in done.stdout  # rank 0 sums every rank
+
+    one_out, two_out = read_outputs(tmp_path / "one"), read_outputs(two)
+    assert one_out.keys() == two_out.keys() and len(one_out) == 16
+    for name in one_out:
+        np.testing.assert_array_equal(two_out[name], one_out[name], err_msg=name)
+    ranks = [[r["track"] for r in read_records([two / f"manifest.rank{rank}.jsonl"])] for rank in (0, 1)]
+    tracks = sorted(["album/one", "album/two", "three", "four"])
+    assert ranks == [tracks[0::2], tracks[1::2]]
+    assert not (two / "manifest.jsonl").exists()
+    # One process resumes from the parts the two wrote: nothing left to do.
+    assert main(["bounce", str(songs), "-o", str(two), *options]) == 0
+    assert read_records([two / "manifest.jsonl"]) == []
