@@ -141,13 +141,16 @@ def run_osc_send(args: argparse.Namespace) -> int:
                 final = client.request(args.address, *values, timeout=args.timeout)
                 if final is not None:
                     emit(*final)
+        if final is None:
+            message = (f"no answer from msdm serve at {args.host}:{args.port} within {args.timeout:g} s; "
+                       f"is it running? Start it with `msdm serve`.")
+            print(f"msdm osc-send: {message}", file=sys.stderr)
+            if log is not None:  # a DAW script polling the log must learn it too
+                log.write(f"msdm-osc-send\tno_answer\t{message}\n")
+            return 3
     finally:
         if log is not None:
             log.close()
-    if final is None:
-        print(f"msdm osc-send: no answer from msdm serve at {args.host}:{args.port} within {args.timeout:g} s; "
-              f"is it running? Start it with `msdm serve`.", file=sys.stderr)
-        return 3
     if final[0] == "/msdm/error":
         print(f"msdm osc-send: {final[1][1] if len(final[1]) > 1 else 'error'}: "
               f"{final[1][2] if len(final[1]) > 2 else ''}", file=sys.stderr)
