@@ -186,7 +186,7 @@ class JobOptions:
         return self.bits or ("24" if self.format == "flac" else "32f")
 
 
-def parse_options(pairs: Sequence[Any], task: str, job_id: str) -> JobOptions:
+def parse_options(pairs: Sequence[Any], task: str, job_id: str, hint: str = "") -> JobOptions:
     """[key, value, key, value, ...] -> JobOptions; unknown keys, a key twice,
     a key without a value and values that make no sense are bad_request."""
     if len(pairs) % 2:
@@ -198,7 +198,7 @@ def parse_options(pairs: Sequence[Any], task: str, job_id: str) -> JobOptions:
         option = OPTIONS_BY_NAME.get(key)
         if option is None or task not in option.tasks:
             known = ", ".join(o.name for o in OPTIONS if task in o.tasks)
-            raise ProtocolError(BAD_REQUEST, f"unknown option {key[:40]!r} for {task}; known: {known}", job_id)
+            raise ProtocolError(BAD_REQUEST, f"unknown option {key[:40]!r} for {task}; known: {known}{hint}", job_id)
         if key in values:
             raise ProtocolError(BAD_REQUEST, f"option {key!r} given twice", job_id)
         try:
@@ -298,12 +298,13 @@ def parse_impute(args: Sequence[Any], stems: Sequence[str]) -> JobRequest:
                 given[key] = as_text(value, f"the path of {key}", MAX_PATH)
             else:
                 options += [key, value]
+        parsed = parse_options(options, "impute", job_id, f"; given stems are one of {', '.join(stems)}")
         if not given:
             raise ProtocolError(BAD_REQUEST, f"give at least one stem you have as <stem> <path>; "
                                              f"this model's stems are {', '.join(stems)}")
         if len(given) == len(stems):
             raise ProtocolError(BAD_REQUEST, f"all stems ({', '.join(stems)}) are given: nothing is left to generate")
-        return JobRequest("impute", job_id, out_dir, parse_options(options, "impute", job_id), given=given)
+        return JobRequest("impute", job_id, out_dir, parsed, given=given)
 
     return _with_job(job_id, parse)
 
