@@ -50,23 +50,30 @@ def paired_medians(fn, reference, repeats: int) -> tuple[float, float]:
     return statistics.median(times), statistics.median(ratios)
 
 
-def backends(model: MSDMModel, device: str):
-    """name -> denoiser, for what this machine can run."""
+def backends(model: MSDMModel, device: str, only: str | None = None):
+    """name -> denoiser, for what this machine can run (`only`: build just that one)."""
     found = {"torch eager": model.denoiser}
-    if device == "cuda":
+    wanted = lambda name: only is None or only == name  # noqa: E731
+    if device == "cuda" and wanted("torch bf16"):
         def bf16(x, sigma, denoiser=model.denoiser):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return denoiser(x, sigma).float()
         found["torch bf16"] = bf16
     try:
+        if not wanted("torch.compile"):
+            raise LookupError
         compiled = torch.compile(model.denoiser)
         x = torch.randn(1, model.config.unet.in_channels, model.config.window, device=device) * 0.1
         with torch.no_grad():
             compiled(x, torch.tensor([0.5], device=device))
         found["torch.compile"] = compiled
+    except LookupError:
+        pass
     except Exception as error:  # noqa: BLE001 - report, do not fail the benchmark
         print(f"torch.compile unavailable: {type(error).__name__}: {str(error)[:120]}", file=sys.stderr)
     try:
+        if only is not None and not only.startswith("onnxruntime"):
+            return found
         from engine.onnx_backend import OnnxDenoiser, available_providers, ensure_onnx
 
         path = ensure_onnx(model)
