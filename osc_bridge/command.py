@@ -36,6 +36,9 @@ def register(commands) -> None:
     serve.add_argument("--max-seconds", type=float, default=600.0,
                        help="longest input or generation accepted, in seconds (default 600)")
     serve.add_argument("--queue", type=int, default=16, help="jobs that may wait (default 16)")
+    serve.add_argument("--threads", type=int,
+                       help="CPU threads for the network (default: PyTorch's, one per core); use fewer when "
+                            "other programs keep the cores busy (a DAW, another job)")
     serve.add_argument("-q", "--quiet", action="store_true", help="log only errors")
     serve.set_defaults(handler=run_serve)
 
@@ -77,9 +80,13 @@ def run_serve(args: argparse.Namespace) -> int:
                                f"jobs. Add --allow-remote if that is what you want.")
         print(f"msdm serve: WARNING: listening on {args.host}, reachable from other computers; "
               f"no authentication is done.", file=sys.stderr, flush=True)
-    if args.device.startswith("cuda"):
-        import torch
+    import torch
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise CommandError(f"--device {args.device}: no CUDA GPU is available to PyTorch here; use --device cpu")
     models = load_models(args.model, device=args.device, backend=args.backend)

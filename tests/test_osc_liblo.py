@@ -68,7 +68,7 @@ class Lines:
 def served(tiny_model_path, tmp_path):
     root = tmp_path / "root"
     serve = subprocess.Popen([*MSDM, "serve", "--port", "0", "--model",
-                              str(tiny_model_path), "--output-root", str(root), "--quiet"],
+                              str(tiny_model_path), "--output-root", str(root), "--quiet", "--threads", "1"],
                              stdout=subprocess.PIPE, text=True)
     lines = Lines(serve)
     try:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import soundfile as sf
 
 from engine.audio_io import read_audio, write_audio
@@ -15,6 +16,16 @@ from osc_bridge.client import OscClient, ReplyCollector, done_paths
 from osc_bridge.server import OscServer
 
 STEPS = ["steps", 4]
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One network thread: on a machine whose cores are busy (CI, other jobs), PyTorch's
+    default of one thread per core can make each step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 @pytest.fixture(scope="module")
