@@ -342,6 +342,9 @@ ADDRESSES: tuple[Address, ...] = (
     Address("/msdm/cancel", parse_cancel, "<job_id> [reply_port]", "/msdm/cancelled <job_id>"),
 )
 ADDRESS_TABLE = {entry.address: entry for entry in ADDRESSES}
+# Addresses that only ever travel from the server to a client; the server ignores them.
+REPLY_ONLY_ADDRESSES = frozenset({"/msdm/pong", "/msdm/accepted", "/msdm/progress", "/msdm/done",
+                                  "/msdm/error", "/msdm/cancelled"})
 
 
 def parse_request(address: str, args: Sequence[Any], stems: Sequence[str]):

@@ -114,6 +114,7 @@ class OscServer:
             pass
         self.socket.bind(address)
         self.host, self.port = self.socket.getsockname()[:2]
+        self.received = 0  # datagrams read (for tests and the log)
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,12 +174,20 @@ class OscServer:
     # ---- requests -------------------------------------------------------- #
 
     def handle_datagram(self, data: bytes, sender: tuple) -> None:
+        self.received += 1
+        if (sender[1] == self.port and is_loopback(sender[0])) or sender[:2] == (self.host, self.port):
+            return  # our own reply, sent to ourselves through a reply_port: answering would loop forever
         try:
             messages = decode_datagram(data)
         except ValueError as error:
             self.send(sender, protocol.error("", protocol.BAD_REQUEST, f"could not decode the datagram: {error}"))
             return
         for address, args in messages:
+            if address in protocol.REPLY_ONLY_ADDRESSES:
+                # A reply arriving here (another server's, misdirected): answering it with an
+                # error could start an endless exchange between two servers, so it is ignored.
+                log.debug("ignored a reply sent to the server: %s", address)
+                continue
             self.handle_message(address, args, sender)
 
     def handle_message(self, address: str, args: list, sender: tuple) -> None:

@@ -199,3 +199,16 @@ def test_reply_port_in_a_malformed_request_is_still_used(setup):
         sender.send("/msdm/status", listener.port)
         assert listener.receive(5)[0] == "/msdm/status"
         assert sender.receive(0.2) is None
+
+
+def test_replies_sent_back_to_the_server_do_not_loop(setup):
+    server, _, _ = setup
+    with OscClient("127.0.0.1", server.port) as client:
+        before = server.received
+        client.send("/msdm/ping", server.port)          # the pong goes to the server itself
+        client.send("/msdm/status", server.port)        # its status reply parses as a bad status request
+        client.send("/msdm/error", "", "bad_request", "from another server")
+        time.sleep(0.5)
+        assert server.received - before <= 5  # three requests and two self-sent replies, no storm
+        assert client.receive(0.2) is None      # the reply to /msdm/error is silence, not an error
+        assert client.request("/msdm/ping")[0] == "/msdm/pong"
