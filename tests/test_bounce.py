@@ -101,15 +101,22 @@ def test_bounced_stems_are_what_separate_writes(tmp_path, songs, tiny_models):
 
 
 def test_batched_equals_one_song_at_a_time(tmp_path, songs, tiny_models):
+    # A song that fails mid-way (a NaN in its third window) while it shares calls with the others.
+    bad = np.zeros((10000, 1), dtype=np.float32)
+    bad[9000] = np.nan
+    sf.write(songs / "nan.wav", bad + 0.01, 22050, subtype="FLOAT")
     settings = SEPARATE_DIRAC.override(steps=3, num_resamples=1)
     job = BounceJob(settings=settings, seed=1)
     found = find_songs([songs])
     Bouncer(tiny_models, job, tmp_path / "one").run(found, jobs=1, quiet=True)
     batched = Bouncer(tiny_models, job, tmp_path / "batched")
-    assert batched.run(found, jobs=3, quiet=True).done == 3
+    summary = batched.run(found, jobs=4, quiet=True)
+    assert (summary.done, summary.failed) == (3, 1)
+    assert "nan.wav" in summary.failures[0][0] and "invalid sample value" in summary.failures[0][1]
+    assert not leftovers(tmp_path / "batched") and not (tmp_path / "batched" / "nan").exists()
     stats = batched.batch_stats
-    # Windows of the three songs really shared calls (2 + 1 + 2 channels at first).
-    assert stats.largest == 5 and stats.calls < stats.requests
+    # Windows of the four songs really shared calls (2 + 1 + 2 + 1 channels at first).
+    assert stats.largest == 6 and stats.calls < stats.requests
     one, many = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "batched")
     assert one.keys() == many.keys() and len(one) == 12
     for name in one:
@@ -272,6 +279,7 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model
         files = sorted(p.name for p in (out / f"song{n}").glob("*")) if (out / f"song{n}").exists() else []
         # A song's stems appear together when it is done, or not at all.
         assert files == ([f"{s}.wav" for s in STEMS] if f"song{n}" in done else [])
+        assert (out / f"song{n}").exists() == (f"song{n}" in done)  # no empty folder either
 
     rerun = subprocess.run(command, env=_cli_env(), capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
