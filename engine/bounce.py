@@ -184,6 +184,7 @@ class Bouncer:
         self.model_hash = models.file_hash()
         self.settings = job.record()
         self.cancel = threading.Event()
+        self.batch_stats = None  # engine.batching.BatchStats of the last batched run
 
     # -- one song ---------------------------------------------------------
     def _bounce_one(self, models, song: Song, seed: int, progress) -> dict[str, Path]:

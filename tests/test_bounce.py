@@ -87,6 +87,18 @@ def test_bounce_writes_a_folder_per_song_and_a_manifest(tmp_path, songs, tiny_mo
     assert not leftovers(out)
 
 
+def test_progress_bar_and_summary(tmp_path, songs, tiny_model_path, capsys):
+    assert main(["bounce", str(songs), "-o", str(tmp_path / "out"), "--model", str(tiny_model_path),
+                 "--steps", "2", "--resamples", "1"]) == 0
+    captured = capsys.readouterr()
+    total = sum(frames / rate for frames, _, rate in SONGS.values())
+    assert "bounced 3/3 songs 100%" in captured.err and f"/{total:.1f} s of audio" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == "bounced 3, skipped 0 (already done), failed 0"
+    assert lines[1].startswith(f"{total:.1f} s of audio in ") and lines[1].endswith("audio hours per wall hour")
+    assert lines[2] == f"manifest: {tmp_path / 'out' / 'manifest.jsonl'}"
+
+
 def test_bounced_stems_are_what_separate_writes(tmp_path, songs, tiny_models):
     """The batch path is the one-song path: same seed, same samples, bit for bit."""
     out = tmp_path / "out"
