@@ -26,10 +26,12 @@ local function message(text, title)
   reaper.ShowMessageBox(text, title or "MSDM Studio", 0)
 end
 
--- Run `msdm osc-send` and wait for it (short queries only): returns ok, output.
+-- Run `msdm osc-send` and wait for it (short queries only: REAPER waits meanwhile,
+-- so the client gives up after 2 s of silence): returns ok, output.
 local function query(address, args)
-  local line = osc.command_line(osc.osc_send_argv(config, address, args or {}), WINDOWS)
-  local result = reaper.ExecProcess(line, 15000)
+  local quick = { msdm = config.msdm, host = config.host, port = config.port, timeout = 2 }
+  local line = osc.command_line(osc.osc_send_argv(quick, address, args or {}), WINDOWS)
+  local result = reaper.ExecProcess(line, 10000)
   if not result then return false, "could not run " .. config.msdm[1] end
   local code, output = result:match("^(%-?%d+)\n(.*)$")
   return tonumber(code) == 0, output or result
