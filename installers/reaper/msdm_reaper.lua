@@ -74,8 +74,10 @@ local function with_server(after)
   end
   local line = osc.command_line(serve, WINDOWS)
   if WINDOWS then reaper.ExecProcess(line, -1) else os.execute(line .. " >/dev/null 2>&1 &") end
-  local started = reaper.time_precise()
+  local started, last = reaper.time_precise(), 0
   local function wait()
+    if reaper.time_precise() - last < 1 then return reaper.defer(wait) end  -- ask once a second
+    last = reaper.time_precise()
     local ready, out = query("/msdm/root")
     if ready then return after(config.output_root or root_of(out)) end
     if reaper.time_precise() - started > 60 then
