@@ -35,6 +35,13 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    """In-process runs are one process, whatever launched pytest."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def write_songs(folder, songs=SONGS, seed=0):
     rng = np.random.default_rng(seed)
     for name, (frames, channels, rate) in songs.items():
