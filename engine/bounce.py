@@ -495,7 +495,10 @@ def run_command(args) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if rank == 0:
-        parts = "manifest.jsonl" if world == 1 else f"manifest.rank0..{world - 1}.jsonl"
-        print("\n".join(total.lines() + [f"manifest: {Path(args.out) / parts}"]))
+    if rank > 0:
+        # Rank 0 reports for all. A launcher such as torchrun stops every rank
+        # when one exits with an error, so the others must not race it to it.
+        return 0
+    parts = "manifest.jsonl" if world == 1 else f"manifest.rank0..{world - 1}.jsonl"
+    print("\n".join(total.lines() + [f"manifest: {Path(args.out) / parts}"]), flush=True)
     return 1 if total.failed else 0

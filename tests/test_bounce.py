@@ -314,23 +314,26 @@ def test_two_processes_write_what_one_process_writes(tmp_path, songs, tiny_model
     import sys
 
     write_songs(songs, {"four.wav": (3000, 1, 16000)}, seed=9)
+    (songs / "broken.wav").write_bytes(b"RIFF and then nothing")  # rank 0's second song
     options = ["--model", str(tiny_model_path), "--seed", "5", *FAST]
-    assert main(["bounce", str(songs), "-o", str(tmp_path / "one"), *options]) == 0
+    assert main(["bounce", str(songs), "-o", str(tmp_path / "one"), *options]) == 1
     two = tmp_path / "two"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "engine.cli", "bounce", str(songs), "-o", str(two), *options],
                           env=_cli_env(), capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "bounced 4, skipped 0 (already done), failed 0" in done.stdout  # rank 0 sums every rank
+    assert done.returncode != 0  # a song failed: the launcher says so
+    # Rank 0 sums every rank; the others went on past the broken file.
+    assert "bounced 4, skipped 0 (already done), failed 1" in done.stdout, done.stderr[-3000:]
 
     one_out, two_out = read_outputs(tmp_path / "one"), read_outputs(two)
     assert one_out.keys() == two_out.keys() and len(one_out) == 16
     for name in one_out:
         np.testing.assert_array_equal(two_out[name], one_out[name], err_msg=name)
     ranks = [[r["track"] for r in read_records([two / f"manifest.rank{rank}.jsonl"])] for rank in (0, 1)]
-    tracks = sorted(["album/one", "album/two", "three", "four"])
-    assert ranks == [tracks[0::2], tracks[1::2]]
+    tracks = sorted(["album/one", "album/two", "three", "four", "broken"])
+    assert [sorted(r) for r in ranks] == [sorted(tracks[0::2]), tracks[1::2]]
     assert not (two / "manifest.jsonl").exists()
-    # One process resumes from the parts the two wrote: nothing left to do.
+    # One process resumes from the parts the two wrote: only the failed song is tried again.
+    write_songs(songs, {"broken.wav": (2000, 1, 22050)})  # fixed
     assert main(["bounce", str(songs), "-o", str(two), *options]) == 0
-    assert read_records([two / "manifest.jsonl"]) == []
+    assert [(r["track"], r["status"]) for r in read_records([two / "manifest.jsonl"])] == [("broken", "done")]
