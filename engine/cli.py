@@ -404,4 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m engine.cli` runs this file as __main__; the registered command
+    # modules import `engine.cli`, a second copy whose CommandError is not the one
+    # caught above. Run the package's copy so there is one of each.
+    from engine.cli import main as package_main
+
+    sys.exit(package_main())
