@@ -186,6 +186,21 @@ def test_impute_task_treats_each_input_as_the_given_stem(tmp_path, songs, tiny_m
     assert "bounced 2, skipped 0 (already done), failed 0" in capsys.readouterr().out
 
 
+def test_batched_imputation_equals_one_song_at_a_time(tmp_path, songs, tiny_models):
+    from engine.tasks import IMPUTE
+
+    job = BounceJob(task="impute", given="drums", settings=IMPUTE.override(steps=3), seed=2)
+    found = find_songs([songs])
+    Bouncer(tiny_models, job, tmp_path / "one").run(found, jobs=1, quiet=True)
+    batched = Bouncer(tiny_models, job, tmp_path / "batched")
+    assert batched.run(found, jobs=3, quiet=True).done == 3
+    assert batched.batch_stats.largest == 3  # one item per song: imputation runs on the mono downmix
+    one, many = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "batched")
+    assert one.keys() == many.keys() and len(one) == 12  # bass, guitar, piano, mix for 3 songs
+    for name in one:
+        np.testing.assert_allclose(many[name], one[name], rtol=0, atol=1e-5 * np.abs(one[name]).max(), err_msg=name)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--task", "impute"], "needs --given STEM"),
     (["--task", "impute", "--given", "vocals"], "this model's stems are"),
