@@ -1,0 +1,127 @@
+"""Start the app: `msdm app [--open FILE ...] [--screenshot OUT.png [--run TASK]]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication
+
+STYLE = """
+QMainWindow, QWidget { background: #1b1d22; color: #d8dbe2; }
+QFrame#lane { background: #202329; border: 1px solid #2c3038; border-radius: 4px; }
+QFrame#lane[dropTarget="true"] { border: 1px solid #ffcc33; }
+QWidget#laneHeader { background: #25282f; }
+QLabel#laneInfo { color: #8a909c; font-size: 11px; }
+QLabel#clock { font-family: monospace; font-size: 15px; color: #ffcc33; padding: 0 10px; }
+QLabel#rulerHint { color: #6b717c; font-size: 11px; }
+QFrame#taskBar { background: #23262d; border-radius: 4px; }
+QPushButton#task { background: #3a6df0; color: white; border: none; border-radius: 3px; padding: 5px 14px;
+                   font-weight: bold; }
+QPushButton#task:disabled { background: #343843; color: #7d828c; }
+QPushButton#task:hover { background: #4d7dff; }
+QToolButton { padding: 3px 8px; border-radius: 3px; }
+QToolButton:hover { background: #30343c; }
+QToolButton:checked { background: #3a6df0; color: white; }
+QToolButton#toggleM:checked { background: #e0a030; color: black; }
+QToolButton#toggleS:checked { background: #3ac070; color: black; }
+QToolButton#transport { font-size: 15px; min-width: 28px; }
+QFrame#messageBar { background: #23324a; border-radius: 4px; }
+QFrame#messageBar[level="warning"] { background: #4a3d1f; }
+QFrame#messageBar[level="error"] { background: #4d2327; }
+QProgressBar { background: #15171c; border: 1px solid #2c3038; border-radius: 3px; text-align: center; }
+QProgressBar::chunk { background: #3a6df0; }
+QProgressBar#meter::chunk { background: #3ac070; }
+QCheckBox, QLabel { background: transparent; }
+QSpinBox, QDoubleSpinBox, QComboBox, QLineEdit { background: #15171c; border: 1px solid #2c3038; padding: 2px; }
+QMenuBar, QMenu, QStatusBar { background: #1b1d22; }
+QMenu::item:selected, QMenuBar::item:selected { background: #3a6df0; }
+"""
+
+
+def make_application(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
+    app.setOrganizationName("MSDM Studio")
+    app.setApplicationName("MSDM Studio")
+    app.setDesktopFileName("msdm-studio")
+    app.setStyle("Fusion")
+    palette = QPalette()
+    for role, color in ((QPalette.ColorRole.Window, "#1b1d22"), (QPalette.ColorRole.WindowText, "#d8dbe2"),
+                        (QPalette.ColorRole.Base, "#15171c"), (QPalette.ColorRole.Text, "#d8dbe2"),
+                        (QPalette.ColorRole.Button, "#2a2d34"), (QPalette.ColorRole.ButtonText, "#d8dbe2"),
+                        (QPalette.ColorRole.Highlight, "#3a6df0"), (QPalette.ColorRole.ToolTipBase, "#2a2d34"),
+                        (QPalette.ColorRole.ToolTipText, "#d8dbe2")):
+        palette.setColor(role, QColor(color))
+    app.setPalette(palette)
+    app.setStyleSheet(STYLE)
+    return app
+
+
+def run(open_files: list[str], screenshot: str | None = None, task: str | None = None,
+        steps: int | None = None, resamples: int | None = None, size: tuple[int, int] = (1280, 760),
+        timeout: float = 600.0) -> int:
+    """The app's main loop. With ``screenshot``: open, optionally run ``task`` to
+    completion, save a picture of the window, exit (0 on success, 1 if the task failed)."""
+    import pyqtgraph as pg
+
+    pg.setConfigOptions(antialias=True)
+    app = make_application()
+    from .window import MainWindow
+
+    window = MainWindow()
+    window.resize(*size)
+    if steps:
+        window.steps.setValue(steps)
+    if resamples:
+        window.resamples.setValue(resamples)
+    window.show()
+    if open_files:
+        mixes = [f for f in open_files if Path(f).stem.lower() not in window.session.stems]
+        if len(open_files) == 1 or mixes == open_files[:1] and len(mixes) == 1:
+            window.open_mix(open_files[0])
+            if len(open_files) > 1:
+                window.open_stems(open_files[1:])
+        else:
+            window.open_stems(open_files)
+    if screenshot is None:
+        code = app.exec()
+        return int(code)
+
+    status = {"code": 0, "sent": False}
+
+    def grab_and_quit() -> None:
+        app.processEvents()
+        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+        if not window.grab().save(str(screenshot)):
+            print(f"msdm app: could not write {screenshot}", file=sys.stderr)
+            status["code"] = 1
+        window.shutdown()
+        app.quit()
+
+    def poll() -> None:
+        if task is None:
+            return QTimer.singleShot(300, grab_and_quit)
+        if not status["sent"]:
+            if window.engine_ready:
+                status["sent"] = window.run_task(task) is not None
+                if not status["sent"]:
+                    status["code"] = 1
+                    return QTimer.singleShot(100, grab_and_quit)
+            elif window.messages and window.messages[-1][0] == "error":
+                status["code"] = 1
+                return QTimer.singleShot(100, grab_and_quit)
+        elif window.job is None:
+            ok = window.last_job is not None and window.session.filled() and \
+                not (window.messages and window.messages[-1][0] == "error")
+            status["code"] = 0 if ok else 1
+            return QTimer.singleShot(300, grab_and_quit)
+        QTimer.singleShot(200, poll)
+
+    QTimer.singleShot(200, poll)
+    QTimer.singleShot(int(timeout * 1000), lambda: (status.update(code=1), grab_and_quit()))
+    app.exec()
+    for level, text in window.messages:  # what the window said, for scripts and tests
+        print(f"msdm app: {level}: {text}")
+    return status["code"]

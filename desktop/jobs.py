@@ -1,0 +1,70 @@
+"""A job sent to the engine: what was asked, where its files go, progress and
+time left. Pure python; the window owns at most one running Job."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TASKS = ("separate", "generate", "impute")
+
+
+def new_job_id(kind: str) -> str:
+    return f"app-{kind}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Job:
+    kind: str
+    id: str
+    out_dir: Path
+    expected: tuple[str, ...]          # lanes the result must fill
+    label: str = ""
+    started: float = field(default_factory=time.monotonic)
+    fraction: float = 0.0
+    message: str = "waiting for the engine"
+    last_heard: float = field(default_factory=time.monotonic)
+    cancelling: bool = False
+    first_report: tuple[float, float] | None = None   # (time, fraction) of the first progress > 0
+
+    def update(self, fraction: float, message: str, now: float | None = None) -> None:
+        self.fraction = min(max(float(fraction), 0.0), 1.0)
+        self.message = message
+        self.last_heard = time.monotonic() if now is None else now
+        if self.fraction > 0 and self.first_report is None:
+            self.first_report = (self.last_heard, self.fraction)
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        """Linear extrapolation from the first progress report (the model load and
+        queue wait before it would otherwise inflate the estimate); None until it can tell."""
+        now = time.monotonic() if now is None else now
+        first = self.first_report
+        if first is None or self.fraction <= first[1] or self.fraction >= 1.0:
+            return None if self.fraction < 1.0 else 0.0
+        rate = (self.fraction - first[1]) / max(now - first[0], 1e-6)
+        return (1.0 - self.fraction) / rate
+
+
+def format_left(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s left"
+    return f"{seconds // 60} min {seconds % 60:02d} s left"
+
+
+def check_result(job: Job, files: dict[str, str]) -> list[str]:
+    """Problems with a done reply: lanes missing or files that are not there."""
+    problems = []
+    missing = [s for s in job.expected if s not in files]
+    if missing:
+        problems.append(f"the engine returned {len(files)} files but this job needs {len(job.expected)} "
+                        f"({', '.join(job.expected)}); missing: {', '.join(missing)}")
+    for stem, path in files.items():
+        if not Path(path).is_file():
+            problems.append(f"{stem}: '{path}' does not exist on this computer (is the server on another "
+                            "machine without a shared folder?)")
+    return problems

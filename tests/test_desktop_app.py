@@ -1,0 +1,302 @@
+"""The real window (offscreen Qt, pytest-qt) against a real local engine process
+(`msdm serve` started by the app) on the tiny model, and real playback through
+PortAudio into an ALSA null device."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Before Qt and PortAudio load: no display, and ALSA's default device is a null
+# sink (the system config, then our default), so playback runs with no sound card.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+_ALSA = Path(tempfile.mkdtemp(prefix="msdm-alsa-")) / "asound.conf"
+_ALSA.write_text('</usr/share/alsa/alsa.conf>\npcm.!default { type plug slave.pcm "nullsink" }\n'
+                 'pcm.nullsink { type null }\n')
+os.environ.setdefault("ALSA_CONFIG_PATH", str(_ALSA))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+pytest.importorskip("pytestqt")
+
+from desktop.session import MIX, LaneAudio  # noqa: E402
+from desktop.settings import AppSettings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STEMS = ("bass", "drums", "guitar", "piano")
+ENGINE_START_S = 90
+
+
+def write_mix(path: Path, seconds: float, rate: int = 44100, channels: int = 2) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * np.sin(2 * np.pi * 440 * t) * (t % 0.5 < 0.25)
+    data = np.stack([mono * (1 - 0.2 * c) for c in range(channels)], axis=1)
+    sf.write(path, data.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+def wait(qtbot, condition, timeout_s: float, what: str) -> None:
+    try:
+        qtbot.waitUntil(condition, timeout=int(timeout_s * 1000))
+    except Exception:  # pytest-qt's TimeoutError
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}") from None
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("desktop")
+    os.environ["MSDM_APP_SETTINGS"] = str(path / "settings.ini")
+    # The engine child inherits this: one math thread, because on a shared,
+    # overloaded CI machine torch's spinning worker threads make a tiny model
+    # 20x slower (measured: 2m41s vs 8.7s for the same 4-step separation).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return path
+
+
+@pytest.fixture(scope="module")
+def window(qapp, workdir, tiny_model_path):
+    """One window and one engine process for the module (the engine takes seconds to start)."""
+    from pytestqt.qtbot import QtBot
+
+    from desktop.window import MainWindow
+
+    settings = AppSettings(model=str(tiny_model_path), output_root=str(workdir / "root"), steps=4,
+                           export_folder=str(workdir / "export"))
+    win = MainWindow(settings)
+    win.show()
+    bot = QtBot(None)
+    bot.waitUntil(lambda: win.engine_ready, timeout=ENGINE_START_S * 1000)
+    yield win
+    win.shutdown()
+    win.close()
+
+
+def run_job(qtbot, window, kind: str, timeout_s: float = 60, **extra) -> list[int]:
+    """Start a task and wait for it to end; returns the progress bar values seen."""
+    seen = []
+    window.progress.valueChanged.connect(seen.append)
+    assert window.run_task(kind, **extra) is not None, window.messages[-1]
+    wait(qtbot, lambda: window.job is None, timeout_s, f"{kind} to finish")
+    window.progress.valueChanged.disconnect(seen.append)
+    return seen
+
+
+def test_open_separate_export_and_read_back(qtbot, window, workdir):
+    mix = write_mix(workdir / "song.wav", 1.5)
+    assert window.open_mix(mix)
+    assert window.lanes[MIX].audio is window.session.audio[MIX]
+    assert str(mix.resolve()) == window.settings.recent[0]
+    seen = run_job(qtbot, window, "separate")
+    assert window.messages[-1][0] == "info", window.messages[-1]
+    assert seen[-1] == 1000 and len(seen) >= 2  # progress moved, then reached 100%
+    for stem in STEMS:
+        audio = window.session.audio[stem]
+        assert audio is not None and window.lanes[stem].audio is audio
+        assert audio.sample_rate == 44100 and audio.samples.shape == (2, int(1.5 * 44100))
+        assert audio.path.parent == window.last_job.out_dir
+        assert window.last_job.out_dir.parent == window.session_dir
+    # Dirac likelihood: the stems sum to the mix (as read from the 16-bit file).
+    total = sum(window.session.audio[s].samples for s in STEMS)
+    np.testing.assert_allclose(total, window.session.audio[MIX].samples, atol=1e-4)
+    assert window.lanes[MIX].mute.isChecked()  # the stems play, not the mix on top of them
+    # The lane drags out as its file.
+    assert [u.toLocalFile() for u in window.lanes["drums"].mime_data().urls()] == \
+        [str(window.session.audio["drums"].path)]
+
+    written = window.export_to(workdir / "export", "flac", "24", "{song} - {stem}")
+    assert [p.name for p in written] == [f"song - {s}.flac" for s in STEMS]
+    for stem, path in zip(STEMS, written):
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        assert rate == 44100 and sf.info(path).subtype == "PCM_24"
+        np.testing.assert_allclose(data.T, np.clip(window.session.audio[stem].samples, -1, 1), atol=2 ** -22)
+
+    before = dict(window.session.audio)
+    window.undo()
+    assert all(window.session.audio[s] is None for s in STEMS)
+    assert window.session.audio[MIX] is before[MIX]
+
+
+def test_impute_with_one_given_lane(qtbot, window, workdir):
+    window.open_mix(write_mix(workdir / "impute-mix.wav", 1.0, rate=22050, channels=1))
+    drums = write_mix(workdir / "drums.wav", 1.0, rate=22050, channels=1)
+    assert window.open_stems([drums])
+    given = window.session.audio["drums"]
+    assert given is not None and all(window.session.audio[s] is None for s in ("bass", "guitar", "piano"))
+    window.lanes["drums"].given.setChecked(True)
+    run_job(qtbot, window, "impute")
+    window.lanes["drums"].given.setChecked(False)
+    assert window.messages[-1][0] == "info", window.messages[-1]
+    assert window.session.audio["drums"] is given  # the given stem is kept as it was
+    for stem in ("bass", "guitar", "piano", MIX):
+        audio = window.session.audio[stem]
+        assert audio.path.parent == window.last_job.out_dir and audio.frames == given.frames
+
+
+def test_cancel_a_running_job_leaves_the_lanes(qtbot, window, workdir):
+    window.open_mix(write_mix(workdir / "long.wav", 30.0, rate=22050, channels=1))
+    before = dict(window.session.audio)
+    assert window.run_task("separate", steps=400, resamples=2) is not None
+    wait(qtbot, lambda: window.job is not None and window.job.fraction > 0, 60, "progress")
+    assert window.cancel_button.isEnabled()
+    qtbot.mouseClick(window.cancel_button, qtbot_button())
+    wait(qtbot, lambda: window.job is None, 30, "the engine to confirm the cancel")
+    assert "cancelled" in window.messages[-1][1]
+    assert window.session.audio == before
+    out_dir = window.last_job.out_dir
+    assert not out_dir.exists() or not [p for p in out_dir.iterdir() if p.suffix == ".wav"]
+
+
+def qtbot_button():
+    from PySide6.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+def test_bad_input_gives_a_message_and_changes_nothing(qtbot, window, workdir):
+    window.open_mix(write_mix(workdir / "keep.wav", 0.5))
+    before = dict(window.session.audio)
+    bad = workdir / "notes.wav"
+    bad.write_text("this is not audio")
+    assert not window.open_mix(bad)
+    level, text = window.messages[-1]
+    assert level == "error" and "notes.wav" in text and "not changed" in text
+    five = [write_mix(workdir / f"take{i}.wav", 0.2) for i in range(5)]
+    assert not window.open_stems(five)
+    assert "4 stems" in window.messages[-1][1] and "5 files" in window.messages[-1][1]
+    window.drop_files("bass", [str(bad)])
+    assert window.messages[-1][0] == "error"
+    assert window.session.audio == before
+    window.session.set_lane("drums", None)
+    window.lanes["drums"].given.setChecked(False)
+    assert window.run_task("impute") is None and "given" in window.messages[-1][1]
+
+
+def test_engine_error_mid_job_keeps_the_lanes(qtbot, window, workdir):
+    path = write_mix(workdir / "changing.wav", 2.0, rate=22050, channels=1)
+    window.open_mix(path)
+    before = dict(window.session.audio)
+    # The file changes on disk after it was opened: NaNs near its end make the
+    # engine fail once it reaches them, after it started and reported progress.
+    data = sf.read(path, dtype="float32")[0]
+    data[-2000:] = np.nan
+    sf.write(path, data, 22050, subtype="FLOAT")
+    seen = run_job(qtbot, window, "separate", steps=8)
+    level, text = window.messages[-1]
+    assert level == "error" and text.startswith("Separate failed") and "lanes are unchanged" in text, text
+    assert max(seen) > 0  # it failed mid-job, not at the door
+    assert window.session.audio == before and window.separate_button.isEnabled()
+
+
+def test_engine_killed_mid_job_restarts_and_keeps_the_lanes(qtbot, window, workdir):
+    window.open_mix(write_mix(workdir / "kill.wav", 30.0, rate=22050, channels=1))
+    window.lanes["bass"].solo.setChecked(True)
+    before = dict(window.session.audio)
+    old_pid = window.supervisor.pid
+    assert window.run_task("separate", steps=400, resamples=2) is not None
+    wait(qtbot, lambda: window.job is not None and window.job.fraction > 0, 60, "progress")
+    os.kill(old_pid, signal.SIGKILL)
+    wait(qtbot, lambda: window.job is None, 20, "the app to notice the engine died")
+    level, text = window.messages[-1]
+    assert level == "error" and "Separate did not finish" in text and "lanes are kept" in text, text
+    assert window.session.audio == before and window.lanes["bass"].solo.isChecked()
+    wait(qtbot, lambda: window.engine_ready, ENGINE_START_S, "the engine to come back")
+    assert window.supervisor.pid not in (0, old_pid)
+    window.lanes["bass"].solo.setChecked(False)
+    window.open_mix(write_mix(workdir / "after.wav", 0.5))
+    run_job(qtbot, window, "separate")
+    assert window.messages[-1][0] == "info" and all(window.session.audio[s] is not None for s in STEMS)
+
+
+# ---- playback: real PortAudio stream into the ALSA null device ---------------
+@pytest.fixture
+def player(qtbot, workdir):
+    from desktop.window import MainWindow
+
+    win = MainWindow(AppSettings(output_root=str(workdir / "root")), start_engine=False)
+    qtbot.addWidget(win)
+    frames = 22050
+    lanes = {name: LaneAudio(np.full((1, frames), value, np.float32), 22050, workdir / f"{name}.wav")
+             for name, value in (("bass", 0.125), ("drums", 0.25), ("guitar", 0.0625), ("piano", 0.03125))}
+    win.session.apply_result(lanes, "test")
+    win._refresh_lanes(fit=True)
+    yield win
+    win.shutdown()
+
+
+def play_through(qtbot, win) -> tuple[int, np.ndarray]:
+    """Play from the current position to the end; returns (frames sent, per-channel sums)."""
+    assert win.output.available, win.output.problem
+    win.output.tap.reset(2)
+    win.play_pause()
+    assert win.mixer.playing or win.mixer.position == win.mixer.length
+    wait(qtbot, lambda: not win.mixer.playing and not win.output.active, 20, "playback to end")
+    frames, sums, _ = win.output.tap.snapshot()
+    return frames, sums
+
+
+def test_play_mute_solo_and_seek_change_what_reaches_the_device(qtbot, player):
+    n = 22050
+    frames, sums = play_through(qtbot, player)
+    assert frames >= n
+    np.testing.assert_array_equal(sums, [n * 0.46875] * 2)  # all four lanes, mono -> both channels
+    player.lanes["drums"].mute.setChecked(True)
+    player.stop()
+    _, sums = play_through(qtbot, player)
+    np.testing.assert_array_equal(sums, [n * 0.21875] * 2)
+    player.lanes["guitar"].solo.setChecked(True)
+    player.lanes["drums"].solo.setChecked(True)  # soloed but muted: silent
+    player.stop()
+    _, sums = play_through(qtbot, player)
+    np.testing.assert_array_equal(sums, [n * 0.0625] * 2)
+    player.lanes["drums"].mute.setChecked(False)
+    player.lanes["guitar"].level.setValue(50)
+    player.seek(0.5)  # half the file is left
+    assert player.mixer.position == n // 2
+    _, sums = play_through(qtbot, player)
+    np.testing.assert_array_equal(sums, [(n - n // 2) * (0.25 + 0.03125)] * 2)
+
+
+def test_loop_plays_the_region_again(qtbot, player):
+    player.loop_item.setRegion((0.25, 0.5))
+    player.loop_action.setChecked(True)
+    assert player.mixer.loop == (int(0.25 * 22050), int(0.5 * 22050))
+    player.seek(0.3)
+    player.output.tap.reset(2)
+    player.play_pause()
+    wait(qtbot, lambda: player.output.tap.snapshot()[0] > 3 * 22050, 20, "several loops")
+    assert player.mixer.playing and 0.25 * 22050 <= player.mixer.position <= 0.5 * 22050
+    player.stop()
+    assert player.mixer.position == int(0.25 * 22050)
+    player.loop_action.setChecked(False)
+    assert player.mixer.loop is None and not player.lanes["bass"].loop_region.isVisible()
+
+
+# ---- the command line ---------------------------------------------------------
+def test_screenshot_command_writes_a_picture_and_says_when_there_is_no_sound(workdir):
+    mix = write_mix(workdir / "shot.wav", 2.0)
+    out = workdir / "shot.png"
+    no_card = workdir / "no-card.conf"  # ALSA's default device is a sound card that is not there
+    no_card.write_text("pcm.!default { type hw card 42 }\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "MSDM_APP_SETTINGS": str(workdir / "shot.ini"),
+           "ALSA_CONFIG_PATH": str(no_card), "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "app", "--open", str(mix), "--screenshot", str(out),
+                           "--size", "1500x700"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 60
+    from PySide6.QtGui import QImage
+
+    image = QImage(str(out))
+    assert (image.width(), image.height()) == (1500, 700)
+    colors = {image.pixel(x, y) for x in range(0, 1500, 7) for y in range(0, 700, 7)}
+    assert len(colors) > 20  # a drawn window, not a blank picture
+    assert done.stdout.count("Playback is off") == 1
