@@ -8,6 +8,8 @@ def register(commands) -> None:
         "app", help="open the desktop app (PySide6)",
         description="MSDM Studio's window: open a mix or stems, listen, separate, generate and impute. "
                     "It starts a local engine (msdm serve) or connects to one (Engine > Settings).")
+    app.add_argument("files", nargs="*", metavar="FILE",
+                     help="a mix to open (with stem files named after their stem, e.g. drums.wav)")
     app.add_argument("--open", action="append", default=[], metavar="FILE",
                      help="open this mix at start; repeat with stem files named after their stem")
     app.add_argument("--screenshot", metavar="OUT.png",
@@ -34,4 +36,4 @@ def _run(args) -> int:
     except ImportError as error:
         raise CommandError(f"the desktop app needs PySide6 and pyqtgraph ({error}); install them with "
                            "pip install -e \".[app]\"") from None
-    return run(args.open, args.screenshot, args.run, args.steps, args.resamples, (width, height))
+    return run([*args.files, *args.open], args.screenshot, args.run, args.steps, args.resamples, (width, height))

@@ -114,6 +114,7 @@ class LaneWidget(QFrame):
         self.plot.setMenuEnabled(False)
         self.plot.setMouseEnabled(x=True, y=False)
         self.plot.hideButtons()
+        self.plot.getPlotItem().layout.setContentsMargins(0, 0, 0, 0)  # x = 0 lines up with the ruler
         self.plot.setYRange(-1.0, 1.0, padding=0.02)
         self.curve = pg.PlotDataItem(pen=pg.mkPen(self.color, width=1))
         self.curve.setDownsampling(auto=True, method="peak")

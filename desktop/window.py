@@ -248,7 +248,7 @@ class MainWindow(QMainWindow):
         ruler_row.setSpacing(0)
         spacer = QLabel("  click the ruler to seek")
         spacer.setObjectName("rulerHint")
-        spacer.setFixedWidth(HEADER_WIDTH)
+        spacer.setFixedWidth(HEADER_WIDTH + 1)  # the lane frame's border
         ruler_row.addWidget(spacer)
         self.ruler = pg.PlotWidget(background="#1d2026", axisItems={"top": TimeAxis("top")})
         self.ruler.setFixedHeight(42)
@@ -257,6 +257,7 @@ class MainWindow(QMainWindow):
         self.ruler.hideAxis("left")
         self.ruler.setMenuEnabled(False)
         self.ruler.hideButtons()
+        self.ruler.getPlotItem().layout.setContentsMargins(0, 0, 0, 0)
         self.ruler.setMouseEnabled(x=True, y=False)
         self.ruler.setYRange(0, 1, padding=0)
         self.ruler.setXRange(0, 10, padding=0)

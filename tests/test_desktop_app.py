@@ -216,6 +216,22 @@ def test_engine_killed_mid_job_restarts_and_keeps_the_lanes(qtbot, window, workd
     assert window.messages[-1][0] == "info" and all(window.session.audio[s] is not None for s in STEMS)
 
 
+def test_remote_engine_that_does_not_answer_is_reported(qtbot, workdir):
+    import socket
+
+    from desktop.window import MainWindow
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # a port nobody answers on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        win = MainWindow(AppSettings(engine_mode="remote", remote_port=port, output_root=str(workdir / "root")))
+        qtbot.addWidget(win)
+        wait(qtbot, lambda: any("No MSDM engine answers" in text for _, text in win.messages), 10, "the message")
+    assert f"127.0.0.1:{port}" in win.messages[-1][1] and not win.engine_ready
+    assert win.supervisor is None and not win.separate_button.isEnabled()
+    win.shutdown()
+
+
 # ---- playback: real PortAudio stream into the ALSA null device ---------------
 @pytest.fixture
 def player(qtbot, workdir):

@@ -3,6 +3,7 @@ spectrogram, waveform envelope, jobs and OSC messages, checked with exact number
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,32 @@ def test_osc_messages_round_trip_through_python_osc():
     assert osc.pairs(["bass", "/b", "mix", "/m", "odd"]) == {"bass": "/b", "mix": "/m"}
     assert osc.parse(b"garbage") is None
     assert osc.parse(osc.build("/other/thing", [1])) is None
+
+
+# ---- the Linux installer ---------------------------------------------------------
+def test_linux_installer_puts_an_entry_that_runs_this_msdm_in_the_menu(tmp_path):
+    import configparser
+    import shutil
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    root = Path(__file__).resolve().parent.parent
+    script = root / "installers" / "linux" / "install.sh"
+    done = subprocess.run(["bash", str(script), "--prefix", str(tmp_path), "--no-pip", "--python", sys.executable],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.optionxform = str
+    entry.read(tmp_path / "applications" / "msdm-studio.desktop")
+    section = entry["Desktop Entry"]
+    assert section["Name"] == "MSDM Studio" and section["Icon"] == "msdm-studio" and "Audio" in section["Categories"]
+    program = section["Exec"].split('"')[1]
+    assert Path(program).is_file() and os.access(program, os.X_OK)
+    assert section["Exec"].endswith(" app %F")
+    assert program in {os.path.join(os.path.dirname(sys.executable), "msdm"), shutil.which("msdm")}
+    icon = ET.parse(tmp_path / "icons" / "hicolor" / "scalable" / "apps" / "msdm-studio.svg").getroot()
+    assert icon.tag.endswith("svg") and icon.get("viewBox") == "0 0 256 256"
+    done = subprocess.run(["bash", str(script), "--prefix", str(tmp_path), "--uninstall"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not (tmp_path / "applications" / "msdm-studio.desktop").exists()
