@@ -162,7 +162,10 @@ class ReplyCollector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            reply = self.client.receive(0.05)
+            try:
+                reply = self.client.receive(0.05)
+            except OSError:  # the client's socket was closed under us: nothing more will come
+                return
             if reply is not None:
                 self.replies.append((time.monotonic(), *reply))
 

@@ -16,6 +16,17 @@ from engine.model import MSDMModel, ModelSet
 STEMS = ("bass", "drums", "guitar", "piano")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One network thread for a module (use it with pytest.mark.usefixtures): on a
+    machine whose cores are busy (CI, servers started by the test), PyTorch's default
+    of one thread per core can make each step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"

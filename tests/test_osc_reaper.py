@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from engine.audio_io import read_audio, write_audio
 from osc_bridge.server import OscServer
@@ -24,14 +23,7 @@ LUAC = shutil.which("luac5.4") or shutil.which("luac")
 MSDM = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
 needs_lua = pytest.mark.skipif(LUA is None, reason="lua5.4 not installed: apt-get install lua5.4")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One network thread: on a machine whose cores are busy (CI, other jobs), PyTorch's
-    default of one thread per core can make each step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -17,14 +16,7 @@ from engine.audio_io import write_audio
 from osc_bridge.client import OscClient, ReplyCollector
 from osc_bridge.server import OscServer
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One network thread: on a machine whose cores are busy (CI, other jobs), PyTorch's
-    default of one thread per core can make each step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import soundfile as sf
 
 from engine.audio_io import read_audio, write_audio
@@ -17,14 +16,7 @@ from osc_bridge.server import OscServer
 
 STEPS = ["steps", 4]
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One network thread: on a machine whose cores are busy (CI, other jobs), PyTorch's
-    default of one thread per core can make each step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
@@ -238,7 +230,10 @@ def test_queue_full(tiny_models, tmp_path):
     try:
         with OscClient("127.0.0.1", srv.port) as c:
             collector = ReplyCollector(c)
-            for n in range(4):
+            # f0 running (its first progress) leaves two places in the queue: f1, f2; f3 is refused.
+            c.send("/msdm/generate", "f0", str(tmp_path / "f0"), 5.0, "steps", 50)
+            assert collector.wait_for(lambda rs: any(a == "/msdm/progress" for _, a, _ in rs), 30)
+            for n in range(1, 4):
                 c.send("/msdm/generate", f"f{n}", str(tmp_path / f"f{n}"), 5.0, "steps", 50)
             assert collector.wait_for(lambda rs: any(a == "/msdm/error" for _, a, _ in rs), 10)
             errors = [r for _, a, r in collector.replies if a == "/msdm/error"]
