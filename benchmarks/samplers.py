@@ -45,6 +45,7 @@ SAMPLERS = [
     ("dpmpp2m 16 x R1", SEPARATE_DIRAC.override(steps=16, num_resamples=1, method="dpmpp2m")),
     ("dpmpp2m 16 x R2", SEPARATE_DIRAC.override(steps=16, method="dpmpp2m")),
     ("dpmpp2m 32 x R1", SEPARATE_DIRAC.override(steps=32, num_resamples=1, method="dpmpp2m")),
+    ("dpmpp2m 16 x R2, sigma_max 0.5", SEPARATE_DIRAC.override(steps=16, method="dpmpp2m", sigma_max=0.5)),
 ]
 
 
