@@ -10,28 +10,16 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from engine.audio_io import Audio
+
 MIX = "mix"
 
 
 @dataclass(frozen=True)
-class LaneAudio:
-    """Audio in one lane: ``samples`` float32 ``[channels, frames]`` and the file it came from."""
+class LaneAudio(Audio):
+    """Audio in one lane (the engine's ``Audio``: float32 ``[channels, frames]``) and the file it came from."""
 
-    samples: np.ndarray
-    sample_rate: int
     path: Path
-
-    @property
-    def channels(self) -> int:
-        return int(self.samples.shape[0])
-
-    @property
-    def frames(self) -> int:
-        return int(self.samples.shape[1])
-
-    @property
-    def seconds(self) -> float:
-        return self.frames / self.sample_rate
 
 
 class StemMismatchError(ValueError):
