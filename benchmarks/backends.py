@@ -1,23 +1,17 @@
-"""Speed of the denoiser backends, measured pair by pair in one run.
+"""Denoiser backends and paired timing, shared by the benchmarks.
 
-For each backend: network evaluations (NFE) per second on one model window,
-the real-time factor of separating `--seconds` of audio at a given NFE per
-window, and peak memory; the ratio to PyTorch eager is measured against an
-eager run interleaved with it (the machines are shared and noisy: medians of
-`--repeats` runs, ratios rather than absolute times).
+`backends()` builds every denoiser this machine can run (torch eager, bf16 on a
+GPU, torch.compile, ONNX Runtime with each installed execution provider);
+`paired_medians()` times one against a reference interleaved with it (the
+machines are shared and noisy: medians of several runs, ratios rather than
+absolute times); `flops_per_nfe()` counts one network evaluation.
 
-    python benchmarks/backends.py [--model M | --config small|paper] [--seconds 30] [--nfe 300]
-
-Prints a markdown table. On a GPU, add --device cuda (torch eager, bf16 and the
-ONNX Runtime CUDA/TensorRT providers when onnxruntime-gpu is installed).
+The table itself: `python benchmarks/samplers.py --skip-quality` (see
+docs/performance.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -27,12 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config import preset  # noqa: E402
 from engine.model import MSDMModel  # noqa: E402
-from engine.windows import WindowPlan  # noqa: E402
 
 
 def _timed(fn) -> float:
+    # Let the previous run's worker threads go idle first: ONNX Runtime's
+    # intra-op pool spin-waits after each run and would slow whatever follows.
+    time.sleep(0.05)
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -85,57 +80,6 @@ def backends(model: MSDMModel, device: str, only: str | None = None):
     return found
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model file (default: the shipped model, else --config)")
-    parser.add_argument("--config", default="small", help="random-weight configuration when no model (small, paper)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--seconds", type=float, default=30.0, help="audio length for the real-time factor")
-    parser.add_argument("--nfe", type=int, default=300, help="network evaluations per window (paper: 300)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (median)")
-    args = parser.parse_args(argv)
-
-    model = MSDMModel.load(args.model) if args.model else MSDMModel.build(preset(args.config))
-    model.to(args.device)
-    cfg = model.config
-    x = torch.randn(1, cfg.unet.in_channels, cfg.window, device=args.device) * 0.1
-    sigma = torch.tensor([0.5], device=args.device)
-    plan = WindowPlan.make(int(args.seconds * cfg.sample_rate), cfg.window, 0.25)
-    found = backends(model, args.device)
-
-    def runner(denoiser):
-        def run():
-            with torch.no_grad():
-                denoiser(x, sigma)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-        return run
-
-    rows = []
-    for name, denoiser in found.items():
-        if name == "torch eager":
-            this, ratio = paired_medians(runner(denoiser), runner(denoiser), args.repeats)
-            ratio = 1.0
-        else:
-            this, ratio = paired_medians(runner(denoiser), runner(found["torch eager"]), args.repeats)
-        separation = this * args.nfe * plan.count
-        rows.append((name, 1 / this, args.seconds / separation, ratio))
-
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; model: {model.source}, {model.num_parameters:,} parameters; "
-          f"window {cfg.window} samples; separating {args.seconds:g} s = {plan.count} windows x {args.nfe} NFE; "
-          f"median of {args.repeats}; process peak RSS {peak_mb:.0f} MB\n")
-    print("| backend | NFE/s | real-time factor (audio s / wall s) | speed vs torch eager |")
-    print("|---|---|---|---|")
-    for name, nfe_per_s, rtf, ratio in rows:
-        print(f"| {name} | {nfe_per_s:.2f} | {rtf:.3f} | {ratio:.2f}x |")
-    flops = flops_per_nfe(model, x, sigma)
-    if flops:
-        print(f"\nFLOPs per network evaluation (torch.utils.flop_counter): {flops / 1e9:.1f} GFLOP")
-    return 0
-
-
 def flops_per_nfe(model: MSDMModel, x, sigma) -> float | None:
     try:
         from torch.utils.flop_counter import FlopCounterMode
@@ -147,5 +91,3 @@ def flops_per_nfe(model: MSDMModel, x, sigma) -> float | None:
         return None
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,8 @@
 """Speed per backend and separation quality per sampler, in one run.
 
-1. Backends (see benchmarks/backends.py): NFE/s on one model window, real-time
+1. Backends (benchmarks/backends.py builds them): NFE/s on one model window, real-time
    factor of separating `--seconds` of audio at the fast and the paper's NFE,
+   achieved GFLOP/s (and the share of `--peak-tflops`),
    peak memory of a process that runs only that backend, and the speed ratio to
    PyTorch eager measured pair by pair (medians of `--repeats`).
 2. Samplers: SI-SNRi (dB) versus NFE on `--windows` model windows of the
@@ -52,10 +53,12 @@ SAMPLERS = [
 def _load(args) -> MSDMModel:
     if args.model:
         return MSDMModel.load(args.model)
+    if args.config:  # random weights time the network as well as trained ones
+        return MSDMModel.build(preset(args.config))
     try:
         return load_models(None).models[0]
     except Exception:  # noqa: BLE001 - no shipped model: random weights still time the network
-        return MSDMModel.build(preset(args.config))
+        return MSDMModel.build(preset("small"))
 
 
 def memory_worker(args) -> int:
@@ -77,7 +80,9 @@ def memory_worker(args) -> int:
 
 
 def peak_memory(args, name: str) -> dict:
-    command = [sys.executable, __file__, "--memory-of", name, "--device", args.device, "--config", args.config]
+    command = [sys.executable, __file__, "--memory-of", name, "--device", args.device]
+    if args.config:
+        command += ["--config", args.config]
     if args.model:
         command += ["--model", args.model]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -105,9 +110,14 @@ def backend_table(args, model: MSDMModel) -> None:
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, device {args.device}; model {model.source}, {model.num_parameters:,} parameters, "
           f"window {cfg.window} samples; {args.seconds:g} s = {plan.count} windows; median of {args.repeats}\n")
-    print(f"| backend | NFE/s | RTF at {args.fast_nfe} NFE | RTF at {args.paper_nfe} NFE | peak RSS MB"
+    # Achieved throughput = FLOPs of one evaluation x NFE/s; against the device's
+    # peak (--peak-tflops, from its data sheet) it says how much of it the network uses.
+    flops = flops_per_nfe(model, x, sigma) or float("nan")
+    peak = f" | % of {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else ""
+    print(f"| backend | NFE/s | RTF at {args.fast_nfe} NFE | RTF at {args.paper_nfe} NFE | GFLOP/s{peak} | peak RSS MB"
           f"{' | peak GPU MB' if args.device == 'cuda' else ''} | speed vs torch eager (paired) |")
-    print("|---|---:|---:|---:|---:|" + ("---:|" if args.device == "cuda" else "") + "---:|")
+    print("|---|---:|---:|---:|---:|" + ("---:|" if peak else "") + "---:|"
+          + ("---:|" if args.device == "cuda" else "") + "---:|")
     for name, denoiser in found.items():
         reference = runner(found["torch eager"])
         this, ratio = paired_medians(runner(denoiser), reference, args.repeats)
@@ -116,12 +126,12 @@ def backend_table(args, model: MSDMModel) -> None:
         memory = peak_memory(args, name)
         rtf = [args.seconds / (this * nfe * plan.count) for nfe in (args.fast_nfe, args.paper_nfe)]
         gpu = f" | {memory['gpu_mb']:.0f}" if args.device == "cuda" else ""
-        print(f"| {name} | {1 / this:.2f} | {rtf[0]:.3f} | {rtf[1]:.4f} | {memory['rss_mb']:.0f}{gpu} | {ratio:.2f}x |",
-              flush=True)
+        achieved = flops / this / 1e9
+        share = f" | {100 * achieved / (args.peak_tflops * 1e3):.1f} %" if args.peak_tflops else ""
+        print(f"| {name} | {1 / this:.2f} | {rtf[0]:.3f} | {rtf[1]:.4f} | {achieved:.1f}{share} | "
+              f"{memory['rss_mb']:.0f}{gpu} | {ratio:.2f}x |", flush=True)
     # RTF = seconds of audio per wall-clock second (> 1: faster than real time).
-    flops = flops_per_nfe(model, x, sigma)
-    if flops:
-        print(f"\nFLOPs per NFE, this model, one window: {flops / 1e9:.1f} GFLOP")
+    print(f"\nFLOPs per NFE, this model, one window: {flops / 1e9:.1f} GFLOP")
     try:
         paper = MSDMModel.build(preset("paper"))
         xp = torch.randn(1, paper.config.unet.in_channels, paper.config.window) * 0.1
@@ -176,13 +186,14 @@ def quality_table(args) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model file (default: the shipped model)")
-    parser.add_argument("--config", default="small", help="random-weight configuration if there is no model")
+    parser.add_argument("--config", help="time a random-weight network of this preset instead (small, paper)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--backend", default="onnx", help="backend for the quality table (torch or onnx)")
     parser.add_argument("--seconds", type=float, default=30.0, help="audio length for the real-time factor")
     parser.add_argument("--fast-nfe", type=int, default=32, help="fast sampler's NFE per window")
     parser.add_argument("--paper-nfe", type=int, default=300, help="paper sampler's NFE per window")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (median)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s (data sheet) for a %% of peak column")
     parser.add_argument("--data", type=Path, default=Path("/work/data/synth"), help="dataset with a valid/ split")
     parser.add_argument("--windows", type=int, default=2, help="VALID windows for the quality table")
     parser.add_argument("--skip-speed", action="store_true")
