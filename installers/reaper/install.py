@@ -6,10 +6,12 @@ Copies the scripts to <REAPER resource folder>/Scripts/MSDM Studio/, writes
 msdm_config.lua there (the full path of the `msdm` program, since REAPER does
 not see the PATH of the shell or virtual environment it was installed into),
 and registers the two actions in reaper-kb.ini so they appear in the Actions
-list. Run it while REAPER is closed (REAPER rewrites reaper-kb.ini on exit);
-otherwise load them once by hand: Actions > Show action list > New action >
-Load ReaScript. Running it again updates the scripts and keeps one entry per
-action.
+list. Run it while REAPER is closed: REAPER reads reaper-kb.ini at start and
+rewrites it while running (e.g. when a shortcut changes), which would drop lines
+added meanwhile (reaper-kb.ini in mespotine's "Reaper Internals" Filetype
+Descriptions). Otherwise load them once by hand: Actions > Show action list >
+New action > Load ReaScript. Running it again updates the scripts and keeps one
+entry per action.
 """
 
 from __future__ import annotations
@@ -72,7 +74,10 @@ def register_actions(keymap: Path) -> None:
     lines = keymap.read_text(encoding="utf-8", errors="replace").splitlines() if keymap.exists() else []
     lines = [line for line in lines if not any(f" {command} " in line for command in ACTIONS)]
     for command, (script, name) in ACTIONS.items():
-        # SCR <flags> <section 0 = main> <command id> "<name>" "<path relative to Scripts>"
+        # SCR <flags> <section> <command id> "<description>" "<script>", as documented for
+        # reaper-kb.ini in mespotine's "Reaper Internals" (Filetype Descriptions): flags 4 =
+        # the default (ask when already running), section 0 = main, and a description that
+        # starts with "Custom: " is listed as "Script: ..." in the action list.
         lines.append(f'SCR 4 0 {command} "Custom: {name}" "{FOLDER}/{script}"')
     keymap.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

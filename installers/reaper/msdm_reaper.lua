@@ -31,9 +31,21 @@ end
 local function query(address, args)
   local quick = { msdm = config.msdm, host = config.host, port = config.port, timeout = 2 }
   local line = osc.command_line(osc.osc_send_argv(quick, address, args or {}), WINDOWS)
+  if not WINDOWS then
+    -- The line is quoted for POSIX sh (osc.quote). reaper.ExecProcess is not documented to use
+    -- a shell (reascripthelp: "Executes command line"), and is reported to split the line
+    -- itself, with no backslash escapes (TeamAudio/reaspeech PR #187), so run it through
+    -- /bin/sh like os.execute below: io.popen, whose close() gives the exit status (Lua 5.4
+    -- manual, io.popen / file:close).
+    local pipe = io.popen(line .. " 2>/dev/null", "r")
+    if not pipe then return false, "could not run " .. config.msdm[1] end
+    local output = pipe:read("a") or ""
+    return pipe:close() == true, output
+  end
   local result = reaper.ExecProcess(line, 10000)
   if not result then return false, "could not run " .. config.msdm[1] end
-  local code, output = result:match("^(%-?%d+)\n(.*)$")
+  -- reascripthelp ExecProcess: "the return value, a newline, and then the output"
+  local code, output = result:match("^(%-?%d+)\r?\n(.*)$")
   return tonumber(code) == 0, output or result
 end
 
@@ -107,7 +119,7 @@ local function follow(job_id, log_path, title, on_done)
     elseif state.state == "cancelled" then
       return gfx.quit()
     end
-    if gfx.getchar() < 0 then  -- window closed: cancel the job, keep polling until the server confirms
+    if gfx.getchar() < 0 then  -- window closed (getchar -1): ask the server to cancel the job and stop polling
       local address, args = osc.cancel_request(job_id)
       start_background(address, args, nil)
       gfx.quit()
@@ -118,10 +130,15 @@ local function follow(job_id, log_path, title, on_done)
   reaper.defer(loop)
 end
 
--- Render settings we change, saved so the musician's own are restored.
+-- Render settings we change, saved so the musician's own are restored. Keys and values as
+-- documented for GetSetProjectInfo / GetSetProjectInfo_String (reaper_plugin_functions.h,
+-- REAPER 7.27 SDK). RENDER_ADDTOPROJ, RENDER_NORMALIZE and RENDER_FORMAT2 are reset too:
+-- left as the musician set them, the render could add its files to the project as new
+-- tracks (&1), normalize the given stems (changing their balance), or write a second file
+-- per target that would then appear in RENDER_TARGETS.
 local RENDER_KEYS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_STARTPOS", "RENDER_ENDPOS", "RENDER_TAILFLAG",
-                      "RENDER_SRATE", "RENDER_CHANNELS" }
-local RENDER_STRINGS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT" }
+                      "RENDER_SRATE", "RENDER_CHANNELS", "RENDER_ADDTOPROJ", "RENDER_NORMALIZE" }
+local RENDER_STRINGS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT", "RENDER_FORMAT2" }
 
 local function render(settings, start_pos, end_pos, folder, pattern)
   local saved, saved_s = {}, {}
@@ -134,10 +151,17 @@ local function render(settings, start_pos, end_pos, folder, pattern)
   reaper.GetSetProjectInfo(0, "RENDER_TAILFLAG", 0, true)        -- no tails: every file the same length
   reaper.GetSetProjectInfo(0, "RENDER_SRATE", 0, true)           -- the project's rate
   reaper.GetSetProjectInfo(0, "RENDER_CHANNELS", 2, true)
+  reaper.GetSetProjectInfo(0, "RENDER_ADDTOPROJ", 0, true)       -- do not add the files to the project
+  reaper.GetSetProjectInfo(0, "RENDER_NORMALIZE", 0, true)       -- keep the levels as they are
   reaper.GetSetProjectInfo_String(0, "RENDER_FILE", folder, true)
   reaper.GetSetProjectInfo_String(0, "RENDER_PATTERN", pattern, true)
   reaper.GetSetProjectInfo_String(0, "RENDER_FORMAT", "evaw", true)  -- WAV, default settings
-  reaper.Main_OnCommand(42230, 0)  -- File: Render project, using the most recent render settings, auto-close
+  reaper.GetSetProjectInfo_String(0, "RENDER_FORMAT2", "", true)     -- "" disables the secondary format
+  -- 42230 = "File: Render project, using the most recent render settings, auto-close render
+  -- dialog" (the same id and name in many public ReaScripts, e.g. MPL's glue scripts; 41824 is
+  -- the variant that leaves the dialog open, per the action list in mespotine/ultraschall-and-
+  -- reaper-docs). "Most recent render settings" are the project's, set just above.
+  reaper.Main_OnCommand(42230, 0)
   local _, targets = reaper.GetSetProjectInfo_String(0, "RENDER_TARGETS", "", false)
   for key, value in pairs(saved) do reaper.GetSetProjectInfo(0, key, value, true) end
   for key, value in pairs(saved_s) do reaper.GetSetProjectInfo_String(0, key, value, true) end
@@ -244,8 +268,10 @@ function M.run_generate()
       local _, name = reaper.GetTrackName(track)
       local stem = osc.stem_for_name(name)
       if not stem then
+        -- captions_csv is comma-separated (GetUserInputs, reaper_plugin_functions.h), so the
+        -- caption itself must hold no comma.
         local ok_input, answer = reaper.GetUserInputs("MSDM: which stem is track '" .. name .. "'?", 1,
-                                                       "bass, drums, guitar or piano", "drums")
+                                                       "Stem (bass/drums/guitar/piano)", "drums")
         if not ok_input then return end
         stem = osc.stem_for_name(answer)
         if not stem then return message("'" .. answer .. "' is not one of bass, drums, guitar, piano.") end
