@@ -196,7 +196,7 @@ def load_models(paths: Sequence[str | os.PathLike] | None, device: str | torch.d
     if not paths:
         if not DEFAULT_MODEL_PATH.is_file():
             raise ModelFileError(
-                "no default model is shipped yet (it comes with the training work); "
+                f"the default model is missing ({DEFAULT_MODEL_PATH}): reinstall MSDM Studio, or "
                 "pass --model FILE.safetensors, e.g. one converted with `msdm import-checkpoint`"
             )
         paths = [DEFAULT_MODEL_PATH]

@@ -185,13 +185,13 @@ def test_isdm_separation_from_single_stem_models(tmp_path, mix_file, capsys):
     assert "ISDM" in capsys.readouterr().err
 
 
-def test_no_model_shipped_yet_is_said_plainly(tmp_path, mix_file, capsys):
-    from engine.model import DEFAULT_MODEL_PATH
-
-    if DEFAULT_MODEL_PATH.exists():
-        pytest.skip("a default model is shipped")
+def test_a_missing_default_model_is_said_plainly(tmp_path, mix_file, capsys, monkeypatch):
+    missing = tmp_path / "gone" / "default.safetensors"
+    monkeypatch.setattr("engine.model.DEFAULT_MODEL_PATH", missing)
     assert main(["separate", str(mix_file), "-o", str(tmp_path / "out"), "-q"]) == 2
-    assert "--model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--model" in err and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_command_writes_the_table(tmp_path, tiny_model_path, capsys):
