@@ -291,8 +291,10 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model
     import sys
     import time
 
-    # song0 is short, so a record appears while the others still have windows to go.
-    songs = write_songs(tmp_path / "in", {f"song{n}.wav": (12000 if n else 3000, 1, 22050) for n in range(4)})
+    # song0 is short, so a record appears while the others still have seconds of
+    # windows to go (with 12000 frames a loaded CI machine finished them all
+    # before the signal arrived).
+    songs = write_songs(tmp_path / "in", {f"song{n}.wav": (72000 if n else 3000, 1, 22050) for n in range(4)})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "engine.cli", "bounce", str(songs), "-o", str(out), "--jobs", jobs,
                "--model", str(tiny_model_path), "--steps", "10", "--resamples", "1", "-q"]
