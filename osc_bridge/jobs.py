@@ -241,7 +241,8 @@ def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], m
 
     request, options = job.request, job.request.options
     output = pipeline.OutputFormat(extension=options.format, bits=options.sample_format, overwrite=options.overwrite)
-    overrides = dict(steps=options.steps, num_resamples=options.resamples, s_churn=options.churn)
+    overrides = dict(steps=options.steps, num_resamples=options.resamples, s_churn=options.churn,
+                     method=options.method)
     if request.kind == "separate":
         settings = tasks.default_separation_settings(options.likelihood, models.is_isdm).override(**overrides)
         return pipeline.separate_file(models, request.mix_path, job.out_dir, likelihood=options.likelihood,

@@ -154,6 +154,8 @@ OPTIONS: tuple[Option, ...] = (
     _opt("steps", lambda v: as_int(v, "steps", 1, 10000), "noise levels (paper: 150; imputation 256)"),
     _opt("resamples", lambda v: as_int(v, "resamples", 1, 100), "correction resamples per step"),
     _opt("churn", lambda v: as_float(v, "churn", 0.0, 1000.0), "S_churn, stochasticity added at each step"),
+    _opt("method", lambda v: as_choice(v, "method", ("euler", "heun", "dpmpp2m")),
+         "euler (the paper's, default), heun or dpmpp2m (fast: docs/performance.md)"),
     _opt("seed", lambda v: as_int(v, "seed", -(2**31), 2**31 - 1), "random seed: same seed, same audio (default 0)"),
     _opt("likelihood", lambda v: as_choice(v, "likelihood", ("dirac", "gaussian")),
          "dirac (stems sum to the mix exactly, default) or gaussian", ("separate",)),
@@ -172,6 +174,7 @@ class JobOptions:
     steps: int | None = None
     resamples: int | None = None
     churn: float | None = None
+    method: str | None = None
     seed: int = 0
     likelihood: str = "dirac"
     mono: bool = False

@@ -44,6 +44,10 @@ def test_job_requests_parse_into_typed_requests():
         mix_path="/a/mix.wav")
     assert protocol.reply_port_of(request) == 9011
 
+    fast = parse_request("/msdm/separate", ["f", "/a/mix.wav", "/out/f", "method", "dpmpp2m", "steps", 32,
+                                            "resamples", 1, "churn", 2], STEMS)
+    assert fast.options == JobOptions(method="dpmpp2m", steps=32, resamples=1, churn=2.0)
+
     request = parse_request("/msdm/generate", [7, "/out/g", 3], STEMS)
     assert (request.job_id, request.seconds, request.options) == ("7", 3.0, JobOptions())
 
@@ -68,6 +72,7 @@ def test_job_requests_parse_into_typed_requests():
     ("/msdm/separate", ["j", "/m.wav", "/o", "seed", math.nan], "bad_request", "j", "whole number"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "churn", math.inf], "bad_request", "j", "finite"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "likelihood", "laplace"], "bad_request", "j", "dirac, gaussian"),
+    ("/msdm/separate", ["j", "/m.wav", "/o", "method", "rk45"], "bad_request", "j", "euler, heun, dpmpp2m"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "seed", 1, "seed", 2], "bad_request", "j", "twice"),
     ("/msdm/separate", ["j", "/m.wav", "/o", 5, 1], "bad_request", "j", "option names are strings"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "overwrite", 2], "bad_request", "j", "between 0 and 1"),

@@ -94,6 +94,22 @@ def test_separate_writes_stems_that_sum_to_the_mix(server, client, outside, root
     assert sorted(os.listdir(root / "sep1")) == ["bass.wav", "drums.wav", "guitar.wav", "piano.wav"]
 
 
+def test_the_method_option_reaches_the_sampler(server, client, outside, root):
+    """Same seed and steps, fast solver vs the paper's Euler: both sum to the
+    mix (Dirac), and they differ, so the option was not dropped on the way."""
+    stems = {}
+    for method in ("euler", "dpmpp2m"):
+        final, _ = run(client, "/msdm/separate", f"m-{method}", str(outside / "mix.wav"), str(root / f"m-{method}"),
+                       *STEPS, "seed", 7, "method", method, "resamples", 1)
+        assert final[0] == "/msdm/done", final
+        stems[method] = np.stack([read_audio(p).samples for p in done_paths(final[1]).values()])
+    mix = read_audio(outside / "mix.wav").samples
+    for found in stems.values():
+        scale = float(np.abs(found).max()) * len(found)
+        np.testing.assert_allclose(found.sum(0), mix, atol=4 * np.finfo(np.float32).eps * scale)
+    assert np.abs(stems["euler"] - stems["dpmpp2m"]).max() > 1e-3 * np.abs(stems["euler"]).max()
+
+
 def test_generate_and_impute(server, client, outside, root):
     final, _ = run(client, "/msdm/generate", "gen1", str(root / "gen1"), 0.25, *STEPS, "format", "flac",
                    "bits", 16)
