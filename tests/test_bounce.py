@@ -291,14 +291,17 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model
     import sys
     import time
 
-    # song0 is short, so a record appears while the others still have seconds of
-    # windows to go (with 12000 frames a loaded CI machine finished them all
-    # before the signal arrived).
-    songs = write_songs(tmp_path / "in", {f"song{n}.wav": (72000 if n else 3000, 1, 22050) for n in range(4)})
+    # song0 is short, so a record appears while the others still have a second
+    # or more of windows to go.
+    songs = write_songs(tmp_path / "in", {f"song{n}.wav": (36000 if n else 3000, 1, 22050) for n in range(4)})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "engine.cli", "bounce", str(songs), "-o", str(out), "--jobs", jobs,
                "--model", str(tiny_model_path), "--steps", "10", "--resamples", "1", "-q"]
-    process = subprocess.Popen(command, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT
+    # ignored, and children inherit that (CI scripts run like this): give the
+    # bounce the default disposition, as a terminal's Ctrl-C would find it.
+    process = subprocess.Popen(command, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest = out / "manifest.jsonl"
     deadline = time.time() + 90
     while time.time() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 1):
