@@ -31,6 +31,9 @@ class AppSettings:
     resamples: int = 1
     seed: int = 0
     likelihood: str = "dirac"
+    # dpmpp2m stays stable at the app's few steps, where the paper's Euler sampler
+    # can diverge for separation (docs/performance.md).
+    method: str = "dpmpp2m"
     seconds: float = 10.0
     export_folder: str = str(Path.home())
     export_format: str = "wav"
