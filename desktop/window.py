@@ -29,6 +29,9 @@ from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_fil
 from .settings import AppSettings, load_settings, save_settings
 from .supervisor import EngineSupervisor
 
+# The engine's samplers (OSC option `method`), the app's default first.
+SAMPLERS = ("dpmpp2m", "euler", "heun")
+
 DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 AUDIO_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aif *.aiff *.w64 *.opus);;All files (*)"
 CODE_HINTS = {
@@ -207,9 +210,8 @@ class MainWindow(QMainWindow):
                                "Same seed, same audio", row)
         row.addWidget(QLabel("Sampler"))
         self.method = QComboBox()
-        self.method.addItems(["dpmpp2m", "euler", "heun"])
-        self.method.setCurrentText(self.settings.method if self.settings.method in ("dpmpp2m", "euler", "heun")
-                                   else "dpmpp2m")
+        self.method.addItems(SAMPLERS)
+        self.method.setCurrentText(self.settings.method if self.settings.method in SAMPLERS else SAMPLERS[0])
         self.method.setToolTip("dpmpp2m: near the paper's quality in few steps (32 steps, 1 resample);\n"
                                "euler: the paper's sampler, needs many steps (150, 2 resamples);\n"
                                "heun: two evaluations per step, for generation")

@@ -146,6 +146,10 @@ class Option:
     help: str
 
 
+# engine.diffusion.METHODS, spelled out so the protocol needs no torch (a test keeps them equal).
+METHODS = ("euler", "heun", "dpmpp2m")
+
+
 def _opt(name, parse, help, tasks=("separate", "generate", "impute")):
     return Option(name, parse, tasks, help)
 
@@ -154,7 +158,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt("steps", lambda v: as_int(v, "steps", 1, 10000), "noise levels (paper: 150; imputation 256)"),
     _opt("resamples", lambda v: as_int(v, "resamples", 1, 100), "correction resamples per step"),
     _opt("churn", lambda v: as_float(v, "churn", 0.0, 1000.0), "S_churn, stochasticity added at each step"),
-    _opt("method", lambda v: as_choice(v, "method", ("euler", "heun", "dpmpp2m")),
+    _opt("method", lambda v: as_choice(v, "method", METHODS),
          "euler (the paper's, default), heun or dpmpp2m (fast: docs/performance.md)"),
     _opt("seed", lambda v: as_int(v, "seed", -(2**31), 2**31 - 1), "random seed: same seed, same audio (default 0)"),
     _opt("likelihood", lambda v: as_choice(v, "likelihood", ("dirac", "gaussian")),
