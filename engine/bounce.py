@@ -430,7 +430,7 @@ def register(commands) -> None:
     bounce.set_defaults(handler=run_command)
 
 
-def _job_from_args(args, models) -> BounceJob:
+def _job_from_args(args, models, output) -> BounceJob:
     from . import tasks
     from .cli import CommandError, _settings
 
@@ -446,10 +446,9 @@ def _job_from_args(args, models) -> BounceJob:
         if args.given:
             raise CommandError("--given is for --task impute; separation takes mixes")
         settings = _settings(args, tasks.default_separation_settings(args.likelihood, models.is_isdm))
-    bits = args.bits or ("24" if args.format == "flac" else "32f")
     return BounceJob(task=args.task, given=args.given, likelihood=args.likelihood, mono=args.mono,
-                     overlap=args.overlap, settings=settings, seed=args.seed, extension=args.format, bits=bits,
-                     pattern=args.pattern, backend=args.backend)
+                     overlap=args.overlap, settings=settings, seed=args.seed, extension=output.extension,
+                     bits=output.bits, pattern=args.pattern, backend=args.backend)
 
 
 def run_command(args) -> int:
@@ -482,7 +481,7 @@ def run_command(args) -> int:
         from .cli import _load
 
         models = _load(args)
-        job = _job_from_args(args, models)
+        job = _job_from_args(args, models, output)
         bouncer = Bouncer(models, job, args.out, rank=rank, world_size=world, overwrite=output.overwrite,
                           max_seconds=args.max_seconds)
         try:

@@ -284,10 +284,9 @@ def _evaluate(args) -> int:
 
 
 def _run(args) -> int:
-    from . import pipeline, tasks
-
     if getattr(args, "handler", None) is not None:  # a registered command (COMMAND_MODULES)
         return args.handler(args)
+    from . import pipeline, tasks
 
     if args.command == "info":
         models = _load(args)
@@ -390,15 +389,20 @@ def _run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    from .audio_io import AudioInputError
-    from .model import ModelFileError
-
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("msdm: cancelled; no partial files were left", file=sys.stderr)
         return EXIT_CANCELLED
-    except (CommandError, AudioInputError, ModelFileError, FileExistsError, ValueError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - user errors are said in one line, the rest re-raised
+        # The error classes are imported only now: engine.model loads torch, which
+        # light commands (osc-send, run once per DAW message) never need.
+        from .audio_io import AudioInputError
+        from .model import ModelFileError
+
+        if not isinstance(error, (CommandError, AudioInputError, ModelFileError, FileExistsError, ValueError,
+                                  RuntimeError)):
+            raise
         print(f"msdm {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

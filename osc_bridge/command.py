@@ -63,8 +63,7 @@ def register(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from engine.cli import CommandError
-    from engine.model import load_models
+    from engine.cli import CommandError, _load
 
     from .server import OscServer, is_loopback
 
@@ -86,10 +85,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CommandError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CommandError(f"--device {args.device}: no CUDA GPU is available to PyTorch here; use --device cpu")
-    models = load_models(args.model, device=args.device, backend=args.backend)
+    models = _load(args)
     try:
         server = OscServer(models, host=args.host, port=args.port, output_root=args.output_root,
                            max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend)
