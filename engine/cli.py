@@ -124,7 +124,9 @@ def get_parser() -> argparse.ArgumentParser:
     synth.add_argument("--tracks", required=True, type=int, help="number of tracks")
     synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
     synth.add_argument("--max-seconds", type=float, default=60.0, help="longest track, in seconds (default 60)")
-    synth.add_argument("--soundfont", help="a General MIDI .sf2 (default: TimGM6mb, then FluidR3_GM)")
+    synth.add_argument("--soundfont", action="append",
+                       help="a General MIDI .sf2 (default: TimGM6mb, then FluidR3_GM); repeat it to render "
+                            "each stem of each track with one of several, drawn at random")
     synth.add_argument("--jobs", type=int, help="parallel renders (default: one per core)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -41,6 +41,7 @@ from bisect import bisect_right
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -749,15 +750,29 @@ class Job:
     seed: int
     sample_rate: int
     max_seconds: float
-    soundfont: str
+    soundfonts: tuple[str, ...]
     fluidsynth: str
+
+    def soundfont_for(self, stem: str) -> str:
+        """Each stem of a track draws its SoundFont from the dataset's list, from
+        its own random stream (not the arrangement's), so one SoundFont renders
+        exactly as before and several give every instrument several timbres."""
+        if len(self.soundfonts) == 1:
+            return self.soundfonts[0]
+        rng = np.random.default_rng([self.seed, self.plan.index, 1 + STEMS.index(stem)])
+        return self.soundfonts[int(rng.integers(len(self.soundfonts)))]
 
 
 def _identity(job: Job) -> dict:
     """What must match for an existing track folder to count as done."""
     return {"planned_piece": job.plan.piece, "split": job.plan.split, "seed": job.seed, "sample_rate": job.sample_rate,
-            "max_seconds": job.max_seconds, "soundfont": Path(job.soundfont).name,
+            "max_seconds": job.max_seconds, "soundfont": _soundfont_identity(job.soundfonts),
             "generator_version": GENERATOR_VERSION}
+
+
+def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
+    names = [Path(s).name for s in soundfonts]
+    return names[0] if len(names) == 1 else names
 
 
 def _first_usable_piece(plan: TrackPlan, cache_dir: Path) -> Piece:
@@ -792,7 +807,7 @@ def render_track(job: Job) -> dict:
             midi = tmp / "midi" / f"{stem}.mid"
             write_midi(midi, notes[stem], info["programs"][stem], seconds)
             rendered = tmp / f"{stem}.render.wav"
-            raw[stem] = _fit(render_stem(job.fluidsynth, Path(job.soundfont), midi, rendered, sr), frames, sr)
+            raw[stem] = _fit(render_stem(job.fluidsynth, Path(job.soundfont_for(stem)), midi, rendered, sr), frames, sr)
             rendered.unlink()
         stems, mix, scale = mix_stems(raw, gains_db)
         for stem in STEMS:
@@ -804,6 +819,8 @@ def render_track(job: Job) -> dict:
             "gains_db": {s: round(float(g), 4) for s, g in gains_db.items()},
             "normalise_gain": scale, "duration_seconds": frames / sr, "frames": frames,
             "stems": list(STEMS), "mix": "((bass + drums) + guitar) + piano, float32",
+            **({"stem_soundfonts": {s: Path(job.soundfont_for(s)).name for s in STEMS}}
+               if len(job.soundfonts) > 1 else {}),
         }
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         os.rename(tmp, split_dir / plan.name)
@@ -843,8 +860,12 @@ def _default_jobs() -> int:
 
 
 def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22050, max_seconds: float = 60.0,
-                   soundfont: str | None = None, jobs: int | None = None, progress=None) -> dict:
+                   soundfont: str | Sequence[str] | None = None, jobs: int | None = None, progress=None) -> dict:
     """Render ``tracks`` tracks into ``out_dir`` (resumable) and write dataset.json.
+
+    ``soundfont``: one General MIDI SoundFont, or several: then each stem of
+    each track is rendered with one of them, drawn per track and stem, so the
+    model meets every instrument in several timbres.
 
     ``progress(done, total)`` is called once with the tracks already there,
     then after each track. Returns the summary written to dataset.json.
@@ -854,13 +875,16 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
     if max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     fluidsynth = _find_fluidsynth()
-    sf2 = find_soundfont(soundfont)
+    names = [soundfont] if soundfont is None or isinstance(soundfont, (str, os.PathLike)) else list(soundfont)
+    if not names:
+        raise ValueError("give at least one SoundFont, or none for the default")
+    sf2s = tuple(find_soundfont(None if n is None else str(n)) for n in names)
     out = Path(out_dir)
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
 
-    jobs_list = [Job(plan, str(out), seed, int(sample_rate), float(max_seconds), str(sf2), fluidsynth)
+    jobs_list = [Job(plan, str(out), seed, int(sample_rate), float(max_seconds), tuple(map(str, sf2s)), fluidsynth)
                  for plan in plan_tracks(tracks, seed)]
     results = {job.plan.index: m for job in jobs_list if (m := _finished(job)) is not None}
     todo = [job for job in jobs_list if job.plan.index not in results]
@@ -884,12 +908,12 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
 
-    summary = _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2)
+    summary = _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s)
     _atomic_write_text(out / "dataset.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
-def _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2: Path) -> dict:
+def _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s: tuple[Path, ...]) -> dict:
     splits = {}
     for split in SPLITS:
         metas = [results[j.plan.index] for j in jobs_list if j.plan.split == split]
@@ -904,10 +928,15 @@ def _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2: Path) -> d
         "sample_rate": sample_rate,
         "max_seconds": max_seconds,
         "stems": list(STEMS),
-        "soundfont": {"path": str(sf2), "name": sf2.name, "bytes": sf2.stat().st_size},
+        **_soundfont_summary(sf2s),
         "splits": splits,
         "seconds": round(sum(s["seconds"] for s in splits.values()), 6),
     }
+
+
+def _soundfont_summary(sf2s: tuple[Path, ...]) -> dict:
+    described = [{"path": str(p), "name": p.name, "bytes": p.stat().st_size} for p in sf2s]
+    return {"soundfont": described[0]} if len(described) == 1 else {"soundfonts": described}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
