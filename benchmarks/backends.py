@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.model import MSDMModel  # noqa: E402
+from engine.storage.model import MSDMModel  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -69,7 +69,7 @@ def backends(model: MSDMModel, device: str, only: str | None = None):
     try:
         if only is not None and not only.startswith("onnxruntime"):
             return found
-        from engine.onnx_backend import OnnxDenoiser, available_providers, ensure_onnx
+        from engine.storage.onnx_backend import OnnxDenoiser, available_providers, ensure_onnx
 
         path = ensure_onnx(model)
         for provider in available_providers():

@@ -1,6 +1,6 @@
 """Catalogue bouncing: one song at a time vs songs batched into shared network calls.
 
-Bounces the same synthetic songs with `--jobs 1` and `--jobs N` (engine.bounce,
+Bounces the same synthetic songs with `--jobs 1` and `--jobs N` (engine.bounce.bouncer,
 in process, files written as `msdm bounce` writes them), alternating the two
 so machine load drifts hit both alike, and prints medians, the speed-up and
 how far the batched stems are from the one-at-a-time ones.
@@ -22,11 +22,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from engine.bounce import BounceJob, Bouncer
-from engine.bounce_inputs import find_songs
-from engine.config import TINY
-from engine.model import MSDMModel, ModelSet, load_models
-from engine.tasks import SEPARATE_DIRAC
+from engine.bounce.bouncer import BounceJob, Bouncer
+from engine.bounce.inputs import find_songs
+from engine.core.config import TINY
+from engine.storage.loading import load_models
+from engine.storage.model import MSDMModel, ModelSet
+from engine.core.tasks import SEPARATE_DIRAC
 
 
 def make_songs(folder: Path, count: int, seconds: float, rate: int, channels: int) -> None:

@@ -15,10 +15,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.audio_io import read_audio, write_audio  # noqa: E402
-from engine.model import load_models  # noqa: E402
-from engine.pipeline import generate_stems  # noqa: E402
-from engine.tasks import GENERATE, IMPUTE  # noqa: E402
+from engine.audio.files import read_audio, write_audio  # noqa: E402
+from engine.storage.loading import load_models  # noqa: E402
+from engine.audio.pipeline import generate_stems  # noqa: E402
+from engine.core.tasks import GENERATE, IMPUTE  # noqa: E402
 
 # The fast settings chosen in docs/performance.md (deterministic ODE, 32 NFE).
 FAST_GENERATE = GENERATE.override(steps=32, s_churn=0.0, method="dpmpp2m")

@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backends import backends, flops_per_nfe, paired_medians  # noqa: E402
 
-from engine.config import preset  # noqa: E402
-from engine.model import MSDMModel, load_models  # noqa: E402
-from engine.tasks import SEPARATE_DIRAC, separate  # noqa: E402
-from engine.windows import WindowPlan  # noqa: E402
+from engine.core.config import preset  # noqa: E402
+from engine.storage.loading import load_models
+from engine.storage.model import MSDMModel  # noqa: E402
+from engine.core.tasks import SEPARATE_DIRAC, separate  # noqa: E402
+from engine.audio.windows import WindowPlan  # noqa: E402
 
 # (label, settings): the paper's sampler, Euler at few steps, and the fast solver.
 SAMPLERS = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.errors import CommandError
+
 
 def register(commands) -> None:
     app = commands.add_parser(
@@ -23,8 +25,6 @@ def register(commands) -> None:
 
 
 def _run(args) -> int:
-    from engine.cli import CommandError
-
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:

@@ -44,8 +44,8 @@ def file_name(pattern: str, song: str, stem: str, index: int, fmt: str) -> str:
 def export_lanes(lanes: Mapping[str, LaneAudio], folder: str | Path, *, song: str, fmt: str = "wav",
                  bits: str = "24", pattern: str = DEFAULT_PATTERN, overwrite: bool = True) -> list[Path]:
     """Write every lane to ``folder`` (created if needed); returns the paths in lane order.
-    Each file is written atomically (engine.audio_io.write_audio)."""
-    from engine.audio_io import write_audio
+    Each file is written atomically (engine.audio.files.write_audio)."""
+    from engine.audio.files import write_audio
 
     check_options(fmt, bits, pattern)
     if not lanes:

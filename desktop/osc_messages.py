@@ -7,23 +7,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
+
+from osc_bridge.codec import encode_message
 
 PREFIX = "/msdm/"
 
 
 def build(address: str, args: Iterable[Any]) -> bytes:
-    builder = OscMessageBuilder(address=address)
-    for value in args:
-        if isinstance(value, bool):
-            builder.add_arg(int(value), OscMessageBuilder.ARG_TYPE_INT)
-        elif isinstance(value, int):
-            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_INT)
-        elif isinstance(value, float):
-            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_FLOAT)
-        else:
-            builder.add_arg(str(value), OscMessageBuilder.ARG_TYPE_STRING)
-    return builder.build().dgram
+    return encode_message(address, args)
 
 
 def _options(options: Mapping[str, Any]) -> list[Any]:

@@ -10,7 +10,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from engine.audio_io import Audio
+from engine.audio.files import Audio
 
 MIX = "mix"
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
+from osc_bridge.protocol import DEFAULT_PORT
+
 MAX_RECENT = 8
 
 
@@ -23,7 +25,7 @@ def default_output_root() -> str:
 class AppSettings:
     engine_mode: str = "local"          # local: start `msdm serve` as a child; remote: connect to host:port
     remote_host: str = "127.0.0.1"
-    remote_port: int = 9010
+    remote_port: int = DEFAULT_PORT
     model: str = ""                     # "" = the shipped default model
     backend: str = "torch"
     output_root: str = field(default_factory=default_output_root)

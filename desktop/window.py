@@ -359,7 +359,7 @@ class MainWindow(QMainWindow):
         return str(Path(self.settings.recent[0]).parent) if self.settings.recent else str(Path.home())
 
     def _read(self, path: str | Path) -> LaneAudio | None:
-        from engine.audio_io import AudioInputError, read_audio
+        from engine.audio.files import AudioInputError, read_audio
 
         try:
             audio = read_audio(path)
@@ -462,7 +462,7 @@ class MainWindow(QMainWindow):
         self._update_controls()
 
     def _rebuild_mixer(self) -> None:
-        from engine.audio_io import resample
+        from engine.audio.files import resample
 
         filled = self.session.filled()
         if not filled:

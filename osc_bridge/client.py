@@ -1,6 +1,7 @@
 """A small OSC client for `msdm serve`: send one request, wait for its replies
 on a bound port. Used by `msdm osc-send` (so a DAW script needs nothing but a
-command line) and by the tests (a real client over a real socket)."""
+command line) and by the tests (a real client over a real socket; tests/support/osc_replies.py
+collects its replies on a thread)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import socket
 import time
 from typing import Any, Callable, Sequence
 
-from .server import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
+from .codec import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
+from .protocol import DEFAULT_PORT
 
 JOB_ADDRESSES = ("/msdm/separate", "/msdm/generate", "/msdm/impute")
 QUERY_REPLIES = {"/msdm/ping": "/msdm/pong", "/msdm/models": "/msdm/models",
@@ -50,7 +52,7 @@ class OscClient:
     """One UDP socket bound on loopback (or `bind_host`): requests leave from it
     and replies come back to it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9010, *, reply_port: int = 0,
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, reply_port: int = 0,
                  bind_host: str | None = None) -> None:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.server = address
@@ -145,41 +147,3 @@ def done_paths(args: Sequence[Any]) -> dict[str, str]:
     """/msdm/done's arguments after the job id -> {stem: path}."""
     pairs = list(args[1:])
     return dict(zip(pairs[::2], pairs[1::2]))
-
-
-class ReplyCollector:
-    """Drains a client's socket on a thread and keeps every reply with its
-    arrival time, so bursts of replies never overflow the socket's buffer."""
-
-    def __init__(self, client: OscClient) -> None:
-        import threading
-
-        self.client = client
-        self.replies: list[tuple[float, str, list]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="osc-replies", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                reply = self.client.receive(0.05)
-            except OSError:  # the client's socket was closed under us: nothing more will come
-                return
-            if reply is not None:
-                self.replies.append((time.monotonic(), *reply))
-
-    def of_job(self, job_id: str) -> list[tuple[float, str, list]]:
-        return [r for r in self.replies if r[2] and r[2][0] == job_id]
-
-    def wait_for(self, predicate: Callable[[list], bool], timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.replies):
-                return True
-            time.sleep(0.02)
-        return predicate(self.replies)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()

@@ -10,7 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-DEFAULT_PORT = 9010
+from engine.errors import CommandError
+
+from .protocol import DEFAULT_PORT
+
 
 
 def register(commands) -> None:
@@ -63,7 +66,7 @@ def register(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from engine.cli import CommandError, _load
+    from engine.jobs.options import load_models_for
 
     from .server import OscServer, is_loopback
 
@@ -85,7 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CommandError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    models = _load(args)
+    models = load_models_for(args)
     try:
         server = OscServer(models, host=args.host, port=args.port, output_root=args.output_root,
                            max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend)
@@ -111,8 +114,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_osc_send(args: argparse.Namespace) -> int:
-    from engine.cli import CommandError
-
     from .client import FINAL_JOB_REPLIES, JOB_ADDRESSES, QUERY_REPLIES, OscClient, format_reply, infer_args
 
     if not args.address.startswith("/"):

@@ -5,7 +5,7 @@ the worker runs one job at a time (the model's memory and the CPU cores are
 used by one job), and replies go out through the `send` function the server
 gives (one socket). Cancel works for a queued job (removed at once) and for the
 running one (a flag the sampler's progress callback checks at every step; it
-raises engine.diffusion.Cancelled and the pipeline removes its partial files).
+raises engine.core.diffusion.Cancelled and the pipeline removes its partial files).
 
 Progress: the sampler calls back at every step, which can be many times a
 second (tiny model) or once in several seconds (a big model on a CPU). Sends
@@ -59,7 +59,7 @@ class JobQueue:
     """A bounded FIFO of jobs and the worker that runs them, one at a time.
 
     `execute(job, progress)` runs a job and returns {name: path}; it may raise
-    ProtocolError, engine errors, or engine.diffusion.Cancelled."""
+    ProtocolError, engine errors, or engine.core.diffusion.Cancelled."""
 
     def __init__(self, execute: Callable[[Job, Callable[[float, str], None]], dict],
                  send: Send, output_root: Path, max_queued: int = 16) -> None:
@@ -167,7 +167,7 @@ class JobQueue:
             self.send(job.reply_to, protocol.progress(job.id, job.fraction, message))
 
     def _work(self) -> None:
-        from engine.diffusion import Cancelled
+        from engine.core.diffusion import Cancelled
 
         while True:
             with self._lock:
@@ -219,7 +219,7 @@ class JobQueue:
 
 def describe_failure(error: BaseException) -> tuple[str, str]:
     """An exception from the engine -> (error code, a message a musician can act on)."""
-    from engine.audio_io import AudioInputError
+    from engine.audio.files import AudioInputError
 
     if isinstance(error, AudioInputError):
         return protocol.BAD_INPUT, str(error)
@@ -236,8 +236,9 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 
 def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], max_seconds: float | None) -> dict:
     """Run one accepted job on the engine (called on the worker thread only).
-    Sampler defaults are the paper's (engine.tasks); options override them."""
-    from engine import pipeline, tasks
+    Sampler defaults are the paper's (engine.core.tasks); options override them."""
+    from engine.audio import pipeline
+    from engine.core import tasks
 
     request, options = job.request, job.request.options
     output = pipeline.OutputFormat(extension=options.format, bits=options.sample_format, overwrite=options.overwrite)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 PROTOCOL_VERSION = 1
+DEFAULT_PORT = 9010  # UDP port of `msdm serve` (the app, osc-send and the REAPER installer default to it)
 
 # Error codes (osc-protocol.md). "cancelled" is not an error: it has its own reply.
 BAD_REQUEST = "bad_request"
@@ -146,7 +147,7 @@ class Option:
     help: str
 
 
-# engine.diffusion.METHODS, spelled out so the protocol needs no torch (a test keeps them equal).
+# engine.core.diffusion.METHODS, spelled out so the protocol needs no torch (a test keeps them equal).
 METHODS = ("euler", "heun", "dpmpp2m")
 
 

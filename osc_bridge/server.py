@@ -21,25 +21,18 @@ import socket
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
-
-from pythonosc.osc_bundle import OscBundle
-from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
+from typing import Any
 
 from . import protocol
+from .codec import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
 from .jobs import Job, JobQueue, execute_job
 from .paths import check_input_file, check_outputs_free, contained_output_dir, prepare_output_root
-from .protocol import CancelRequest, JobRequest, ProtocolError, Query
+from .protocol import DEFAULT_PORT, CancelRequest, JobRequest, ProtocolError, Query
 
 log = logging.getLogger("msdm.serve")
 
-MAX_DATAGRAM = 65535
-MAX_BUNDLE_DEPTH = 4
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9010
 DEFAULT_MAX_SECONDS = 600.0
-RECEIVE_BUFFER = 4 << 20  # bursts of small requests (a controller's knob) must not overflow the kernel queue
 
 
 def is_loopback(host: str) -> bool:
@@ -48,46 +41,6 @@ def is_loopback(host: str) -> bool:
     except socket.gaierror:
         return False
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
-
-
-def decode_datagram(data: bytes) -> list[tuple[str, list]]:
-    """A datagram -> [(address, args)]; bundles are flattened and run at once
-    (time tags are ignored: nothing here is time-critical). Raises ValueError
-    with a short reason for anything that is not a well-formed OSC packet."""
-    if not data:
-        raise ValueError("empty datagram")
-
-    def messages(dgram: bytes, depth: int) -> list[tuple[str, list]]:
-        if OscBundle.dgram_is_bundle(dgram):
-            if depth >= MAX_BUNDLE_DEPTH:
-                raise ValueError("bundles nested too deep")
-            out = []
-            for content in OscBundle(dgram):
-                if isinstance(content, OscBundle):
-                    out += messages(content.dgram, depth + 1)
-                else:
-                    out.append((content.address, list(content.params)))
-            return out
-        if not OscMessage.dgram_is_message(dgram):
-            raise ValueError("not an OSC message (an OSC address starts with '/')")
-        message = OscMessage(dgram)
-        return [(message.address, list(message.params))]
-
-    try:
-        return messages(data, 0)
-    except ValueError:
-        raise
-    except Exception as error:  # python-osc raises ParseError, IndexError, struct.error... on bad bytes
-        raise ValueError(f"malformed OSC data ({type(error).__name__})") from None
-
-
-def encode_message(address: str, args: Sequence[Any]) -> bytes:
-    builder = OscMessageBuilder(address=address)
-    for value in args:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            value = str(value)
-        builder.add_arg(value, "s" if isinstance(value, str) else "i" if isinstance(value, int) else "f")
-    return builder.build().dgram
 
 
 class OscServer:
@@ -230,7 +183,7 @@ class OscServer:
     def check_job(self, request: JobRequest, reply_to: tuple) -> Job:
         """Everything that can be checked before queueing: the folder, the
         inputs' headers, the length limit, existing outputs."""
-        from engine.audio_io import AudioInputError, inspect_audio
+        from engine.audio.files import AudioInputError, inspect_audio
 
         job_id = request.job_id
         out_dir = contained_output_dir(request.out_dir, self.output_root, job_id)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from engine.config import TINY
-from engine.gaussian_prior import GaussianStemPrior, band_spectrum, flat_spectrum
-from engine.model import MSDMModel, ModelSet
+from engine.core.config import TINY
+from support.gaussian_prior import GaussianStemPrior, band_spectrum, flat_spectrum
+from engine.storage.model import MSDMModel, ModelSet
 
 STEMS = ("bass", "drums", "guitar", "piano")
 
@@ -56,7 +56,7 @@ def white_prior() -> GaussianStemPrior:
 
 @dataclass
 class AnalyticModels:
-    """Duck-types engine.model.ModelSet around a closed-form denoiser."""
+    """Duck-types engine.storage.model.ModelSet around a closed-form denoiser."""
 
     prior: GaussianStemPrior
     window: int = 2048

@@ -1,4 +1,4 @@
-"""Tests for engine.audio_io: real files on disk, audio generated here with numpy + soundfile."""
+"""Tests for engine.audio.files: real files on disk, audio generated here with numpy + soundfile."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio_io import (
+from engine.audio.files import (
     Audio,
     AudioInputError,
     read_audio,

@@ -10,13 +10,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine.batching import BatchingDenoiser
-from engine.bounce import BounceJob, Bouncer
-from engine.bounce_inputs import find_songs, song_seed
+from engine.bounce.batching import BatchingDenoiser
+from engine.bounce.bouncer import BounceJob, Bouncer
+from engine.bounce.inputs import find_songs, song_seed
 from engine.cli import main
-from engine.manifest import ManifestWriter, read_records
-from engine.pipeline import separate_file
-from engine.tasks import SEPARATE_DIRAC
+from engine.bounce.manifest import ManifestWriter, read_records
+from engine.audio.pipeline import separate_file
+from engine.core.tasks import SEPARATE_DIRAC
 
 STEMS = ["bass", "drums", "guitar", "piano"]
 FAST = ["--steps", "2", "--resamples", "1", "-q"]
@@ -187,7 +187,7 @@ def test_impute_task_treats_each_input_as_the_given_stem(tmp_path, songs, tiny_m
 
 
 def test_batched_imputation_equals_one_song_at_a_time(tmp_path, songs, tiny_models):
-    from engine.tasks import IMPUTE
+    from engine.core.tasks import IMPUTE
 
     job = BounceJob(task="impute", given="drums", settings=IMPUTE.override(steps=3), seed=2)
     found = find_songs([songs])

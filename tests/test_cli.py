@@ -136,8 +136,8 @@ def test_import_checkpoint_command(tmp_path, capsys):
 
     import torch
 
-    from engine.config import TINY
-    from engine.network import UNet1d
+    from engine.core.config import TINY
+    from engine.core.network import UNet1d
 
     net = UNet1d(TINY.unet)
     ckpt = tmp_path / "paper.ckpt"
@@ -161,8 +161,8 @@ def test_import_checkpoint_command(tmp_path, capsys):
 
 
 def test_isdm_separation_from_single_stem_models(tmp_path, mix_file, capsys):
-    from engine.config import TINY
-    from engine.model import MSDMModel
+    from engine.core.config import TINY
+    from engine.storage.model import MSDMModel
 
     argv = ["separate", str(mix_file), "-o", str(tmp_path / "out"), *FAST]
     for seed, stem in enumerate(("bass", "drums", "guitar", "piano")):
@@ -187,7 +187,7 @@ def test_isdm_separation_from_single_stem_models(tmp_path, mix_file, capsys):
 
 def test_a_missing_default_model_is_said_plainly(tmp_path, mix_file, capsys, monkeypatch):
     missing = tmp_path / "gone" / "default.safetensors"
-    monkeypatch.setattr("engine.model.DEFAULT_MODEL_PATH", missing)
+    monkeypatch.setattr("engine.storage.loading.DEFAULT_MODEL_PATH", missing)
     assert main(["separate", str(mix_file), "-o", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "--model" in err and str(missing) in err and "Traceback" not in err

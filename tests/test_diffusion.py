@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.diffusion import Cancelled, ItemNoise, karras_sigmas, sample, seed_for
-from engine.tasks import GENERATE, SEPARATE_DIRAC, SamplerSettings, generate, separate
+from engine.core.diffusion import Cancelled, ItemNoise, karras_sigmas, sample, seed_for
+from engine.core.tasks import GENERATE, SEPARATE_DIRAC, SamplerSettings, generate, separate
 
 from conftest import colored_prior
 

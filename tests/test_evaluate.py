@@ -18,7 +18,7 @@ from torchmetrics.functional.audio import (
     scale_invariant_signal_noise_ratio,
 )
 
-from engine.tasks import SEPARATE_DIRAC
+from engine.core.tasks import SEPARATE_DIRAC
 from training import evaluate as ev
 
 from conftest import STEMS, AnalyticModels, colored_prior

@@ -1,4 +1,4 @@
-"""Importing the paper's PyTorch Lightning checkpoints (engine.lightning_import).
+"""Importing the paper's PyTorch Lightning checkpoints (engine.storage.lightning_import).
 
 Checkpoints are written here as a Lightning run writes them (torch.save of
 the trainer's dict) around a real audio-diffusion-pytorch 0.0.43 model, without
@@ -25,8 +25,8 @@ import pytest
 import torch
 from audio_diffusion_pytorch import AudioDiffusionModel, LogNormalDistribution
 
-from engine.config import SLAKH_STEMS, SMALL, TINY
-from engine.lightning_import import (
+from engine.core.config import SLAKH_STEMS, SMALL, TINY
+from engine.storage.lightning_import import (
     LightningCheckpoint,
     PickledStandIn,
     UnsafeCheckpointError,
@@ -34,9 +34,9 @@ from engine.lightning_import import (
     import_checkpoint,
     load_lightning_checkpoint,
 )
-from engine.model import MSDMModel, ModelFileError
+from engine.storage.model import MSDMModel, ModelFileError
 
-# The ADP keyword arguments that match engine.config.TINY (except the window).
+# The ADP keyword arguments that match engine.core.config.TINY (except the window).
 TINY_KWARGS = dict(
     in_channels=4, channels=16, patch_factor=2, patch_blocks=1, multipliers=[1, 2, 2], factors=[2, 2],
     num_blocks=[1, 1], attentions=[False, True], attention_heads=2, attention_features=8,
@@ -309,7 +309,7 @@ def test_hyper_parameters_that_contradict_the_weights(tmp_path, fake_packages):
 
 def test_weights_only_without_base_infers_the_shapes(tmp_path, fake_packages, caplog):
     ckpt = save_checkpoint(tmp_path / "w.ckpt", adp_model(), fake_packages, hparams=None)
-    with caplog.at_level(logging.WARNING, logger="engine.lightning_import"):
+    with caplog.at_level(logging.WARNING, logger="engine.storage.lightning_import"):
         config = config_from_checkpoint(load_lightning_checkpoint(ckpt))
     unet = config.unet
     assert (unet.in_channels, unet.channels, unet.patch_factor, unet.patch_blocks) == (4, 16, 2, 1)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from audio_diffusion_pytorch import AudioDiffusionModel, LogNormalDistribution
 
-from engine.config import PAPER, SMALL, TINY
-from engine.diffusion import KarrasDenoiser
-from engine.network import UNet1d, count_parameters
+from engine.core.config import PAPER, SMALL, TINY
+from engine.core.diffusion import KarrasDenoiser
+from engine.core.network import UNet1d, count_parameters
 
 
 def reference_model(config):

@@ -10,9 +10,10 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from engine.cli import main  # noqa: E402
-from engine.model import MSDMModel, ModelSet, load_models  # noqa: E402
-from engine.onnx_backend import OnnxDenoiser, cached_onnx_path, ensure_onnx, export_onnx  # noqa: E402
-from engine.tasks import GENERATE, IMPUTE, SEPARATE_DIRAC, generate, impute, separate  # noqa: E402
+from engine.storage.loading import load_models
+from engine.storage.model import MSDMModel, ModelSet  # noqa: E402
+from engine.storage.onnx_backend import OnnxDenoiser, cached_onnx_path, ensure_onnx, export_onnx  # noqa: E402
+from engine.core.tasks import GENERATE, IMPUTE, SEPARATE_DIRAC, generate, impute, separate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

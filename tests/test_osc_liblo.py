@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.audio_io import read_audio, write_audio
+from engine.audio.files import read_audio, write_audio
 
 pytestmark = pytest.mark.skipif(not (shutil.which("oscsend") and shutil.which("oscdump")),
                                 reason="liblo-tools (oscsend, oscdump) not installed: apt-get install liblo-tools")

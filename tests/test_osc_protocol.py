@@ -44,7 +44,7 @@ def test_job_requests_parse_into_typed_requests():
         mix_path="/a/mix.wav")
     assert protocol.reply_port_of(request) == 9011
 
-    from engine.diffusion import METHODS
+    from engine.core.diffusion import METHODS
 
     assert protocol.METHODS == METHODS  # the protocol's copy of the engine's samplers
     fast = parse_request("/msdm/separate", ["f", "/a/mix.wav", "/out/f", "method", "dpmpp2m", "steps", 32,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio_io import read_audio, write_audio
+from engine.audio.files import read_audio, write_audio
 from osc_bridge.server import OscServer
 
 REAPER = Path(__file__).resolve().parent.parent / "installers" / "reaper"

@@ -12,9 +12,10 @@ import pytest
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from engine.audio_io import write_audio
-from osc_bridge.client import OscClient, ReplyCollector
+from engine.audio.files import write_audio
+from osc_bridge.client import OscClient
 from osc_bridge.server import OscServer
+from support.osc_replies import ReplyCollector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio_io import read_audio, write_audio
-from osc_bridge.client import OscClient, ReplyCollector, done_paths
+from engine.audio.files import read_audio, write_audio
+from osc_bridge.client import OscClient, done_paths
 from osc_bridge.server import OscServer
+from support.osc_replies import ReplyCollector
 
 STEPS = ["steps", 4]
 

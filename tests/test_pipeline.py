@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import pipeline
-from engine.tasks import GENERATE, IMPUTE, SEPARATE_DIRAC, SEPARATE_GAUSSIAN
+from engine.audio import pipeline
+from engine.core.tasks import GENERATE, IMPUTE, SEPARATE_DIRAC, SEPARATE_GAUSSIAN
 
 from conftest import STEMS, AnalyticModels, colored_prior, white_prior
 

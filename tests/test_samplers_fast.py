@@ -1,7 +1,7 @@
 """The few-step solver (DPM-Solver++(2M), `method="dpmpp2m"`) against exact answers:
 its convergence order on a scalar Gaussian, the exact linear parts it uses for the
 stiff separation derivatives, and the three tasks on the closed-form prior
-(engine.gaussian_prior), each compared with Euler at the same number of
+(support.gaussian_prior), each compared with Euler at the same number of
 network evaluations (NFE)."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.cli import CommandError, parse_setting
-from engine.diffusion import ItemNoise, karras_sigmas, sample
-from engine.tasks import (
+from engine.errors import CommandError
+from training.command import parse_setting
+from engine.core.diffusion import ItemNoise, karras_sigmas, sample
+from engine.core.tasks import (
     GENERATE,
     IMPUTE,
     SEPARATE_DIRAC,

@@ -1,22 +1,22 @@
 """The three tasks against a prior whose answers are known in closed form
-(engine.gaussian_prior): correlated Gaussian stems with different spectra."""
+(support.gaussian_prior): correlated Gaussian stems with different spectra."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine.gaussian_prior import GaussianStemPrior
-from engine.tasks import (
+from engine.core.diffusion import StackedDenoiser
+from engine.core.tasks import (
     GENERATE,
     IMPUTE,
     SEPARATE_DIRAC,
     SEPARATE_GAUSSIAN,
-    StackedDenoiser,
     generate,
     impute,
     separate,
 )
+from support.gaussian_prior import GaussianStemPrior
 
 from conftest import colored_prior
 

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine.model import MSDMModel
+from engine.storage.model import MSDMModel
 from training.data import DatasetError, StemCrops, detect_layout, infer_stems, read_stems, scan
 from training.train import edm_loss
 
@@ -97,7 +97,7 @@ def test_edm_loss_weighting_is_the_papers():
         def forward(self, x, c_noise):
             return torch.zeros_like(x)
 
-    from engine.diffusion import KarrasDenoiser
+    from engine.core.diffusion import KarrasDenoiser
 
     denoiser = KarrasDenoiser(Zero(), sigma_data=0.2)
     x = torch.full((1, 2, 8), 0.1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.windows import OverlapAdd, WindowPlan, triangle_weights
+from engine.audio.windows import OverlapAdd, WindowPlan, triangle_weights
 
 
 @pytest.mark.parametrize("length,window,overlap", [(1, 64, 0.25), (64, 64, 0.25), (65, 64, 0.25),

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from engine.audio_io import AudioInputError, inspect_audio, resample
+from engine.audio.files import AudioInputError, inspect_audio, resample
 
 log = logging.getLogger(__name__)
 

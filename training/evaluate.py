@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio_io import read_audio, resample, to_mono
-from engine.diffusion import seed_for
-from engine.pipeline import separate_array
-from engine.tasks import SamplerSettings, check_likelihood, default_separation_settings
+from engine.audio.files import read_audio, resample, to_mono
+from engine.core.diffusion import seed_for
+from engine.audio.pipeline import separate_array
+from engine.core.tasks import SamplerSettings, check_likelihood, default_separation_settings
 
 ProgressFn = Callable[[float, str], None]
 
@@ -205,7 +205,7 @@ def evaluate_dataset(
 ) -> EvaluationResult:
     """Score `methods` ("model", "mixture", "oracle") on DATA/split with the
     paper's protocol. `models` is a ModelSet (or anything with .stems,
-    .sample_rate and what engine.pipeline.separate_array needs); only "model"
+    .sample_rate and what engine.audio.pipeline.separate_array needs); only "model"
     runs it, with `likelihood` and `settings` (default: the paper's)."""
     methods = tuple(methods)
     unknown = [m for m in methods if m not in METHODS]

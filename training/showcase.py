@@ -16,10 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.audio_io import read_audio, write_audio
-from engine.model import ModelSet, load_models
-from engine.pipeline import generate_stems
-from engine.tasks import GENERATE, IMPUTE, SamplerSettings
+from engine.audio.files import read_audio, write_audio
+from engine.storage.loading import load_models
+from engine.storage.model import ModelSet
+from engine.audio.pipeline import generate_stems
+from engine.core.tasks import GENERATE, IMPUTE, SamplerSettings
 
 from .figures import plot_spectrograms
 

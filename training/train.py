@@ -22,10 +22,10 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from engine.config import PAPER, SMALL, TINY, ModelConfig
-from engine.diffusion import KarrasDenoiser
-from engine.model import MSDMModel
-from engine.network import UNet1d
+from engine.core.config import PAPER, SMALL, TINY, ModelConfig
+from engine.core.diffusion import KarrasDenoiser
+from engine.storage.model import MSDMModel
+from engine.core.network import UNet1d
 
 from .data import StemCrops, detect_layout, infer_stems, scan
 

@@ -1,14 +1,14 @@
 """Windows of several songs in one network call.
 
 A catalogue bounce runs several songs at once, each in its own thread through
-the ordinary one-song pipeline (engine.pipeline: same windows, same seeds, same
+the ordinary one-song pipeline (engine.audio.pipeline: same windows, same seeds, same
 streamed and atomic writing). Their samplers all call one `BatchingDenoiser`,
 which waits until every song in flight has asked for a denoiser evaluation,
 stacks the requests along the batch axis (each with its own noise level) and
 runs the network once for all of them.
 
 Why the results do not depend on what a song is batched with: the noise of
-every item comes from its own generator (engine.diffusion.ItemNoise, seeded
+every item comes from its own generator (engine.core.diffusion.ItemNoise, seeded
 per song, window and channel), and the network treats batch items
 independently, so only the float rounding of batched kernels differs
 (measured ~4e-7 per call on CPU; see docs/bounce.md for whole songs).
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .diffusion import as_sigma_batch
+from engine.core.diffusion import as_sigma_batch
 
 
 @dataclass
@@ -147,7 +147,7 @@ class BatchingDenoiser:
 
 class SharedModels:
     """A ModelSet whose denoiser is a BatchingDenoiser; everything else (stems,
-    rate, window, device...) is the wrapped set's, so engine.pipeline runs on it
+    rate, window, device...) is the wrapped set's, so engine.audio.pipeline runs on it
     unchanged."""
 
     def __init__(self, models, batcher: BatchingDenoiser) -> None:

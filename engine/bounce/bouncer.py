@@ -5,12 +5,12 @@ second run skips what is done and retries what failed), a bad file reported
 and skipped, Ctrl-C leaving no half-written file, an overall progress bar with
 an ETA and a summary at the end.
 
-- Songs run through the one-song pipeline (engine.pipeline), so a bounced
+- Songs run through the one-song pipeline (engine.audio.pipeline), so a bounced
   stem is the stem `msdm separate` writes for the same seed.
 - `--jobs N` keeps N songs in flight whose windows share each network call
-  (engine.batching): the same audio as one at a time, up to float rounding.
+  (engine.bounce.batching): the same audio as one at a time, up to float rounding.
 - Under torchrun (RANK / WORLD_SIZE set) each rank bounces its share
-  (engine.bounce_inputs.rank_share) into its own manifest part; rank 0 prints
+  (engine.bounce.inputs.rank_share) into its own manifest part; rank 0 prints
   the summary of all ranks.
 """
 
@@ -24,9 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .bounce_inputs import DEFAULT_PATTERN, InputError, Song, check_pattern, fill_pattern, find_songs, \
-    rank_share, song_seed
-from .manifest import DONE, FAILED, ManifestWriter, is_finished, latest_by_track, manifest_parts, \
+from engine.bounce.inputs import DEFAULT_PATTERN, InputError, Song, fill_pattern, rank_share, song_seed
+from engine.bounce.manifest import DONE, FAILED, ManifestWriter, is_finished, latest_by_track, manifest_parts, \
     manifest_path, read_records
 
 TASKS = ("separate", "impute")
@@ -34,7 +33,7 @@ TASKS = ("separate", "impute")
 
 @dataclass(frozen=True)
 class PatternOutput:
-    """engine.pipeline.OutputFormat that names files by --pattern instead of
+    """engine.audio.pipeline.OutputFormat that names files by --pattern instead of
     `<stem>.<ext>` (the pipeline asks it for every path it writes). Not a
     subclass, so `msdm --help` does not import torch."""
 
@@ -57,7 +56,7 @@ class BounceJob:
     likelihood: str = "dirac"
     mono: bool = False
     overlap: float = 0.25
-    settings: object = None        # engine.tasks.SamplerSettings
+    settings: object = None        # engine.core.tasks.SamplerSettings
     seed: int = 0
     extension: str = "wav"
     bits: str = "32f"
@@ -184,11 +183,11 @@ class Bouncer:
         self.model_hash = models.file_hash()
         self.settings = job.record()
         self.cancel = threading.Event()
-        self.batch_stats = None  # engine.batching.BatchStats of the last batched run
+        self.batch_stats = None  # engine.bounce.batching.BatchStats of the last batched run
 
     # -- one song ---------------------------------------------------------
     def _bounce_one(self, models, song: Song, seed: int, progress) -> dict[str, Path]:
-        from . import pipeline
+        from engine.audio import pipeline
 
         output = self.job.output(song.track, overwrite=self.overwrite)
         if self.job.task == "separate":
@@ -238,7 +237,7 @@ class Bouncer:
         return todo, done
 
     def run(self, songs: list[Song], *, jobs: int = 1, quiet: bool = False) -> Summary:
-        from .audio_io import AudioInputError, inspect_audio
+        from engine.audio.files import AudioInputError, inspect_audio
 
         started = time.time()
         summary = Summary()
@@ -269,7 +268,7 @@ class Bouncer:
         progress = BatchProgress(sum(s for _, _, s in ready), len(ready), quiet)
 
         def bounce(models, song: Song, seed: int, seconds: float) -> None:
-            from .diffusion import Cancelled
+            from engine.core.diffusion import Cancelled
 
             t0 = time.time()
             song_progress = progress.song(song.track, seconds)
@@ -317,7 +316,7 @@ class Bouncer:
 
     def _run_batched(self, ready, jobs: int, bounce) -> None:
         """`jobs` worker threads, one song each at a time, sharing one batched denoiser."""
-        from .batching import BatchingDenoiser, SharedModels
+        from engine.bounce.batching import BatchingDenoiser, SharedModels
 
         batcher = BatchingDenoiser(self.models.denoiser)
         shared = SharedModels(self.models, batcher)
@@ -394,110 +393,3 @@ def gather_summaries(summary: Summary, world_size: int) -> Summary:
     for part in parts:
         total.add(Summary(**part))
     return total
-
-
-# -- command line ---------------------------------------------------------
-
-def register(commands) -> None:
-    from .cli import _add_model_options, _add_output_options, _add_sampler_options
-
-    bounce = commands.add_parser(
-        "bounce", help="bounce the stems of many songs (files, folders, list files)",
-        description="Writes one folder of stems per input song into OUT (see --pattern) and a manifest "
-                    "(OUT/manifest.jsonl, one JSON line per finished song): run the same command again to "
-                    "skip the finished songs and retry the failed ones. Under torchrun every rank bounces "
-                    "its share of the songs into OUT/manifest.rankR.jsonl.")
-    bounce.add_argument("inputs", nargs="+", metavar="IN",
-                        help="audio files, folders (searched recursively) or list files (.txt/.m3u: one path a line)")
-    bounce.add_argument("--task", choices=TASKS, default="separate",
-                        help="separate each mix into its stems (default), or impute: each input is the --given "
-                             "stem and the other stems are generated")
-    bounce.add_argument("--given", metavar="STEM", help="impute: the stem every input is, e.g. drums")
-    bounce.add_argument("--likelihood", choices=("dirac", "gaussian"), default="dirac",
-                        help="separate: dirac (stems sum to the mix exactly, default) or gaussian")
-    bounce.add_argument("--mono", action="store_true", help="separate: downmix to mono first")
-    bounce.add_argument("--pattern", default=DEFAULT_PATTERN,
-                        help="where each file goes inside OUT: {track} (the input's path inside its folder, "
-                             "without extension), {name} (its file name), {stem}, {ext} "
-                             f"(default {DEFAULT_PATTERN!r})")
-    bounce.add_argument("--jobs", type=int, default=1,
-                        help="songs in flight at once; their windows share each network call (default 1; "
-                             "see docs/bounce.md for what it gains)")
-    bounce.add_argument("--max-seconds", type=float, help="refuse (report and skip) songs longer than this")
-    _add_model_options(bounce)
-    _add_sampler_options(bounce, "the task")
-    _add_output_options(bounce)
-    bounce.set_defaults(handler=run_command)
-
-
-def _job_from_args(args, models, output) -> BounceJob:
-    from . import tasks
-    from .cli import CommandError, _settings
-
-    if args.task == "impute":
-        if not args.given:
-            raise CommandError("--task impute needs --given STEM: the stem every input is, e.g. --given drums")
-        if args.given not in models.stems:
-            raise CommandError(f"--given {args.given}: this model's stems are {', '.join(models.stems)}")
-        if models.is_isdm:
-            raise CommandError("--task impute needs one joint (MSDM) model; single-stem models only separate")
-        settings = _settings(args, tasks.IMPUTE)
-    else:
-        if args.given:
-            raise CommandError("--given is for --task impute; separation takes mixes")
-        settings = _settings(args, tasks.default_separation_settings(args.likelihood, models.is_isdm))
-    return BounceJob(task=args.task, given=args.given, likelihood=args.likelihood, mono=args.mono,
-                     overlap=args.overlap, settings=settings, seed=args.seed, extension=output.extension,
-                     bits=output.bits, pattern=args.pattern, backend=args.backend)
-
-
-def run_command(args) -> int:
-    from .cli import CommandError, _output
-
-    if args.jobs < 1:
-        raise CommandError(f"--jobs must be at least 1, got {args.jobs}")
-    if not 0 <= args.overlap <= 0.9:
-        raise CommandError(f"--overlap must be between 0 and 0.9, got {args.overlap}")
-    output = _output(args)  # checks --format/--bits
-    try:
-        check_pattern(args.pattern, output.extension)
-        rank, world, local_rank = rank_and_world()
-        songs = find_songs(args.inputs, exclude=args.out)
-    except InputError as error:
-        raise CommandError(str(error)) from None
-    if not songs:
-        raise CommandError("no audio files found in the inputs (looked for "
-                           "WAV, FLAC, OGG, MP3, AIFF... in folders and list files)")
-    distributed = world > 1 and "MASTER_ADDR" in os.environ
-    if distributed:
-        import datetime
-
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(hours=12))
-        if args.device == "cuda":
-            args.device = f"cuda:{local_rank}"  # one GPU per rank
-    try:
-        from .cli import _load
-
-        models = _load(args)
-        job = _job_from_args(args, models, output)
-        bouncer = Bouncer(models, job, args.out, rank=rank, world_size=world, overwrite=output.overwrite,
-                          max_seconds=args.max_seconds)
-        try:
-            summary = bouncer.run(songs, jobs=args.jobs, quiet=args.quiet or rank > 0)
-        except InputError as error:
-            raise CommandError(str(error)) from None
-        total = gather_summaries(summary, world) if distributed else summary
-    finally:
-        if distributed:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if rank > 0:
-        # Rank 0 reports for all. A launcher such as torchrun stops every rank
-        # when one exits with an error, so the others must not race it to it.
-        return 0
-    parts = "manifest.jsonl" if world == 1 else f"manifest.rank0..{world - 1}.jsonl"
-    print("\n".join(total.lines() + [f"manifest: {Path(args.out) / parts}"]), flush=True)
-    return 1 if total.failed else 0

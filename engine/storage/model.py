@@ -13,23 +13,17 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
-from .diffusion import KarrasDenoiser
-from .network import UNet1d, count_parameters
-from .tasks import StackedDenoiser
+from engine.core.config import ModelConfig
+from engine.core.diffusion import KarrasDenoiser, StackedDenoiser
+from engine.core.network import UNet1d, count_parameters
+from engine.errors import ModelFileError
 
 FORMAT = "msdm-studio/1"
-DEFAULT_MODEL_PATH = Path(__file__).with_name("models") / "default.safetensors"
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, of another format, or inconsistent."""
 
 
 @dataclass
@@ -182,30 +176,6 @@ class ModelSet:
 
     def file_hash(self) -> str:
         return "+".join(m.file_hash()[:16] for m in self.models)
-
-
-BACKENDS = ("torch", "onnx")
-
-
-def load_models(paths: Sequence[str | os.PathLike] | None, device: str | torch.device = "cpu",
-                backend: str = "torch") -> ModelSet:
-    """Load the model(s) a user named, or the embedded default model; with
-    backend "onnx" their denoisers run on ONNX Runtime (engine.onnx_backend)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-    if not paths:
-        if not DEFAULT_MODEL_PATH.is_file():
-            raise ModelFileError(
-                f"the default model is missing ({DEFAULT_MODEL_PATH}): reinstall MSDM Studio, or "
-                "pass --model FILE.safetensors, e.g. one converted with `msdm import-checkpoint`"
-            )
-        paths = [DEFAULT_MODEL_PATH]
-    models = [MSDMModel.load(p, device=device) for p in paths]
-    if backend == "onnx":
-        from .onnx_backend import use_onnx
-
-        models = [use_onnx(m) for m in models]
-    return ModelSet(models)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

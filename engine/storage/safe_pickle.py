@@ -1,7 +1,7 @@
 """A pickle loader that reads weights and plain data and runs nothing.
 
 Used by `torch.load(..., pickle_module=restricted_pickle)` for the paper's
-PyTorch Lightning checkpoints (engine.lightning_import). `RestrictedUnpickler`:
+PyTorch Lightning checkpoints (engine.storage.lightning_import). `RestrictedUnpickler`:
 
 * returns the real object only for an allow-list of torch tensor/storage
   rebuild functions, dtypes and plain containers;
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .model import ModelFileError
+from engine.errors import ModelFileError
 
 class UnsafeCheckpointError(ModelFileError):
     """A checkpoint whose pickle references code outside the allow-list."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import UNetConfig
+from engine.core.config import UNetConfig
 
 
 class ConvBlock1d(nn.Module):

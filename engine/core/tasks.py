@@ -3,7 +3,7 @@
 generate: sample p(s_1..s_N); impute: sample the missing stems given some;
 separate: sample p(s | y = sum_n s_n) with a Dirac or a Gaussian likelihood
 (Mariani et al. 2024, sections 3-4). Each task is a `Condition` for the
-generic sampler in engine.diffusion, so all of them accept any denoiser.
+generic sampler in engine.core.diffusion, so all of them accept any denoiser.
 
 The defaults are the paper's settings (../shared/reference/msdm.md); every
 field can be overridden with `settings.override(steps=..., ...)`.
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .diffusion import (
+from engine.core.diffusion import (
     Denoiser,
     ItemNoise,
     ProgressCallback,
@@ -194,19 +194,6 @@ class GaussianSeparation:
 
     def finish(self, x: Tensor) -> Tensor:
         return x
-
-
-class StackedDenoiser:
-    """ISDM: one single-source model per stem, run side by side as one denoiser
-    of all stems (the sources are modelled as independent)."""
-
-    def __init__(self, denoisers: Sequence[Denoiser]) -> None:
-        self.denoisers = list(denoisers)
-
-    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        if x.shape[1] != len(self.denoisers):
-            raise ValueError(f"{x.shape[1]} stems but {len(self.denoisers)} single-stem models")
-        return torch.cat([d(x[:, n:n + 1], sigma) for n, d in enumerate(self.denoisers)], dim=1)
 
 
 def _seeds_for(batch: int, seeds: Sequence[int] | ItemNoise) -> ItemNoise:

@@ -4,7 +4,7 @@ The released MSDM/ISDM checkpoints are `.ckpt` files written by Lightning
 (`torch.save` zip archives holding a pickle). A pickle can call any function
 while it loads, so `torch.load(path, weights_only=False)` on a downloaded file
 runs whatever its author wanted. Here the pickle goes through
-`engine.safe_pickle.RestrictedUnpickler`, which:
+`engine.storage.safe_pickle.RestrictedUnpickler`, which:
 
 * returns the real object only for an allow-list of torch tensor/storage
   rebuild functions, dtypes and plain containers;
@@ -48,11 +48,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .config import PAPER, SLAKH_STEMS, DiffusionConfig, ModelConfig, UNetConfig
-from .model import MSDMModel, ModelFileError
-from .network import UNet1d
+from engine.core.config import PAPER, SLAKH_STEMS, DiffusionConfig, ModelConfig, UNetConfig
+from engine.storage.model import MSDMModel, ModelFileError
+from engine.core.network import UNet1d
 
-from .safe_pickle import PickledStandIn, RestrictedUnpickler, UnsafeCheckpointError, RefusedGlobal, short_repr, restricted_pickle
+from engine.storage.safe_pickle import PickledStandIn, RestrictedUnpickler, UnsafeCheckpointError, RefusedGlobal, short_repr, restricted_pickle
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from engine.errors import InputError
+
 __all__ = [
     "Audio",
     "AudioInputError",
@@ -50,7 +52,7 @@ _WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 _SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
 
 
-class AudioInputError(ValueError):
+class AudioInputError(InputError):
     """Raised for audio a user gave that cannot be used; message names the file, what is wrong, and what to do."""
 
 

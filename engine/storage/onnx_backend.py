@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .diffusion import KarrasDenoiser, as_sigma_batch
-from .model import MSDMModel, file_sha256
+from engine.core.diffusion import KarrasDenoiser, as_sigma_batch
+from engine.storage.model import MSDMModel, file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Files in, files out: the three tasks on real audio of any length, rate and layout.
 
-- separate: the mix is read and separated window by window (engine.windows),
+- separate: the mix is read and separated window by window (engine.audio.windows),
   at the model's rate, and the stems are resampled back, blended and streamed
   to disk, so memory stays bounded whatever the length. Each channel is
   separated on its own (a stereo mix gives stereo stems). What the model cannot
@@ -27,10 +27,10 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from .audio_io import AudioInputError, AudioReader, AudioWriter, read_audio, resample, to_mono
-from .diffusion import seed_for
-from .model import ModelSet
-from .tasks import (
+from engine.audio.files import AudioInputError, AudioReader, AudioWriter, read_audio, resample, to_mono
+from engine.audio.windows import OverlapAdd, WindowPlan
+from engine.core.diffusion import seed_for
+from engine.core.tasks import (
     GENERATE,
     IMPUTE,
     SamplerSettings,
@@ -40,7 +40,8 @@ from .tasks import (
     impute,
     separate,
 )
-from .windows import OverlapAdd, WindowPlan
+from engine.errors import InputError
+from engine.storage.model import ModelSet
 
 ProgressFn = Callable[[float, str], None]
 DEFAULT_OVERLAP = 0.25
@@ -209,7 +210,7 @@ def separate_file(
 
 def _require_joint(models: ModelSet, task: str) -> None:
     if models.is_isdm:
-        raise ValueError(f"{task} needs one joint (MSDM) model; single-stem ISDM models can only separate")
+        raise InputError(f"{task} needs one joint (MSDM) model; single-stem ISDM models can only separate")
 
 
 def generate_stems(
@@ -266,7 +267,7 @@ def generate_file(
     progress: ProgressFn | None = None,
 ) -> dict[str, Path]:
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"--seconds must be a positive number, got {seconds}")
+        raise InputError(f"--seconds must be a positive number, got {seconds}")
     frames = max(1, round(seconds * models.sample_rate))
     stems = generate_stems(models, frames, seed=seed, settings=settings, overlap=overlap, progress=progress)
     named = {stem: stems[n:n + 1] for n, stem in enumerate(models.stems)}
@@ -278,12 +279,12 @@ def read_given_stems(models: ModelSet, given: Mapping[str, str | os.PathLike], m
     """Read and check the stems a user gave: known names, not all of them, one
     sample rate and one length."""
     if not given:
-        raise ValueError("give at least one stem, e.g. --given drums=drums.wav")
+        raise InputError("give at least one stem, e.g. --given drums=drums.wav")
     unknown = [name for name in given if name not in models.stems]
     if unknown:
-        raise ValueError(f"unknown stem(s) {unknown}: this model's stems are {list(models.stems)}")
+        raise InputError(f"unknown stem(s) {unknown}: this model's stems are {list(models.stems)}")
     if len(given) == len(models.stems):
-        raise ValueError(f"all stems {list(models.stems)} are given: there is nothing to generate")
+        raise InputError(f"all stems {list(models.stems)} are given: there is nothing to generate")
     audio = {name: read_audio(path, max_seconds=max_seconds) for name, path in given.items()}
     rates = {name: a.sample_rate for name, a in audio.items()}
     if len(set(rates.values())) > 1:

@@ -3,7 +3,7 @@ the stochastic sampler the paper uses (Euler with churn + "correction"), plus He
 and DPM-Solver++(2M) for few-step sampling.
 
 Everything here works on any denoiser `D(x[B, N, T], sigma[B]) -> x0`, so a
-closed-form denoiser (engine.gaussian_prior) can prove the samplers right.
+closed-form denoiser (tests/support/gaussian_prior.py) can prove the samplers right.
 References: Karras et al. 2022 ("EDM"), algorithm 2 and table 1; Mariani et al.
 2024, section 4 and appendix (correction steps, Dirac / Gaussian likelihoods).
 """
@@ -64,6 +64,19 @@ class KarrasDenoiser(nn.Module):
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
 
+
+class StackedDenoiser:
+    """ISDM: one single-source model per stem, run side by side as one denoiser
+    of all stems (the sources are modelled as independent)."""
+
+    def __init__(self, denoisers: Sequence[Denoiser]) -> None:
+        self.denoisers = list(denoisers)
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if x.shape[1] != len(self.denoisers):
+            raise ValueError(f"{x.shape[1]} stems but {len(self.denoisers)} single-stem models")
+        return torch.cat([d(x[:, n:n + 1], sigma) for n, d in enumerate(self.denoisers)], dim=1)
+
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """EDM eq. 5: `steps` noise levels from sigma_max down to sigma_min, then a final 0."""
     if steps < 1:
@@ -103,7 +116,7 @@ class ItemNoise:
 
 
 class Condition(Protocol):
-    """What turns the unconditional sampler into a task (see engine.tasks)."""
+    """What turns the unconditional sampler into a task (see engine.core.tasks)."""
 
     def project(self, x: Tensor, sigma: Tensor, noise: ItemNoise) -> Tensor:
         """Put x on the task's constraint set at noise level sigma before the derivative."""

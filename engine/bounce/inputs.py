@@ -19,6 +19,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from engine.errors import UserError
+
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff",
                               ".aifc", ".w64", ".rf64", ".caf", ".au", ".snd"})
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list", ".m3u", ".m3u8"})
@@ -26,7 +28,7 @@ PATTERN_FIELDS = frozenset({"track", "stem", "ext", "name"})
 DEFAULT_PATTERN = "{track}/{stem}.{ext}"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input list or pattern the user has to fix."""
 
 
@@ -42,7 +44,7 @@ class Song:
 
 def song_seed(seed: int, track: str) -> int:
     """The seed of one song: the user's seed and a hash of its track name."""
-    from .diffusion import seed_for  # torch: only when songs are bounced
+    from engine.core.diffusion import seed_for  # torch: only when songs are bounced
 
     digest = int.from_bytes(hashlib.sha256(track.encode("utf-8")).digest()[:8], "big")
     return seed_for(seed, digest)

@@ -1,0 +1,165 @@
+"""`msdm dataset`, `msdm train` and `msdm evaluate`: training's commands.
+Registered in engine/cli.py's COMMAND_MODULES; torch, Lightning and music21 are
+imported only when a handler runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import CommandError
+from engine.jobs.options import add_model_options, load_models_for
+from engine.jobs.progress import ProgressBar
+
+
+def register(commands) -> None:
+    ds = commands.add_parser("dataset", help="make datasets")
+    ds_commands = ds.add_subparsers(dest="dataset_command", required=True, metavar="KIND",
+                                    help="synth: render the synthetic Slakh-like dataset")
+    synth = ds_commands.add_parser(
+        "synth", help="render a Slakh-like multi-stem dataset (music21 corpus + FluidSynth)",
+        description="4-part pieces of the music21 corpus rendered with General MIDI instruments "
+                    "(bass, guitar, piano) plus a generated drum part; OUT/{train,valid,test}/TrackNNNNN/. "
+                    "Needs: apt-get install fluidsynth timgm6mb-soundfont; pip install -e '.[train]'.")
+    synth.add_argument("--out", required=True, type=Path, help="dataset folder (resumable: finished tracks are kept)")
+    synth.add_argument("--tracks", required=True, type=int, help="number of tracks")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
+    synth.add_argument("--max-seconds", type=float, default=60.0, help="longest track, in seconds (default 60)")
+    synth.add_argument("--soundfont", action="append",
+                       help="a General MIDI .sf2 (default: TimGM6mb, then FluidR3_GM); repeat it to render "
+                            "each stem of each track with one of several, drawn at random")
+    synth.add_argument("--jobs", type=int, help="parallel renders (default: one per core)")
+    synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(handler=run_dataset)
+
+    ev = commands.add_parser("evaluate", help="score separation on a dataset split (the paper's protocol)",
+                             description="SI-SNRi per stem over 4 s windows of 262144-sample chunks, as in "
+                                         "the paper; writes a CSV and a markdown table.")
+    ev.add_argument("--data", required=True, type=Path, help="dataset folder holding train/ valid/ test/")
+    ev.add_argument("--split", default="test", help="which split to score (default test)")
+    ev.add_argument("--settings", nargs="+", default=["dirac", "gaussian"], metavar="LIK[:STEPS[:R[:CHURN[:METHOD]]]]",
+                    help="sampler settings to score, e.g. dirac (the paper's), dirac:50:1 or dirac:16:2:20:dpmpp2m "
+                         "(default: dirac gaussian at the paper's settings)")
+    ev.add_argument("--methods", nargs="+", default=["model", "mixture", "oracle"],
+                    choices=("model", "mixture", "oracle"),
+                    help="model, plus references: mixture (0 dB) and oracle (ideal ratio mask)")
+    ev.add_argument("--max-tracks", type=int, help="score only the first N tracks")
+    ev.add_argument("--chunk", type=int, default=262144, help="samples per separated chunk (paper 262144)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ev.add_argument("--csv", type=Path, default=Path("separation_results.csv"), help="CSV output")
+    ev.add_argument("--markdown", type=Path, default=Path("separation_results.md"), help="markdown table output")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_model_options(ev)
+    ev.set_defaults(handler=run_evaluate)
+
+    trn = commands.add_parser("train", help="train a model (PyTorch Lightning; CPU, GPU, many GPUs)",
+                              description="Writes OUT/model.safetensors, Lightning checkpoints (OUT/checkpoints, "
+                                          "resumable) and the learning curve (OUT/logs/version_N/metrics.csv).")
+    trn.add_argument("--data", required=True, type=Path,
+                     help="dataset folder: DATA/{train,valid}/<track>/<stem>.wav, or a Slakh2100 split")
+    trn.add_argument("-o", "--out", required=True, type=Path, help="run folder")
+    trn.add_argument("--preset", choices=("paper", "default", "tiny"), default="default",
+                     help="paper: the published 405.5M model; default: what MSDM Studio ships; tiny: tests")
+    trn.add_argument("--stems", help="comma-separated stems to train on (default: the dataset's)")
+    trn.add_argument("--isdm-stem", help="train a single-stem (ISDM) model of this stem")
+    trn.add_argument("--max-steps", type=int, help="optimizer steps (default: the preset's)")
+    trn.add_argument("--batch-size", type=int, help="examples per step and device (default: the preset's)")
+    trn.add_argument("--max-time", help="stop (and export) after this long, DD:HH:MM:SS, e.g. 00:01:30:00")
+    trn.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
+    trn.add_argument("--devices", default="1", help="devices per node, or 'auto' (default 1)")
+    trn.add_argument("--num-nodes", type=int, default=1, help="machines (DDP across nodes)")
+    trn.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
+    trn.add_argument("--precision", help="e.g. bf16-mixed, 32-true (default: the preset's)")
+    trn.add_argument("--resume", type=Path, help="Lightning checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
+    trn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    trn.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    trn.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    trn.set_defaults(handler=run_train)
+
+
+
+def parse_setting(text: str):
+    """'dirac', 'gaussian:50', 'dirac:50:1:10', 'dirac:16:2:20:dpmpp2m'
+    -> (likelihood, steps, resamples, churn, method); missing fields are None."""
+    from engine.core.diffusion import METHODS  # torch: only when evaluating
+
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 5 or parts[0] not in ("dirac", "gaussian"):
+        raise CommandError(f"--settings {text!r}: write LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN[:METHOD]]]], "
+                           "e.g. dirac:50:1 or dirac:16:2:20:dpmpp2m")
+    method = parts[4] if len(parts) > 4 else None
+    if method is not None and method not in METHODS:
+        raise CommandError(f"--settings {text!r}: unknown method {method!r}; use one of {', '.join(METHODS)}")
+    try:
+        steps = int(parts[1]) if len(parts) > 1 else None
+        resamples = int(parts[2]) if len(parts) > 2 else None
+        churn = float(parts[3]) if len(parts) > 3 else None
+    except ValueError:
+        raise CommandError(f"--settings {text!r}: steps and resamples are integers, churn a number") from None
+    return parts[0], steps, resamples, churn, method
+
+
+def run_evaluate(args) -> int:
+    from engine.core import tasks
+    from training.evaluate import evaluate_dataset, write_results
+
+    settings = [parse_setting(text) for text in args.settings]
+    models = load_models_for(args)
+    results = []
+    methods = [m for m in args.methods if m != "model"]
+    runs = [(None, m) for m in methods] + ([(s, "model") for s in settings] if "model" in args.methods else [])
+    bar = ProgressBar(args.quiet)
+    try:
+        for index, (setting, method) in enumerate(runs):
+            kwargs = {}
+            if setting:
+                likelihood, steps, resamples, churn, method_name = setting
+                kwargs = dict(likelihood=likelihood, settings=tasks.default_separation_settings(
+                    likelihood, models.is_isdm).override(steps=steps, num_resamples=resamples, s_churn=churn,
+                                                         method=method_name))
+
+            def progress(fraction, message, index=index):
+                bar((index + fraction) / len(runs), message)
+
+            results.append(evaluate_dataset(models, args.data, split=args.split, methods=(method,),
+                                            seed=args.seed, max_tracks=args.max_tracks, chunk=args.chunk,
+                                            progress=progress, **kwargs))
+    finally:
+        bar.close()
+    write_results(results, args.csv, args.markdown)
+    print(args.markdown.read_text())
+    return 0
+
+
+def run_dataset(args) -> int:
+    from training.synth import SynthError, render_dataset
+
+    if args.tracks < 1:
+        raise CommandError("--tracks must be at least 1")
+    bar = ProgressBar(args.quiet)
+    try:
+        summary = render_dataset(args.out, args.tracks, args.seed, max_seconds=args.max_seconds,
+                                 soundfont=args.soundfont, jobs=args.jobs,
+                                 progress=lambda done, total: bar(done / total, f"rendered {done}/{total}"))
+    except SynthError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        bar.close()
+    splits = summary.get("splits", {})
+    print(f"wrote {args.out}: {summary.get('seconds', 0) / 3600:.2f} h of audio; " + ", ".join(
+        f"{name} {split.get('tracks', 0)} tracks" for name, split in splits.items()))
+    return 0
+
+
+def run_train(args) -> int:
+    from training.train import train
+
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    stems = [s.strip() for s in args.stems.split(",")] if args.stems else None
+    path = train(args.data, args.out, preset=args.preset, stems=stems, isdm_stem=args.isdm_stem,
+                 max_steps=args.max_steps, max_time=args.max_time, batch_size=args.batch_size, devices=devices,
+                 accelerator=args.accelerator, num_nodes=args.num_nodes, strategy=args.strategy,
+                 precision=args.precision, resume=args.resume, seed=args.seed,
+                 num_workers=args.workers, quiet=args.quiet)
+    if path.exists():
+        print(f"wrote {path}")
+    return 0
