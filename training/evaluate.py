@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.atomic import write_atomic
 from engine.audio.files import read_audio, resample, to_mono
 from engine.core.diffusion import seed_for
 from engine.audio.pipeline import separate_array
@@ -303,21 +303,6 @@ def _rows(results: Sequence[EvaluationResult]):
     return out
 
 
-def _write_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(result_or_list: EvaluationResult | Sequence[EvaluationResult],
                   csv_path: str | os.PathLike, markdown_path: str | os.PathLike) -> None:
     """A CSV (method, stems..., All, windows, settings as JSON) and a markdown
@@ -341,7 +326,7 @@ def write_results(result_or_list: EvaluationResult | Sequence[EvaluationResult],
     for label, method, r in rows:
         writer.writerow([label, *(repr(r.per_method[method][c]) for c in columns), r.windows,
                          json.dumps(r.settings, sort_keys=True)])
-    _write_atomic(csv_path, buffer.getvalue())
+    write_atomic(csv_path, buffer.getvalue())
 
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for label, method, r in rows:
@@ -352,4 +337,4 @@ def write_results(result_or_list: EvaluationResult | Sequence[EvaluationResult],
     skipped = {k: v for r in results for k, v in r.skipped.items()}
     if skipped:
         lines.append(f"Skipped {len(skipped)} track(s): " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    _write_atomic(markdown_path, "\n".join(lines) + "\n")
+    write_atomic(markdown_path, "\n".join(lines) + "\n")

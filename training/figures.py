@@ -9,6 +9,8 @@ from typing import Mapping
 
 import numpy as np
 
+from engine.atomic import write_atomic
+
 
 def _pyplot():
     import matplotlib
@@ -54,7 +56,7 @@ def plot_learning_curve(metrics_csv: str | os.PathLike | list, out_png: str | os
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out_png)
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
     plt.close(fig)
     return Path(out_png)
 
@@ -74,6 +76,6 @@ def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png
     if title:
         axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(out_png)
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
     plt.close(fig)
     return Path(out_png)

@@ -16,11 +16,12 @@ from typing import Sequence
 
 import numpy as np
 
+from engine.atomic import write_atomic
 from engine.audio.files import read_audio, write_audio
-from engine.storage.loading import load_models
-from engine.storage.model import ModelSet
 from engine.audio.pipeline import generate_stems
 from engine.core.tasks import GENERATE, IMPUTE, SamplerSettings
+from engine.storage.loading import load_models
+from engine.storage.model import ModelSet
 
 from .figures import plot_spectrograms
 
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        GENERATE.override(steps=args.steps))
     imputation_example(models, track, args.docs / "audio" / "imputation", args.seconds, args.seed,
                        settings=IMPUTE.override(steps=args.steps))
-    (args.examples / "example_mix.json").write_text(json.dumps(
+    write_atomic(args.examples / "example_mix.json", json.dumps(
         {"track": track.name, "split": "test", "seconds": args.seconds,
          "source": "msdm dataset synth --tracks 400 --seed 0 (test split)"}, indent=2) + "\n")
     return 0

@@ -46,6 +46,8 @@ from typing import Sequence
 import numpy as np
 import soundfile as sf
 
+from engine.atomic import write_atomic
+
 __all__ = ["GENERATOR_VERSION", "STEMS", "SynthError", "find_soundfont", "render_dataset"]
 
 # Bump when a change alters the audio, so a resumed run never mixes versions.
@@ -215,7 +217,7 @@ def load_piece(piece_id: str, cache_dir: Path | None = None) -> Piece:
             except Exception as exc:  # a score music21 cannot read is one piece fewer, not a failed run
                 raise UnusablePiece(f"music21 could not read it: {exc!r}") from exc
         if cache is not None:
-            _atomic_write_text(cache, json.dumps(data, separators=(",", ":")))
+            write_atomic(cache, json.dumps(data, separators=(",", ":")))
     piece = Piece(
         id=piece_id, voices=data["voices"], names=data["names"],
         bars=[Bar(*b) for b in data["bars"]], phrase_ends=data["phrase_ends"], end=data["end"],
@@ -909,7 +911,7 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
                 raise
 
     summary = _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s)
-    _atomic_write_text(out / "dataset.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / "dataset.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -937,15 +939,3 @@ def _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s: tuple[Pat
 def _soundfont_summary(sf2s: tuple[Path, ...]) -> dict:
     described = [{"path": str(p), "name": p.name, "bytes": p.stat().st_size} for p in sf2s]
     return {"soundfont": described[0]} if len(described) == 1 else {"soundfonts": described}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

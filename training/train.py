@@ -22,10 +22,11 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from engine.atomic import write_atomic
 from engine.core.config import PAPER, SMALL, TINY, ModelConfig
 from engine.core.diffusion import KarrasDenoiser
-from engine.storage.model import MSDMModel
 from engine.core.network import UNet1d
+from engine.storage.model import MSDMModel
 
 from .data import StemCrops, detect_layout, infer_stems, scan
 
@@ -206,13 +207,13 @@ def train(
     )
     trainer.fit(module, ckpt_path=resume, **loaders)
     # Every rank records what it holds, so a DDP run can prove the replicas agree.
-    (out_dir / f"weights-rank{trainer.global_rank}.sha256").write_text(_weights_digest(module.network) + "\n")
+    write_atomic(out_dir / f"weights-rank{trainer.global_rank}.sha256", _weights_digest(module.network) + "\n")
     model_path = out_dir / "model.safetensors"
     if trainer.global_rank == 0:
         model = MSDMModel(config, module.network.cpu())
         model.save(model_path, source=f"trained with preset {preset} on {data_dir.name} "
                                       f"({trainer.global_step} steps{', EMA' if settings.ema_decay else ''})")
-        (out_dir / "training.json").write_text(json.dumps({
+        write_atomic(out_dir / "training.json", json.dumps({
             "preset": preset, "steps": trainer.global_step, "stems": list(config.stems),
             "data": str(data_dir), "devices": str(devices), "accelerator": accelerator,
             "num_nodes": num_nodes, "tracks": len(train_set.tracks), "seed": seed,

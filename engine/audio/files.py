@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from engine.atomic import AtomicFile
 from engine.errors import InputError
 
 __all__ = [
@@ -315,9 +315,8 @@ def write_audio(
     WAV only). For PCM, samples outside [-1, 1] are clipped (rather than left
     to wrap around, which some libsndfile builds do).
 
-    The data goes to a hidden temp file in the target directory, is fsynced,
-    then ``os.replace``-d onto ``path``; so readers see either the old file or
-    the complete new one, never a partial file. On any exception, including
+    Written through engine.atomic (hidden temp file, fsync, rename), so readers
+    see either the old file or the complete new one, never a partial file. On any exception, including
     KeyboardInterrupt, the temp file is removed and an existing target is left
     untouched. Parent directories are created. With ``overwrite=False`` an
     existing target raises FileExistsError (checked up front; a file created
@@ -339,10 +338,9 @@ class AudioWriter:
     """Write [C, n] float blocks to an audio file atomically, so long outputs can
     be streamed to disk in bounded memory.
 
-    The data goes to a hidden temp file in the target directory; leaving the
-    `with` block normally fsyncs it and `os.replace`s it onto the target, so
-    readers see either the old file or the complete new one, never a partial
-    file. On any exception, including KeyboardInterrupt, the temp file is
+    The data goes to an engine.atomic.AtomicFile; leaving the `with` block
+    normally commits it (fsync, rename onto the target), so readers see either
+    the old file or the complete new one, never a partial file. On any exception, including KeyboardInterrupt, the temp file is
     removed and an existing target is left untouched. Use `commit()` and
     `abort()` directly to make several files appear together.
     """
@@ -368,12 +366,10 @@ class AudioWriter:
         self.sample_rate = _positive_int(sample_rate, "sample_rate")
         self.channels = _positive_int(channels, "channels")
         self.clip = subtype != "FLOAT"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite and path.exists():
-            raise FileExistsError(f"Refusing to overwrite existing file '{path}' (overwrite=False).")
-        self.tmp, fd = _create_temp(path)
+        self._target = AtomicFile(path, overwrite=overwrite)
+        self.tmp = self._target.tmp
         try:
-            self._file = os.fdopen(fd, "wb")
+            self._file = self._target.open("wb")
             # Format is passed explicitly: the temp name ends in .tmp, and a
             # file object has no extension for soundfile to infer it from.
             self._sound = sf.SoundFile(self._file, mode="w", samplerate=self.sample_rate,
@@ -402,23 +398,17 @@ class AudioWriter:
     def commit(self) -> Path:
         try:
             self._sound.close()
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
-        _fsync_dir(self.path.parent)
-        return self.path
+        return self._target.commit()
 
     def abort(self) -> None:
-        for closeable in (getattr(self, "_sound", None), getattr(self, "_file", None)):
-            if closeable is not None:
-                with contextlib.suppress(Exception):
-                    closeable.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+        sound = getattr(self, "_sound", None)
+        if sound is not None:
+            with contextlib.suppress(Exception):
+                sound.close()
+        self._target.abort()
 
     def __enter__(self) -> "AudioWriter":
         return self
@@ -429,31 +419,3 @@ class AudioWriter:
         else:
             # BaseException too, so Ctrl-C during a long write also cleans up.
             self.abort()
-
-
-def _create_temp(path: Path) -> tuple[Path, int]:
-    """Create a hidden, unique temp file next to ``path``; return (path, fd).
-
-    Opened with mode 0o666 so the process umask applies, giving the final file
-    normal permissions (tempfile.mkstemp would make it owner-only, 0o600).
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"Could not create a unique temporary file next to '{path}'")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); best effort, a failure here loses no data."""
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

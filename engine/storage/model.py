@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from engine.atomic import write_atomic
 from engine.core.config import ModelConfig
 from engine.core.diffusion import KarrasDenoiser, StackedDenoiser
 from engine.core.network import UNet1d, count_parameters
@@ -74,27 +74,14 @@ class MSDMModel:
         return cls(config, network, source=metadata.get("source", str(path)), path=path, metadata=metadata)
 
     def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
-        """Write atomically (temp file + rename): a crash never leaves half a model."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write atomically (engine.atomic): a crash never leaves half a model."""
         metadata = {
             "format": FORMAT,
             "config": json.dumps(self.config.to_dict()),
             "source": source or self.source,
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a model file is not a secret
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @property
     def stems(self) -> tuple[str, ...]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.atomic import AtomicFile
 from engine.core.diffusion import KarrasDenoiser, as_sigma_batch
 from engine.storage.model import MSDMModel, file_sha256
 
@@ -91,9 +91,8 @@ def export_onnx(model: MSDMModel, out_path: str | os.PathLike, *, opset: int = O
                torch.tensor([0.1, 1.0]))
     batch = torch.export.Dim("batch", min=1, max=4096)
     length = torch.export.Dim("length", min=1, max=2**26)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with AtomicFile(out_path) as target:  # moved into place only once checked and compared
+        tmp = str(target.by_name())
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example, tmp, input_names=["x", "sigma"], output_names=["denoised"],
@@ -101,10 +100,6 @@ def export_onnx(model: MSDMModel, out_path: str | os.PathLike, *, opset: int = O
                               opset_version=opset, dynamo=True, verbose=False, external_data=False)
         onnx.checker.check_model(tmp, full_check=True)
         abs_error, rel_error = _parity(module, tmp, cfg.unet.in_channels, cfg.unet.downsampling_factor)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return ExportReport(out_path, abs_error, rel_error, opset)
 
 
