@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, Q
                                QMenu, QProgressBar, QPushButton, QScrollArea, QSpinBox, QToolButton, QVBoxLayout,
                                QWidget)
 
+from engine.jobs.options import LIKELIHOODS, METHODS, OPTIONS_BY_NAME
+
 from . import osc_messages as osc
 from .audio_output import AudioOutput
 from .engine_client import EngineClient
@@ -29,8 +31,16 @@ from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_fil
 from .settings import AppSettings, load_settings, save_settings
 from .supervisor import EngineSupervisor
 
-# The engine's samplers (OSC option `method`), the app's default first.
-SAMPLERS = ("dpmpp2m", "euler", "heun")
+# The engine's samplers (its option table), the app's default first.
+SAMPLERS = ("dpmpp2m", *(m for m in METHODS if m != "dpmpp2m"))
+
+
+def _limits(name: str, cap: int | None = None) -> tuple[int, int]:
+    """A control's range: the engine's option table's limits (engine.jobs.options),
+    at most `cap` where the app offers less (a narrow task row)."""
+    option = OPTIONS_BY_NAME[name]
+    return int(option.low), int(option.high if cap is None else min(option.high, cap))
+
 
 DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 AUDIO_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aif *.aiff *.w64 *.opus);;All files (*)"
@@ -202,11 +212,11 @@ class MainWindow(QMainWindow):
             button.clicked.connect(lambda _=False, k=kind: self.run_task(k))
             row.addWidget(button)
         row.addSpacing(12)
-        self.steps = self._spin(QSpinBox(), 1, 1000, self.settings.steps, "Steps",
+        self.steps = self._spin(QSpinBox(), *_limits("steps", 1000), self.settings.steps, "Steps",
                                 "Noise levels of the sampler: more is slower and cleaner (paper: 150)", row)
-        self.resamples = self._spin(QSpinBox(), 1, 20, self.settings.resamples, "Resamples",
+        self.resamples = self._spin(QSpinBox(), *_limits("resamples", 20), self.settings.resamples, "Resamples",
                                     "Correction passes per step for Separate (paper: 2)", row)
-        self.seed = self._spin(QSpinBox(), 0, 2**31 - 1, self.settings.seed, "Seed",
+        self.seed = self._spin(QSpinBox(), 0, _limits("seed")[1], self.settings.seed, "Seed",
                                "Same seed, same audio", row)
         row.addWidget(QLabel("Sampler"))
         self.method = QComboBox()
@@ -218,7 +228,7 @@ class MainWindow(QMainWindow):
         row.addWidget(self.method)
         row.addWidget(QLabel("Likelihood"))
         self.likelihood = QComboBox()
-        self.likelihood.addItems(["dirac", "gaussian"])
+        self.likelihood.addItems(LIKELIHOODS)
         self.likelihood.setCurrentText(self.settings.likelihood)
         self.likelihood.setToolTip("dirac: the stems sum to the mix exactly; gaussian: a soft constraint")
         row.addWidget(self.likelihood)

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Sequence
 
 from engine import __version__
-from engine.errors import CommandError, UserError
-from engine.jobs.options import (add_model_options, add_output_options, add_sampler_options, load_models_for,
-                                 output_format, sampler_settings)
+from engine.errors import UserError
+from engine.jobs.options import add_job_options, add_model_options, job_options_from_args, load_models_for
 from engine.jobs.progress import ProgressBar
+from engine.jobs.run import Job, parse_given, run_job
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -36,19 +36,14 @@ def get_parser() -> argparse.ArgumentParser:
                               description="Writes DIR/<stem>.<ext> for each stem of the model, at the "
                                           "mix's sample rate, length and channel layout.")
     sep.add_argument("mix", type=Path, help="the mix: any common audio format, rate and channel count")
-    sep.add_argument("--likelihood", choices=("dirac", "gaussian"), default="dirac",
-                     help="dirac: stems sum to the mix exactly (default); gaussian: a soft constraint")
-    sep.add_argument("--mono", action="store_true", help="downmix to mono first (half the work for stereo)")
     add_model_options(sep)
-    add_sampler_options(sep, "separation")
-    add_output_options(sep)
+    add_job_options(sep, "separate", "separation")
 
     gen = commands.add_parser("generate", help="generate all stems of a new piece",
                               description="Writes every stem and mix.<ext> at the model's sample rate.")
     gen.add_argument("--seconds", type=float, required=True, help="length to generate, in seconds")
     add_model_options(gen)
-    add_sampler_options(gen, "generation")
-    add_output_options(gen)
+    add_job_options(gen, "generate", "generation")
 
     imp = commands.add_parser("impute", help="generate the missing stems that fit the given ones",
                               description="Writes the generated stems and mix.<ext> (given + generated) "
@@ -56,8 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
     imp.add_argument("--given", action="append", required=True, metavar="STEM=FILE",
                      help="a stem you have, e.g. drums=drums.wav; repeat for more")
     add_model_options(imp)
-    add_sampler_options(imp, "imputation")
-    add_output_options(imp)
+    add_job_options(imp, "impute", "imputation")
 
     onx = commands.add_parser("export-onnx", help="export a model's denoiser to ONNX",
                               description="The whole denoiser (network + preconditioning) as one ONNX graph with "
@@ -96,8 +90,6 @@ def _report(paths, quiet: bool) -> None:
 def _run(args) -> int:
     if getattr(args, "handler", None) is not None:  # a registered command (COMMAND_MODULES)
         return args.handler(args)
-    from engine.audio import pipeline
-    from engine.core import tasks
 
     if args.command == "info":
         models = load_models_for(args)
@@ -129,33 +121,13 @@ def _run(args) -> int:
         print(f"wrote {args.out}: stems {', '.join(model.stems)}, {model.num_parameters:,} parameters")
         return 0
 
-    if not 0 <= args.overlap <= 0.9:
-        raise CommandError(f"--overlap must be between 0 and 0.9, got {args.overlap}")
-    output = output_format(args)
+    options = job_options_from_args(args)  # checked before the model loads
+    job = Job(args.command, args.out, options, mix=getattr(args, "mix", None), seconds=getattr(args, "seconds", None),
+              given=parse_given(args.given) if args.command == "impute" else {})
     models = load_models_for(args)
     bar = ProgressBar(args.quiet)
     try:
-        if args.command == "separate":
-            settings = sampler_settings(args, tasks.default_separation_settings(args.likelihood, models.is_isdm))
-            paths = pipeline.separate_file(models, args.mix, args.out, likelihood=args.likelihood,
-                                           settings=settings, seed=args.seed, mono=args.mono,
-                                           overlap=args.overlap, output=output, progress=bar)
-        elif args.command == "generate":
-            paths = pipeline.generate_file(models, args.out, args.seconds, seed=args.seed,
-                                           settings=sampler_settings(args, tasks.GENERATE), overlap=args.overlap,
-                                           output=output, progress=bar)
-        else:
-            given = {}
-            for item in args.given:
-                stem, sep, path = item.partition("=")
-                if not sep or not stem or not path:
-                    raise CommandError(f"--given {item!r}: write it as STEM=FILE, e.g. drums=drums.wav")
-                if stem in given:
-                    raise CommandError(f"--given {stem} appears twice")
-                given[stem] = path
-            paths = pipeline.impute_file(models, given, args.out, seed=args.seed,
-                                         settings=sampler_settings(args, tasks.IMPUTE), overlap=args.overlap,
-                                         output=output, progress=bar)
+        paths = run_job(models, job, progress=bar)
     finally:
         bar.close()
     _report(paths, args.quiet)

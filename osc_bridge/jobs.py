@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.errors import UserError
+
 from . import protocol
 from .paths import contained_output_dir
 from .protocol import JobRequest, ProtocolError
@@ -229,31 +231,17 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
         return protocol.ENGINE, "out of memory: try a shorter file, or mono 1"
     if isinstance(error, OSError):
         return protocol.ENGINE, f"cannot write the output: {error.strerror or error} ({error.filename or ''})"
-    if isinstance(error, ValueError):
+    if isinstance(error, (UserError, ValueError)):
         return protocol.BAD_INPUT, str(error)
     return protocol.ENGINE, f"the engine failed: {type(error).__name__}: {error}; see the server's log"
 
 
 def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], max_seconds: float | None) -> dict:
-    """Run one accepted job on the engine (called on the worker thread only).
-    Sampler defaults are the paper's (engine.core.tasks); options override them."""
-    from engine.audio import pipeline
-    from engine.core import tasks
+    """Run one accepted job on the engine (called on the worker thread only), on
+    the one path every front end takes (engine.jobs.run)."""
+    from engine.jobs.run import Job as EngineJob, run_job
 
-    request, options = job.request, job.request.options
-    output = pipeline.OutputFormat(extension=options.format, bits=options.sample_format, overwrite=options.overwrite)
-    overrides = dict(steps=options.steps, num_resamples=options.resamples, s_churn=options.churn,
-                     method=options.method)
-    if request.kind == "separate":
-        settings = tasks.default_separation_settings(options.likelihood, models.is_isdm).override(**overrides)
-        return pipeline.separate_file(models, request.mix_path, job.out_dir, likelihood=options.likelihood,
-                                      settings=settings, seed=options.seed, mono=options.mono,
-                                      overlap=options.overlap, output=output, max_seconds=max_seconds,
-                                      progress=progress)
-    if request.kind == "generate":
-        return pipeline.generate_file(models, job.out_dir, request.seconds, seed=options.seed,
-                                      settings=tasks.GENERATE.override(**overrides), overlap=options.overlap,
-                                      output=output, progress=progress)
-    return pipeline.impute_file(models, request.given, job.out_dir, seed=options.seed,
-                                settings=tasks.IMPUTE.override(**overrides), overlap=options.overlap,
-                                output=output, max_seconds=max_seconds, progress=progress)
+    request = job.request
+    return run_job(models, EngineJob(request.kind, job.out_dir, request.options, mix=request.mix_path,
+                                     seconds=request.seconds, given=request.given),
+                   progress=progress, max_seconds=max_seconds)

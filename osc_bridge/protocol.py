@@ -1,4 +1,5 @@
-"""The MSDM OSC protocol v1 as data and pure functions (no sockets, no engine).
+"""The MSDM OSC protocol v1 as data and pure functions (no sockets, no torch; the
+job options, their types and limits come from the engine's table, engine.jobs.options).
 
 Requests arrive as (address, [args]) and leave this module as typed, validated
 request objects; replies are built here as (address, [args]) tuples. The
@@ -16,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from engine.jobs import options as job_options
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 9010  # UDP port of `msdm serve` (the app, osc-send and the REAPER installer default to it)
@@ -147,51 +150,35 @@ class Option:
     help: str
 
 
-# engine.core.diffusion.METHODS, spelled out so the protocol needs no torch (a test keeps them equal).
-METHODS = ("euler", "heun", "dpmpp2m")
+def _parser(option: job_options.Option) -> Callable[[Any], Any]:
+    """An OSC value -> the option's type, within the table's limits."""
+    if option.type is bool:
+        return lambda v: as_flag(v, option.name)
+    if option.choices:
+        return lambda v: as_choice(v, option.name, option.choices)
+    if option.type is int:
+        return lambda v: as_int(v, option.name, option.low, option.high)
+    return lambda v: as_float(v, option.name, option.low, option.high)
 
 
-def _opt(name, parse, help, tasks=("separate", "generate", "impute")):
-    return Option(name, parse, tasks, help)
+METHODS = job_options.METHODS
 
-
-OPTIONS: tuple[Option, ...] = (
-    _opt("steps", lambda v: as_int(v, "steps", 1, 10000), "noise levels (paper: 150; imputation 256)"),
-    _opt("resamples", lambda v: as_int(v, "resamples", 1, 100), "correction resamples per step"),
-    _opt("churn", lambda v: as_float(v, "churn", 0.0, 1000.0), "S_churn, stochasticity added at each step"),
-    _opt("method", lambda v: as_choice(v, "method", METHODS),
-         "euler (the paper's, default), heun or dpmpp2m (fast: docs/performance.md)"),
-    _opt("seed", lambda v: as_int(v, "seed", -(2**31), 2**31 - 1), "random seed: same seed, same audio (default 0)"),
-    _opt("likelihood", lambda v: as_choice(v, "likelihood", ("dirac", "gaussian")),
-         "dirac (stems sum to the mix exactly, default) or gaussian", ("separate",)),
-    _opt("mono", lambda v: as_flag(v, "mono"), "1: downmix the mix to mono first", ("separate",)),
-    _opt("format", lambda v: as_choice(v, "format", ("wav", "flac")), "wav (default) or flac"),
-    _opt("bits", lambda v: as_choice(v, "bits", ("16", "24", "32f")), "16, 24 or 32f (default 32f wav, 24 flac)"),
-    _opt("overwrite", lambda v: as_flag(v, "overwrite"), "1: replace existing output files (default 0)"),
-    _opt("overlap", lambda v: as_float(v, "overlap", 0.0, 0.9), "overlap of long-audio windows (default 0.25)"),
-    _opt("reply_port", lambda v: as_int(v, "reply_port", 1, 65535), "send this job's replies to this port"),
+# The job options of the engine's one table (engine.jobs.options), plus two that
+# only a message has: whether it may replace files, and where its replies go.
+OPTIONS: tuple[Option, ...] = tuple(Option(o.name, _parser(o), o.tasks, o.help) for o in job_options.OPTIONS) + (
+    Option("overwrite", lambda v: as_flag(v, "overwrite"), job_options.TASKS,
+           "1: replace existing output files (default 0)"),
+    Option("reply_port", lambda v: as_int(v, "reply_port", 1, 65535), job_options.TASKS,
+           "send this job's replies to this port"),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 @dataclass(frozen=True)
-class JobOptions:
-    steps: int | None = None
-    resamples: int | None = None
-    churn: float | None = None
-    method: str | None = None
-    seed: int = 0
-    likelihood: str = "dirac"
-    mono: bool = False
-    format: str = "wav"
-    bits: str | None = None
-    overwrite: bool = False
-    overlap: float = 0.25
-    reply_port: int | None = None
+class JobOptions(job_options.JobOptions):
+    """The engine's JobOptions (overwrite off unless asked) and the reply port."""
 
-    @property
-    def sample_format(self) -> str:
-        return self.bits or ("24" if self.format == "flac" else "32f")
+    reply_port: int | None = None
 
 
 def parse_options(pairs: Sequence[Any], task: str, job_id: str, hint: str = "") -> JobOptions:
@@ -214,8 +201,8 @@ def parse_options(pairs: Sequence[Any], task: str, job_id: str, hint: str = "") 
         except ProtocolError as error:
             raise ProtocolError(error.code, error.message, job_id) from None
     options = JobOptions(**values)
-    if options.format == "flac" and options.sample_format == "32f":
-        raise ProtocolError(BAD_REQUEST, "FLAC cannot store 32-bit float: use bits 16 or 24, or format wav", job_id)
+    if (reason := options.problem()) is not None:
+        raise ProtocolError(BAD_REQUEST, reason, job_id)
     return options
 
 

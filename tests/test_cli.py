@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import subprocess
 import sys
 
@@ -9,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.cli import get_parser, main
+from engine.cli import main
 
 FAST = ["--steps", "4", "--resamples", "1", "-q"]
 
@@ -22,11 +25,37 @@ def mix_file(tmp_path):
     return path
 
 
-def test_every_flag_has_help():
-    parser = get_parser()
-    for action in parser._subparsers._group_actions[0].choices.values():
-        for option in action._actions:
-            assert option.help, f"{action.prog} {option.option_strings or option.dest} has no help"
+def _help(*command: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return out.getvalue()
+
+
+def _flags_without_help(text: str) -> list[str]:
+    """Flags in a --help text with no description: argparse puts it on the flag's
+    line after two spaces, or alone on the next, more indented, line."""
+    lines = text.splitlines()
+    missing = []
+    for n, line in enumerate(lines):
+        match = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if match and not match.group(2):
+            following = lines[n + 1] if n + 1 < len(lines) else ""
+            if not re.match(r"^ {4,}\S", following) or following.lstrip().startswith("-"):
+                missing.append(match.group(1))
+    return missing
+
+
+def test_every_flag_of_every_command_has_help():
+    usage = _help()
+    commands = re.findall(r"(?m)^    ([a-z][a-z-]*)(?:\s|$)", usage)
+    assert {"separate", "generate", "impute", "bounce", "serve", "app", "train", "evaluate"} <= set(commands)
+    for command in [[c] for c in commands] + [["dataset", "synth"]]:
+        text = _help(*command)
+        assert "--" in text, command
+        assert not _flags_without_help(text), (command, _flags_without_help(text))
+    # The check itself: a flag added without help is caught.
+    assert _flags_without_help("options:\n  -h, --help  show this help\n  --bare\n  --next  x\n") == ["--bare"]
 
 
 def test_separate_writes_one_file_per_stem(tmp_path, tiny_model_path, mix_file):

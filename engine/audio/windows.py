@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Above this, windows overlap so much that each sample is sampled 10+ times (a
+# typo, not a setting); the one limit every front end reads (engine.jobs.options).
+MAX_OVERLAP = 0.9
+
 
 @dataclass(frozen=True)
 class WindowPlan:
@@ -23,8 +27,8 @@ class WindowPlan:
 
     @classmethod
     def make(cls, length: int, window: int, overlap: float) -> "WindowPlan":
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if not 0 <= overlap <= MAX_OVERLAP:
+            raise ValueError(f"overlap must be between 0 and {MAX_OVERLAP}, got {overlap}")
         if window < 1 or length < 1:
             raise ValueError(f"need positive length and window, got {length}, {window}")
         hop = max(1, int(round(window * (1 - overlap))))

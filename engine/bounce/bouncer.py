@@ -5,7 +5,7 @@ second run skips what is done and retries what failed), a bad file reported
 and skipped, Ctrl-C leaving no half-written file, an overall progress bar with
 an ETA and a summary at the end.
 
-- Songs run through the one-song pipeline (engine.audio.pipeline), so a bounced
+- Songs run through the one job path (engine.jobs.run), so a bounced
   stem is the stem `msdm separate` writes for the same seed.
 - `--jobs N` keeps N songs in flight whose windows share each network call
   (engine.bounce.batching): the same audio as one at a time, up to float rounding.
@@ -187,17 +187,14 @@ class Bouncer:
 
     # -- one song ---------------------------------------------------------
     def _bounce_one(self, models, song: Song, seed: int, progress) -> dict[str, Path]:
-        from engine.audio import pipeline
+        from engine.jobs.options import JobOptions
+        from engine.jobs.run import Job, run_job
 
-        output = self.job.output(song.track, overwrite=self.overwrite)
-        if self.job.task == "separate":
-            return pipeline.separate_file(models, song.path, self.out_dir, likelihood=self.job.likelihood,
-                                          settings=self.job.settings, seed=seed, mono=self.job.mono,
-                                          overlap=self.job.overlap, output=output, max_seconds=self.max_seconds,
-                                          progress=progress)
-        return pipeline.impute_file(models, {self.job.given: song.path}, self.out_dir, seed=seed,
-                                    settings=self.job.settings, overlap=self.job.overlap, output=output,
-                                    max_seconds=self.max_seconds, progress=progress)
+        options = JobOptions(seed=seed, overlap=self.job.overlap, likelihood=self.job.likelihood, mono=self.job.mono)
+        inputs = dict(mix=song.path) if self.job.task == "separate" else dict(given={self.job.given: song.path})
+        return run_job(models, Job(self.job.task, self.out_dir, options, **inputs), progress=progress,
+                       max_seconds=self.max_seconds, output=self.job.output(song.track, overwrite=self.overwrite),
+                       settings=self.job.settings)
 
     def _record(self, song: Song, seed: int, status: str, seconds: float, started: float,
                 outputs: dict | None = None, error: str | None = None) -> dict:

@@ -9,8 +9,7 @@ from pathlib import Path
 from engine.bounce.bouncer import TASKS, BounceJob, Bouncer, gather_summaries, rank_and_world
 from engine.bounce.inputs import DEFAULT_PATTERN, InputError, check_pattern, find_songs
 from engine.errors import CommandError
-from engine.jobs.options import (add_model_options, add_output_options, add_sampler_options, load_models_for,
-                                 output_format, sampler_settings)
+from engine.jobs.options import add_job_options, add_model_options, job_options_from_args, load_models_for
 
 
 def register(commands) -> None:
@@ -26,9 +25,6 @@ def register(commands) -> None:
                         help="separate each mix into its stems (default), or impute: each input is the --given "
                              "stem and the other stems are generated")
     bounce.add_argument("--given", metavar="STEM", help="impute: the stem every input is, e.g. drums")
-    bounce.add_argument("--likelihood", choices=("dirac", "gaussian"), default="dirac",
-                        help="separate: dirac (stems sum to the mix exactly, default) or gaussian")
-    bounce.add_argument("--mono", action="store_true", help="separate: downmix to mono first")
     bounce.add_argument("--pattern", default=DEFAULT_PATTERN,
                         help="where each file goes inside OUT: {track} (the input's path inside its folder, "
                              "without extension), {name} (its file name), {stem}, {ext} "
@@ -38,14 +34,11 @@ def register(commands) -> None:
                              "see docs/bounce.md for what it gains)")
     bounce.add_argument("--max-seconds", type=float, help="refuse (report and skip) songs longer than this")
     add_model_options(bounce)
-    add_sampler_options(bounce, "the task")
-    add_output_options(bounce)
+    add_job_options(bounce, None, "the task")
     bounce.set_defaults(handler=run_command)
 
 
-def _job_from_args(args, models, output) -> BounceJob:
-    from engine.core import tasks
-
+def _job_from_args(args, options, models, output) -> BounceJob:
     if args.task == "impute":
         if not args.given:
             raise CommandError("--task impute needs --given STEM: the stem every input is, e.g. --given drums")
@@ -53,22 +46,20 @@ def _job_from_args(args, models, output) -> BounceJob:
             raise CommandError(f"--given {args.given}: this model's stems are {', '.join(models.stems)}")
         if models.is_isdm:
             raise CommandError("--task impute needs one joint (MSDM) model; single-stem models only separate")
-        settings = sampler_settings(args, tasks.IMPUTE)
     else:
         if args.given:
             raise CommandError("--given is for --task impute; separation takes mixes")
-        settings = sampler_settings(args, tasks.default_separation_settings(args.likelihood, models.is_isdm))
-    return BounceJob(task=args.task, given=args.given, likelihood=args.likelihood, mono=args.mono,
-                     overlap=args.overlap, settings=settings, seed=args.seed, extension=output.extension,
+    settings = options.sampler_settings(args.task, models.is_isdm)
+    return BounceJob(task=args.task, given=args.given, likelihood=options.likelihood, mono=options.mono,
+                     overlap=options.overlap, settings=settings, seed=options.seed, extension=output.extension,
                      bits=output.bits, pattern=args.pattern, backend=args.backend)
 
 
 def run_command(args) -> int:
     if args.jobs < 1:
         raise CommandError(f"--jobs must be at least 1, got {args.jobs}")
-    if not 0 <= args.overlap <= 0.9:
-        raise CommandError(f"--overlap must be between 0 and 0.9, got {args.overlap}")
-    output = output_format(args)  # checks --format/--bits
+    options = job_options_from_args(args)
+    output = options.output_format()
     try:
         check_pattern(args.pattern, output.extension)
         rank, world, local_rank = rank_and_world()
@@ -89,7 +80,7 @@ def run_command(args) -> int:
             args.device = f"cuda:{local_rank}"  # one GPU per rank
     try:
         models = load_models_for(args)
-        job = _job_from_args(args, models, output)
+        job = _job_from_args(args, options, models, output)
         bouncer = Bouncer(models, job, args.out, rank=rank, world_size=world, overwrite=output.overwrite,
                           max_seconds=args.max_seconds)
         try:

@@ -1,7 +1,11 @@
-"""The options every job takes (model, sampler, output), as command-line flags,
-and their translation into what the engine runs: `SamplerSettings`,
-`OutputFormat` and a `ModelSet`. The CLI, `msdm serve` and `msdm bounce` all
-use these, so a flag is written once.
+"""Every option a job takes, in one table: name, type, default, limits, help.
+
+The front ends derive what they show from it: the CLI's flags
+(`add_job_options`), the OSC option parser (osc_bridge.protocol builds its
+parsers from `OPTIONS`) and the app's controls (desktop reads the limits and
+choices). `JobOptions` holds the values of one job; `JobOptions.sampler_settings`
+and `JobOptions.output_format` are the one translation into what the engine
+runs (engine.jobs.run uses them).
 
 Nothing heavy (torch) is imported until a function that needs it runs: the
 parsers are built on every `msdm` call, including the light ones.
@@ -10,9 +14,171 @@ parsers are built on every `msdm` call, including the light ones.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from engine.audio.windows import MAX_OVERLAP
 from engine.errors import CommandError
+
+TASKS = ("separate", "generate", "impute")
+# engine.core.diffusion.METHODS and engine.core.tasks.LIKELIHOODS, spelled out so that
+# building a parser needs no torch (tests/test_jobs.py keeps them equal).
+METHODS = ("euler", "heun", "dpmpp2m")
+LIKELIHOODS = ("dirac", "gaussian")
+FORMATS = ("wav", "flac")
+BITS = ("16", "24", "32f")
+INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a job. `default` None means the task's own default (the
+    paper's sampler settings, engine.core.tasks); `group` is where the CLI lists it."""
+
+    name: str
+    type: type                       # int, float, str (with choices) or bool (a flag)
+    default: Any
+    help: str
+    low: float | None = None         # inclusive limits of a number
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = TASKS
+    group: str = "sampler"           # sampler | task | output
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` (already of `type`) is not allowed, or None."""
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            return f"{self.name} must be between {self.low:g} and {self.high:g}, got {value!r}"
+        return None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("steps", int, None, "number of noise levels (paper: 150, imputation 256)", 1, 10000),
+    Option("resamples", int, None, "correction resamples per step (NFE = steps x resamples)", 1, 100),
+    Option("churn", float, None, "S_churn: stochasticity added at each step", 0.0, 1000.0),
+    Option("sigma_min", float, None, "lowest noise level of the schedule", 1e-6, 1000.0),
+    Option("sigma_max", float, None, "highest noise level of the schedule", 1e-6, 1000.0),
+    Option("method", str, None, "ODE step: euler (paper), heun (2nd order, 2 NFE/step) or dpmpp2m "
+                                "(DPM-Solver++(2M): 2nd order at 1 NFE/step, for few steps)", choices=METHODS),
+    Option("seed", int, 0, "random seed: same seed, same audio (default 0)", *INT32),
+    Option("overlap", float, 0.25, f"overlap between windows of long audio, 0..{MAX_OVERLAP:g} (default 0.25)",
+           0.0, MAX_OVERLAP),
+    Option("likelihood", str, "dirac", "dirac: stems sum to the mix exactly (default); gaussian: a soft constraint",
+           choices=LIKELIHOODS, tasks=("separate",), group="task"),
+    Option("mono", bool, False, "downmix to mono first (half the work for stereo)", tasks=("separate",),
+           group="task"),
+    Option("format", str, "wav", "file format (default wav)", choices=FORMATS, group="output"),
+    Option("bits", str, None, "sample format: 16, 24 or 32f (float, WAV only); default 32f for WAV, 24 for FLAC",
+           choices=BITS, group="output"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The values of one job's options (defaults: the table's; a test keeps them
+    equal). `overwrite` is each front end's policy, not in the table: the CLI
+    replaces files unless --no-overwrite, an OSC job only with `overwrite 1`."""
+
+    steps: int | None = None
+    resamples: int | None = None
+    churn: float | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    method: str | None = None
+    seed: int = 0
+    overlap: float = 0.25
+    likelihood: str = "dirac"
+    mono: bool = False
+    format: str = "wav"
+    bits: str | None = None
+    overwrite: bool = False
+
+    @property
+    def sample_format(self) -> str:
+        return self.bits or ("24" if self.format == "flac" else "32f")
+
+    def problem(self) -> str | None:
+        """What makes these options unusable together (each value is checked by the table)."""
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if value is not None and (reason := option.problem(value)):
+                return reason
+        if self.format == "flac" and self.sample_format == "32f":
+            return "FLAC cannot store 32-bit float: use bits 16 or 24, or format wav"
+        return None
+
+    def check(self) -> "JobOptions":
+        if (reason := self.problem()) is not None:
+            raise CommandError(reason)
+        return self
+
+    def sampler_settings(self, task: str, isdm: bool = False):
+        """The task's default SamplerSettings (the paper's) with the options given."""
+        from engine.core import tasks
+
+        defaults = {"separate": lambda: tasks.default_separation_settings(self.likelihood, isdm),
+                    "generate": lambda: tasks.GENERATE, "impute": lambda: tasks.IMPUTE}[task]()
+        settings = defaults.override(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
+                                     sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
+        if settings.sigma_min > settings.sigma_max:
+            raise CommandError(f"sigma_min {settings.sigma_min:g} is above sigma_max {settings.sigma_max:g}")
+        return settings
+
+    def output_format(self):
+        from engine.audio.pipeline import OutputFormat
+
+        self.check()
+        return OutputFormat(extension=self.format, bits=self.sample_format, overwrite=self.overwrite)
+
+
+# -- the command line ---------------------------------------------------------
+
+def _cli_type(option: Option):
+    def parse(text: str):
+        try:
+            value = option.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if option.type is int else 'a number'}")
+        if (reason := option.problem(value)) is not None:
+            raise argparse.ArgumentTypeError(reason.split(", got")[0].replace(f"{option.name} must", "must"))
+        return value
+    parse.__name__ = option.type.__name__
+    return parse
+
+
+def add_job_options(parser: argparse.ArgumentParser, task: str | None, what: str) -> None:
+    """The table's options for `task` (None: every task, e.g. `msdm bounce`) as
+    flags, with the output folder, --no-overwrite and -q."""
+    groups = {"task": parser.add_argument_group(task or "task"),
+              "sampler": parser.add_argument_group("sampler", f"defaults are the paper's settings for {what}"),
+              "output": parser.add_argument_group("output")}
+    groups["output"].add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder")
+    for option in OPTIONS:
+        if task is not None and task not in option.tasks:
+            continue
+        group = groups[option.group]
+        if option.type is bool:
+            group.add_argument(option.flag, action="store_true", help=option.help)
+        elif option.choices:
+            group.add_argument(option.flag, choices=option.choices, default=option.default, help=option.help)
+        else:
+            group.add_argument(option.flag, type=_cli_type(option), default=option.default, help=option.help)
+    groups["output"].add_argument("--no-overwrite", action="store_true",
+                                  help="fail instead of replacing existing files")
+    groups["output"].add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def job_options_from_args(args: argparse.Namespace) -> JobOptions:
+    values = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
+    return JobOptions(**values, overwrite=not getattr(args, "no_overwrite", False)).check()
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -23,49 +189,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     group.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                        help="torch (default) or onnx: ONNX Runtime with TensorRT/CUDA/CPU, exported once and cached")
-
-
-def add_sampler_options(parser: argparse.ArgumentParser, what: str) -> None:
-    group = parser.add_argument_group("sampler", f"defaults are the paper's settings for {what}")
-    group.add_argument("--steps", type=int, help="number of noise levels (paper: 150, imputation 256)")
-    group.add_argument("--resamples", type=int, help="correction resamples per step (NFE = steps x resamples)")
-    group.add_argument("--churn", type=float, help="S_churn: stochasticity added at each step")
-    group.add_argument("--sigma-min", type=float, help="lowest noise level of the schedule")
-    group.add_argument("--sigma-max", type=float, help="highest noise level of the schedule")
-    group.add_argument("--method", choices=("euler", "heun", "dpmpp2m"),
-                       help="ODE step: euler (paper), heun (2nd order, 2 NFE/step) or dpmpp2m "
-                            "(DPM-Solver++(2M): 2nd order at 1 NFE/step, for few steps)")
-    group.add_argument("--seed", type=int, default=0, help="random seed: same seed, same audio (default 0)")
-    group.add_argument("--overlap", type=float, default=0.25,
-                       help="overlap between windows of long audio, 0..0.9 (default 0.25)")
-
-
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("output")
-    group.add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder")
-    group.add_argument("--format", choices=("wav", "flac"), default="wav", help="file format (default wav)")
-    group.add_argument("--bits", choices=("16", "24", "32f"), default=None,
-                       help="sample format: 16, 24 or 32f (float, WAV only); default 32f for WAV, 24 for FLAC")
-    group.add_argument("--no-overwrite", action="store_true", help="fail instead of replacing existing files")
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def sampler_settings(args, defaults):
-    """The task's default SamplerSettings with the sampler flags the user gave."""
-    return defaults.override(
-        steps=args.steps, num_resamples=args.resamples, s_churn=args.churn,
-        sigma_min=args.sigma_min, sigma_max=args.sigma_max, method=args.method,
-    )
-
-
-def output_format(args):
-    """--format, --bits and --no-overwrite as an OutputFormat (checked)."""
-    from engine.audio.pipeline import OutputFormat
-
-    bits = args.bits or ("24" if args.format == "flac" else "32f")
-    if args.format == "flac" and bits == "32f":
-        raise CommandError("FLAC cannot store 32-bit float: use --bits 16 or 24, or --format wav")
-    return OutputFormat(extension=args.format, bits=bits, overwrite=not args.no_overwrite)
 
 
 def load_models_for(args):

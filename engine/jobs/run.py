@@ -1,0 +1,72 @@
+"""One request, one path: a `Job` describes what to do (task, inputs, output
+folder, options) and `run_job` does it. `msdm separate|generate|impute`,
+`msdm serve` (osc_bridge.jobs), `msdm bounce` and the app (through the OSC
+server) all end here, so the translation from options to a pipeline call is
+written once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from engine.errors import CommandError
+from engine.jobs.options import TASKS, JobOptions
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A task with its inputs, where its files go, and its options."""
+
+    task: str                                   # separate | generate | impute
+    out_dir: str | os.PathLike
+    options: JobOptions = JobOptions()
+    mix: str | os.PathLike | None = None        # separate: the mix
+    seconds: float | None = None                # generate: the length
+    given: Mapping[str, str | os.PathLike] = field(default_factory=dict)  # impute: stem -> file
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise CommandError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+
+
+def parse_given(items: list[str]) -> dict[str, str]:
+    """["drums=drums.wav", ...] (--given, repeated) -> {stem: file}."""
+    given: dict[str, str] = {}
+    for item in items:
+        stem, sep, path = item.partition("=")
+        if not sep or not stem or not path:
+            raise CommandError(f"--given {item!r}: write it as STEM=FILE, e.g. drums=drums.wav")
+        if stem in given:
+            raise CommandError(f"--given {stem} appears twice")
+        given[stem] = path
+    return given
+
+
+def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_seconds: float | None = None,
+            output: Any = None, settings: Any = None) -> dict[str, Path]:
+    """Run `job` on `models` (a ModelSet, or anything that looks like one) and
+    return {stem or "mix": file written}. `output` replaces the OutputFormat the
+    options give (bounce names files by a pattern); `settings` replaces the
+    SamplerSettings they give (bounce resolves them once for its manifest);
+    `max_seconds` refuses longer inputs (the OSC server's limit)."""
+    from engine.audio import pipeline
+
+    options = job.options
+    output = output or options.output_format()
+    settings = settings or options.sampler_settings(job.task, models.is_isdm)
+    if job.task == "separate":
+        return pipeline.separate_file(models, job.mix, job.out_dir, likelihood=options.likelihood,
+                                      settings=settings, seed=options.seed, mono=options.mono,
+                                      overlap=options.overlap, output=output, max_seconds=max_seconds,
+                                      progress=progress)
+    if job.task == "generate":
+        return pipeline.generate_file(models, job.out_dir, job.seconds, seed=options.seed, settings=settings,
+                                      overlap=options.overlap, output=output, progress=progress)
+    return pipeline.impute_file(models, job.given, job.out_dir, seed=options.seed, settings=settings,
+                                overlap=options.overlap, output=output, max_seconds=max_seconds,
+                                progress=progress)
