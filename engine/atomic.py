@@ -23,7 +23,27 @@ from pathlib import Path
 from typing import IO, Callable
 
 
-class AtomicFile:
+class CommitOnExit:
+    """As a context manager: `commit()` when the block succeeds, `abort()` when
+    it raises (KeyboardInterrupt too, so Ctrl-C during a long write cleans up)."""
+
+    def commit(self):
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class AtomicFile(CommitOnExit):
     """A destination file being written: `open()` it (or hand `by_name()` to a
     library that writes by path), then `commit()` or `abort()`; as a context manager it
     commits when the block succeeds and aborts when it raises."""
@@ -85,15 +105,6 @@ class AtomicFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-    def __enter__(self) -> "AtomicFile":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Path], object], *,

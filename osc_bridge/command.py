@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import CommandError
+from engine.jobs.options import add_model_options, load_models_for
 
 from .protocol import DEFAULT_PORT
 
@@ -30,10 +31,7 @@ def register(commands) -> None:
                             "can run jobs and read audio files this user can read")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help=f"UDP port (default {DEFAULT_PORT}; 0 picks a free one and prints it)")
-    serve.add_argument("--model", action="append", metavar="FILE",
-                       help="model file (.safetensors), repeat for ISDM (default: the shipped model)")
-    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    serve.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch (default) or onnx")
+    add_model_options(serve)
     serve.add_argument("--output-root", type=Path,
                        help="jobs may only write inside this folder (default: ~/MSDM Studio/outputs)")
     serve.add_argument("--max-seconds", type=float, default=600.0,
@@ -66,8 +64,6 @@ def register(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from engine.jobs.options import load_models_for
-
     from .server import OscServer, is_loopback
 
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, stream=sys.stderr,

@@ -158,7 +158,7 @@ def test_drums_follow_the_meter(beats):
     piece = _toy_piece(beats)
     timeline = synth.Timeline(piece, start=0.0, loops=1, quarter_bpm=120.0)  # a quarter is 0.5 s
     for seed in range(5):
-        notes = synth.drum_notes(timeline, np.random.default_rng(seed), 60.0, synth._phrase_ends(piece, timeline))
+        notes = synth.drum_notes(timeline, np.random.default_rng(seed), 60.0, synth.drums._phrase_ends(piece, timeline))
         quarters = np.array([n.on / 0.5 for n in notes])
         # Everything on the sixteenth grid (a few ms of humanising allowed).
         assert np.all(np.abs(quarters * 4 - np.round(quarters * 4)) < 0.2)
@@ -182,11 +182,11 @@ def test_an_unusable_piece_falls_back_within_its_split(monkeypatch):
             raise synth.UnusablePiece("2 of its parts have notes, not 4")
         return _toy_piece(4)
 
-    monkeypatch.setattr(synth, "load_piece", fake_load)
-    assert synth._first_usable_piece(plan, Path("unused")).id == "toy"
-    monkeypatch.setattr(synth, "load_piece", lambda *a: (_ for _ in ()).throw(synth.UnusablePiece("empty")))
+    monkeypatch.setattr(synth.dataset, "load_piece", fake_load)
+    assert synth.dataset._first_usable_piece(plan, Path("unused")).id == "toy"
+    monkeypatch.setattr(synth.dataset, "load_piece", lambda *a: (_ for _ in ()).throw(synth.UnusablePiece("empty")))
     with pytest.raises(synth.SynthError, match="no usable piece"):
-        synth._first_usable_piece(plan, Path("unused"))
+        synth.dataset._first_usable_piece(plan, Path("unused"))
 
 
 @needs_fluidsynth

@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from engine.atomic import AtomicFile
+from engine.atomic import AtomicFile, CommitOnExit
 from engine.errors import InputError
 
 __all__ = [
@@ -334,7 +334,7 @@ def write_audio(
     return writer.path
 
 
-class AudioWriter:
+class AudioWriter(CommitOnExit):
     """Write [C, n] float blocks to an audio file atomically, so long outputs can
     be streamed to disk in bounded memory.
 
@@ -409,13 +409,3 @@ class AudioWriter:
             with contextlib.suppress(Exception):
                 sound.close()
         self._target.abort()
-
-    def __enter__(self) -> "AudioWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            # BaseException too, so Ctrl-C during a long write also cleans up.
-            self.abort()

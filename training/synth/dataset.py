@@ -1,0 +1,225 @@
+"""The dataset: one folder per track, rendered in parallel, resumable (finished
+tracks are kept, a track folder appears whole or not at all), with a summary
+in dataset.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from engine.atomic import write_atomic
+
+from .arrangement import arrange, STEMS
+from .corpus import _music21, load_piece, Piece, plan_tracks, SPLITS, SynthError, TrackPlan, UnusablePiece
+from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
+
+
+# Bump when a change alters the audio, so a resumed run never mixes versions.
+GENERATOR_VERSION = "1"
+
+RELEASE_SECONDS = 1.5  # kept after the last note-off for the decay
+
+
+@dataclass(frozen=True)
+class Job:
+    plan: TrackPlan
+    out_dir: str
+    seed: int
+    sample_rate: int
+    max_seconds: float
+    soundfonts: tuple[str, ...]
+    fluidsynth: str
+
+    def soundfont_for(self, stem: str) -> str:
+        """Each stem of a track draws its SoundFont from the dataset's list, from
+        its own random stream (not the arrangement's), so one SoundFont renders
+        exactly as before and several give every instrument several timbres."""
+        if len(self.soundfonts) == 1:
+            return self.soundfonts[0]
+        rng = np.random.default_rng([self.seed, self.plan.index, 1 + STEMS.index(stem)])
+        return self.soundfonts[int(rng.integers(len(self.soundfonts)))]
+
+
+def _identity(job: Job) -> dict:
+    """What must match for an existing track folder to count as done."""
+    return {"planned_piece": job.plan.piece, "split": job.plan.split, "seed": job.seed, "sample_rate": job.sample_rate,
+            "max_seconds": job.max_seconds, "soundfont": _soundfont_identity(job.soundfonts),
+            "generator_version": GENERATOR_VERSION}
+
+
+def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
+    names = [Path(s).name for s in soundfonts]
+    return names[0] if len(names) == 1 else names
+
+
+def _first_usable_piece(plan: TrackPlan, cache_dir: Path) -> Piece:
+    """The planned piece, or the first usable fallback (e.g. palestrina/Credo_81_c.krn
+    claims 4 parts but two are empty); same split either way, so splits stay disjoint."""
+    problems = []
+    for piece_id in (plan.piece, *plan.fallbacks):
+        try:
+            return load_piece(piece_id, cache_dir)
+        except UnusablePiece as exc:
+            problems.append(f"{piece_id}: {exc}")
+    raise SynthError(f"{plan.name}: no usable piece among its candidates ({'; '.join(problems)})")
+
+
+def render_track(job: Job) -> dict:
+    """Render one track into a temporary folder and rename it into place."""
+    plan, sr = job.plan, job.sample_rate
+    split_dir = Path(job.out_dir) / plan.split
+    rng = np.random.default_rng([job.seed, plan.index])  # per track: independent of jobs and order
+    piece = _first_usable_piece(plan, Path(job.out_dir) / ".cache" / "pieces")
+    notes, info = arrange(piece, rng, job.max_seconds)
+    gains_db = {"bass": rng.uniform(-4, 2), "drums": rng.uniform(-3, 3),
+                "guitar": rng.uniform(-5, 1), "piano": rng.uniform(-5, 1)}
+    seconds = min(job.max_seconds, info["music_seconds"] + RELEASE_SECONDS)
+    frames = round(seconds * sr)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{plan.name}.tmp-", dir=split_dir))
+    try:
+        (tmp / "midi").mkdir()
+        raw = {}
+        for stem in STEMS:
+            midi = tmp / "midi" / f"{stem}.mid"
+            write_midi(midi, notes[stem], info["programs"][stem], seconds)
+            rendered = tmp / f"{stem}.render.wav"
+            raw[stem] = _fit(render_stem(job.fluidsynth, Path(job.soundfont_for(stem)), midi, rendered, sr), frames, sr)
+            rendered.unlink()
+        stems, mix, scale = mix_stems(raw, gains_db)
+        for stem in STEMS:
+            write_wav_float32(tmp / f"{stem}.wav", stems[stem], sr)
+        write_wav_float32(tmp / "mix.wav", mix, sr)
+        metadata = {
+            "track": plan.name, **_identity(job), "piece": piece.id, "track_index": plan.index,
+            "composer": piece.id.split("/")[0], **info,
+            "gains_db": {s: round(float(g), 4) for s, g in gains_db.items()},
+            "normalise_gain": scale, "duration_seconds": frames / sr, "frames": frames,
+            "stems": list(STEMS), "mix": "((bass + drums) + guitar) + piano, float32",
+            **({"stem_soundfonts": {s: Path(job.soundfont_for(s)).name for s in STEMS}}
+               if len(job.soundfonts) > 1 else {}),
+        }
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, split_dir / plan.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metadata
+
+
+def _finished(job: Job) -> dict | None:
+    """The metadata of an already rendered track, or None. A folder rendered
+    with other settings is an error, not something to silently keep."""
+    folder = Path(job.out_dir) / job.plan.split / job.plan.name
+    meta_path = folder / "metadata.json"
+    if not folder.is_dir():
+        return None
+    metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    expected = _identity(job)
+    if {k: metadata.get(k) for k in expected} != expected:
+        raise SynthError(f"{folder} was rendered with other settings than this run "
+                         f"(expected {expected}); render into a new folder or delete it.")
+    return metadata
+
+
+def _remove_stale_tmp(out_dir: Path) -> None:
+    """Temporary track folders left by an interrupted run."""
+    for split in SPLITS:
+        for tmp in (out_dir / split).glob("Track*.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22050, max_seconds: float = 60.0,
+                   soundfont: str | Sequence[str] | None = None, jobs: int | None = None, progress=None) -> dict:
+    """Render ``tracks`` tracks into ``out_dir`` (resumable) and write dataset.json.
+
+    ``soundfont``: one General MIDI SoundFont, or several: then each stem of
+    each track is rendered with one of them, drawn per track and stem, so the
+    model meets every instrument in several timbres.
+
+    ``progress(done, total)`` is called once with the tracks already there,
+    then after each track. Returns the summary written to dataset.json.
+    """
+    if tracks < 1:
+        raise ValueError(f"tracks must be at least 1, got {tracks}")
+    if max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    fluidsynth = _find_fluidsynth()
+    names = [soundfont] if soundfont is None or isinstance(soundfont, (str, os.PathLike)) else list(soundfont)
+    if not names:
+        raise ValueError("give at least one SoundFont, or none for the default")
+    sf2s = tuple(find_soundfont(None if n is None else str(n)) for n in names)
+    out = Path(out_dir)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out)
+
+    jobs_list = [Job(plan, str(out), seed, int(sample_rate), float(max_seconds), tuple(map(str, sf2s)), fluidsynth)
+                 for plan in plan_tracks(tracks, seed)]
+    results = {job.plan.index: m for job in jobs_list if (m := _finished(job)) is not None}
+    todo = [job for job in jobs_list if job.plan.index not in results]
+    if progress:
+        progress(len(results), tracks)
+    workers = max(1, min(jobs or _default_jobs(), len(todo) or 1))
+    if workers == 1:
+        for job in todo:
+            results[job.plan.index] = render_track(job)
+            if progress:
+                progress(len(results), tracks)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(render_track, job): job for job in todo}
+            try:
+                for future in as_completed(futures):
+                    results[futures[future].plan.index] = future.result()
+                    if progress:
+                        progress(len(results), tracks)
+            except BaseException:  # fail now, not after rendering every queued track
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+    summary = _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s)
+    write_atomic(out / "dataset.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s: tuple[Path, ...]) -> dict:
+    splits = {}
+    for split in SPLITS:
+        metas = [results[j.plan.index] for j in jobs_list if j.plan.split == split]
+        splits[split] = {"tracks": len(metas), "seconds": round(sum(m["duration_seconds"] for m in metas), 6),
+                         "pieces": sorted({m["piece"] for m in metas})}
+    return {
+        "generator": "msdm-studio training.synth",
+        "generator_version": GENERATOR_VERSION,
+        "music21_version": _music21().__version__,
+        "seed": seed,
+        "tracks": len(jobs_list),
+        "sample_rate": sample_rate,
+        "max_seconds": max_seconds,
+        "stems": list(STEMS),
+        **_soundfont_summary(sf2s),
+        "splits": splits,
+        "seconds": round(sum(s["seconds"] for s in splits.values()), 6),
+    }
+
+
+def _soundfont_summary(sf2s: tuple[Path, ...]) -> dict:
+    described = [{"path": str(p), "name": p.name, "bytes": p.stat().st_size} for p in sf2s]
+    return {"soundfont": described[0]} if len(described) == 1 else {"soundfonts": described}
