@@ -1,4 +1,5 @@
-"""A job sent to the engine: what was asked, where its files go, progress and
+"""A job sent to the engine: the request built from the task bar (a pure
+function, tested without Qt), what was asked, where its files go, progress and
 time left. Pure python; the window owns at most one running Job."""
 
 from __future__ import annotations
@@ -7,8 +8,62 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
+
+from . import osc_messages as osc
+from .session import MIX
 
 TASKS = ("separate", "generate", "impute")
+
+
+@dataclass(frozen=True)
+class TaskControls:
+    """What the task bar shows when a task button is pressed."""
+
+    steps: int
+    resamples: int
+    seed: int
+    method: str
+    likelihood: str
+    seconds: float
+
+
+class JobRefused(ValueError):
+    """A task that cannot start as the lanes are; the message says what to do."""
+
+
+def task_options(kind: str, controls: TaskControls) -> dict:
+    """The OSC options of a task (the app writes float WAVs; Resamples and
+    Likelihood are Separate's)."""
+    options = {"steps": controls.steps, "seed": controls.seed, "method": controls.method,
+               "format": "wav", "bits": "32f"}
+    if kind == "separate":
+        options["resamples"] = controls.resamples
+        options["likelihood"] = controls.likelihood
+    return options
+
+
+def build_request(kind: str, job_id: str, out_dir: Path, controls: TaskControls, stems: tuple[str, ...], *,
+                  mix: str | None = None, given: Mapping[str, str] | None = None,
+                  extra: Mapping | None = None) -> tuple[tuple[str, ...], bytes]:
+    """(the lanes the result must fill, the OSC request) for a task, or JobRefused."""
+    opts = {**task_options(kind, controls), **(extra or {})}
+    given = dict(given or {})
+    if kind == "separate":
+        if mix is None:
+            raise JobRefused("Separate needs a mix: open one (Ctrl+O) or drop a file on the mix lane.")
+        return tuple(stems), osc.separate(job_id, mix, str(out_dir), **opts)
+    if kind == "generate":
+        return (*stems, MIX), osc.generate(job_id, str(out_dir), float(controls.seconds), **opts)
+    if kind == "impute":
+        if not given:
+            raise JobRefused("Impute needs at least one given stem: tick 'given' on a stem lane that has audio "
+                             "(drop a file on it first).")
+        if len(given) == len(stems):
+            raise JobRefused("Every stem is ticked 'given', so there is nothing to generate: untick the stems "
+                             "you want the model to write.")
+        return (*[s for s in stems if s not in given], MIX), osc.impute(job_id, str(out_dir), given, **opts)
+    raise ValueError(f"unknown task {kind!r}")
 
 
 def new_job_id(kind: str) -> str:

@@ -24,7 +24,7 @@ from . import osc_messages as osc
 from .audio_output import AudioOutput
 from .engine_client import EngineClient
 from .export import ExportError, export_lanes
-from .jobs import Job, check_result, format_left, new_job_id
+from .jobs import Job, JobRefused, TaskControls, build_request, check_result, format_left, new_job_id, task_options
 from .lane_widget import HEADER_WIDTH, LaneWidget
 from .mixer import Mixer, Track, prepare_samples
 from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
@@ -639,13 +639,13 @@ class MainWindow(QMainWindow):
     # =========================================================================
     # Jobs
     # =========================================================================
+    def _controls(self) -> TaskControls:
+        return TaskControls(steps=self.steps.value(), resamples=self.resamples.value(), seed=self.seed.value(),
+                            method=self.method.currentText(), likelihood=self.likelihood.currentText(),
+                            seconds=float(self.seconds.value()))
+
     def _options(self, kind: str) -> dict:
-        opts = {"steps": self.steps.value(), "seed": self.seed.value(), "method": self.method.currentText(),
-                "format": "wav", "bits": "32f"}
-        if kind == "separate":
-            opts["resamples"] = self.resamples.value()
-            opts["likelihood"] = self.likelihood.currentText()
-        return opts
+        return task_options(kind, self._controls())
 
     def given_stems(self) -> list[str]:
         return [s for s in self.session.stems if self.lanes[s].given.isChecked() and self.session.audio.get(s)]
@@ -663,30 +663,15 @@ class MainWindow(QMainWindow):
         self._jobs_run += 1
         job_id = new_job_id(kind)
         out_dir = self.session_dir / f"{self._jobs_run:02d}-{kind}"
-        opts = {**self._options(kind), **extra}
-        if kind == "separate":
-            mix = self.session.audio.get(MIX)
-            if mix is None:
-                self.message("Separate needs a mix: open one (Ctrl+O) or drop a file on the mix lane.")
-                return None
-            expected, datagram = stems, osc.separate(job_id, str(mix.path), str(out_dir), **opts)
-        elif kind == "generate":
-            expected = (*stems, MIX)
-            datagram = osc.generate(job_id, str(out_dir), float(self.seconds.value()), **opts)
-        elif kind == "impute":
-            given = self.given_stems()
-            if not given:
-                self.message("Impute needs at least one given stem: tick 'given' on a stem lane that has audio "
-                             "(drop a file on it first).")
-                return None
-            if len(given) == len(stems):
-                self.message("Every stem is ticked 'given', so there is nothing to generate: untick the stems "
-                             "you want the model to write.")
-                return None
-            expected = (*[s for s in stems if s not in given], MIX)
-            datagram = osc.impute(job_id, str(out_dir), {s: str(self.session.audio[s].path) for s in given}, **opts)
-        else:
-            raise ValueError(f"unknown task {kind!r}")
+        mix = self.session.audio.get(MIX)
+        given = {s: str(self.session.audio[s].path) for s in self.given_stems()} if kind == "impute" else {}
+        try:
+            expected, datagram = build_request(kind, job_id, out_dir, self._controls(), stems,
+                                               mix=str(mix.path) if mix is not None else None, given=given,
+                                               extra=extra)
+        except JobRefused as refusal:
+            self.message(str(refusal))
+            return None
         self.job = Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected))
         self.client.send(datagram)
         self.progress.setValue(0)

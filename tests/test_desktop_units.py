@@ -258,3 +258,37 @@ def test_linux_installer_puts_an_entry_that_runs_this_msdm_in_the_menu(tmp_path)
     done = subprocess.run(["bash", str(script), "--prefix", str(tmp_path), "--uninstall"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not (tmp_path / "applications" / "msdm-studio.desktop").exists()
+
+
+def test_requests_are_built_from_the_task_bar_without_qt():
+    """The window's job building is a pure function: which lanes a result fills,
+    what goes to the engine, and what the user is told when a task cannot start.
+    The request parses with the server's own parser."""
+    from desktop.jobs import JobRefused, TaskControls, build_request
+    from osc_bridge.codec import decode_datagram
+    from osc_bridge.protocol import parse_request
+
+    controls = TaskControls(steps=32, resamples=1, seed=7, method="dpmpp2m", likelihood="gaussian", seconds=3.0)
+    expected, datagram = build_request("separate", "j1", Path("/out/j1"), controls, STEMS, mix="/m.wav")
+    assert expected == STEMS
+    (address, args), = decode_datagram(datagram)
+    request = parse_request(address, args, STEMS)
+    assert (request.kind, request.mix_path, request.out_dir) == ("separate", "/m.wav", "/out/j1")
+    assert (request.options.steps, request.options.resamples, request.options.seed, request.options.method,
+            request.options.likelihood, request.options.sample_format) == (32, 1, 7, "dpmpp2m", "gaussian", "32f")
+
+    expected, datagram = build_request("generate", "j2", Path("/out/j2"), controls, STEMS, extra={"steps": 4})
+    assert expected == (*STEMS, MIX)
+    request = parse_request(*decode_datagram(datagram)[0], STEMS)
+    assert (request.seconds, request.options.steps, request.options.resamples) == (3.0, 4, None)
+
+    expected, datagram = build_request("impute", "j3", Path("/out/j3"), controls, STEMS, given={"drums": "/d.wav"})
+    assert expected == ("bass", "guitar", "piano", MIX)
+    assert parse_request(*decode_datagram(datagram)[0], STEMS).given == {"drums": "/d.wav"}
+
+    with pytest.raises(JobRefused, match="needs a mix"):
+        build_request("separate", "j", Path("/o"), controls, STEMS)
+    with pytest.raises(JobRefused, match="at least one given"):
+        build_request("impute", "j", Path("/o"), controls, STEMS)
+    with pytest.raises(JobRefused, match="nothing to generate"):
+        build_request("impute", "j", Path("/o"), controls, STEMS, given={s: f"/{s}.wav" for s in STEMS})
