@@ -258,3 +258,17 @@ def test_dataset_synth_command(tmp_path, capsys):
     assert main(["dataset", "synth", "--out", str(out), "--tracks", "3", "--seed", "1", "--max-seconds", "3",
                  "--soundfont", str(tmp_path / "none.sf2"), "-q"]) == 2
     assert "timgm6mb-soundfont" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_a_user_error_is_one_line(monkeypatch, tmp_path, tiny_model_path, mix_file, capsys):
+    import engine.cli
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("an engine bug")
+
+    monkeypatch.setattr(engine.cli, "run_job", bug)
+    with pytest.raises(RuntimeError, match="an engine bug"):
+        main(["separate", str(mix_file), "-o", str(tmp_path / "o"), "--model", str(tiny_model_path), *FAST])
+    assert main(["impute", "-o", str(tmp_path / "i"), "--given", "drums", "--model", str(tiny_model_path), *FAST]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "msdm impute: error: --given 'drums': write it as STEM=FILE, e.g. drums=drums.wav"]

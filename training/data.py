@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.audio.files import AudioInputError, inspect_audio, resample
+from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ SLAKH_CLASSES = {"Bass": "bass", "Drums": "drums", "Guitar": "guitar", "Piano": 
 NOT_STEMS = {"mix", "mixture"}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder that cannot be used; the message names the folder or file."""
 
 

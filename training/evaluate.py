@@ -41,9 +41,10 @@ import torch
 
 from engine.atomic import write_atomic
 from engine.audio.files import read_audio, resample, to_mono
-from engine.core.diffusion import seed_for
 from engine.audio.pipeline import separate_array
+from engine.core.diffusion import seed_for
 from engine.core.tasks import SamplerSettings, check_likelihood, default_separation_settings
+from engine.errors import CommandError
 
 ProgressFn = Callable[[float, str], None]
 
@@ -212,7 +213,7 @@ def evaluate_dataset(
     if not methods or unknown or len(set(methods)) != len(methods):
         raise ValueError(f"methods must be distinct names from {METHODS}, got {methods}")
     if chunk < 1:
-        raise ValueError(f"chunk must be a positive number of samples, got {chunk}")
+        raise CommandError(f"--chunk must be a positive number of samples, got {chunk}")
     check_likelihood(likelihood)
     settings = settings or default_separation_settings(likelihood, isdm=getattr(models, "is_isdm", False))
     stems, rate = tuple(models.stems), int(models.sample_rate)

@@ -26,6 +26,7 @@ from engine.atomic import write_atomic
 from engine.core.config import PAPER, SMALL, TINY, ModelConfig
 from engine.core.diffusion import KarrasDenoiser
 from engine.core.network import UNet1d
+from engine.errors import CommandError
 from engine.storage.model import MSDMModel
 
 from .data import StemCrops, detect_layout, infer_stems, scan
@@ -70,7 +71,7 @@ def _lightning():
     try:
         import lightning.pytorch as pl
     except ImportError as error:  # training is an extra: say how to get it
-        raise RuntimeError('training needs PyTorch Lightning: pip install -e ".[train]"') from error
+        raise CommandError('training needs PyTorch Lightning: pip install -e ".[train]"') from error
     return pl
 
 
@@ -160,7 +161,7 @@ def train(
     from lightning.pytorch.loggers import CSVLogger
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise CommandError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     settings = PRESETS[preset]
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     train_dir, valid_dir = _split_dirs(data_dir)
@@ -173,7 +174,7 @@ def train(
     config = settings.model.with_stems(stems) if tuple(stems) != settings.model.stems else settings.model
     if isdm_stem:
         if isdm_stem not in stems:
-            raise ValueError(f"--isdm-stem {isdm_stem!r} is not one of the dataset's stems {list(stems)}")
+            raise CommandError(f"--isdm-stem {isdm_stem!r} is not one of the dataset's stems {list(stems)}")
         config = config.with_stems((isdm_stem,))
     config = dataclasses.replace(config, window=settings.crop)
     pl.seed_everything(seed, workers=True)

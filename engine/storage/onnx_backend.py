@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from engine.atomic import AtomicFile
 from engine.core.diffusion import KarrasDenoiser, as_sigma_batch
+from engine.errors import UserError
 from engine.storage.model import MSDMModel, file_sha256
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ CACHE_DIR = Path(os.environ.get("MSDM_CACHE", Path.home() / ".cache" / "msdm-stu
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class OnnxError(RuntimeError):
+class OnnxError(UserError, RuntimeError):
     """Export or ONNX Runtime problems, with what to do about them."""
 
 
