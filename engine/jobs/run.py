@@ -53,7 +53,11 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
     return {stem or "mix": file written}. `output` replaces the OutputFormat the
     options give (bounce names files by a pattern); `settings` replaces the
     SamplerSettings they give (bounce resolves them once for its manifest);
-    `max_seconds` refuses longer inputs (the OSC server's limit)."""
+    `max_seconds` refuses longer inputs (the OSC server's limit).
+
+    Every job of every front end passes here: a check that must hold for all
+    of them (which inputs may be read, where outputs may go) belongs here,
+    and the files themselves are written by engine.atomic."""
     from engine.audio import pipeline
 
     options = job.options
