@@ -14,6 +14,11 @@ from . import osc_messages as osc
 from .session import MIX
 
 TASKS = ("separate", "generate", "impute")
+# How Separate works (the task bar's "Separate by"): the model's first-guess
+# separator alone (about a second per song minute), that guess refined by the
+# diffusion prior in Steps steps, or the prior from noise (the paper's sampler).
+# -> (OSC option start, steps; None: the Steps box).
+SEPARATION_MODES = {"first guess": ("guess", 0), "refined guess": ("guess", None), "from noise": ("noise", None)}
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class TaskControls:
     method: str
     likelihood: str
     seconds: float
+    separation: str = "first guess"
 
 
 class JobRefused(ValueError):
@@ -40,6 +46,10 @@ def task_options(kind: str, controls: TaskControls) -> dict:
     if kind == "separate":
         options["resamples"] = controls.resamples
         options["likelihood"] = controls.likelihood
+        start, steps = SEPARATION_MODES[controls.separation]
+        options["start"] = start
+        if steps is not None:
+            options["steps"] = steps
     return options
 
 

@@ -33,6 +33,9 @@ class AppSettings:
     resamples: int = 1
     seed: int = 0
     likelihood: str = "dirac"
+    # How Separate works (desktop/window.py SEPARATION_MODES): the model's
+    # first guess alone is the measured best few-evaluation setting (docs/models.md).
+    separation: str = "first guess"
     # dpmpp2m stays stable at the app's few steps, where the paper's Euler sampler
     # can diverge for separation (docs/performance.md).
     method: str = "dpmpp2m"

@@ -24,7 +24,8 @@ from . import osc_messages as osc
 from .audio_output import AudioOutput
 from .engine_client import EngineClient
 from .export import ExportError, export_lanes
-from .jobs import Job, JobRefused, TaskControls, build_request, check_result, format_left, new_job_id, task_options
+from .jobs import (SEPARATION_MODES, Job, JobRefused, TaskControls, build_request, check_result, format_left,
+                   new_job_id, task_options)
 from .lane_widget import HEADER_WIDTH, LaneWidget
 from .mixer import Mixer, Track, prepare_samples
 from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
@@ -212,8 +213,9 @@ class MainWindow(QMainWindow):
             button.clicked.connect(lambda _=False, k=kind: self.run_task(k))
             row.addWidget(button)
         row.addSpacing(12)
-        self.steps = self._spin(QSpinBox(), *_limits("steps", 1000), self.settings.steps, "Steps",
-                                "Noise levels of the sampler: more is slower and cleaner (paper: 150)", row)
+        steps_low = max(1, _limits("steps")[0])  # 0 (the first guess itself) is a Separate-by choice
+        self.steps = self._spin(QSpinBox(), steps_low, _limits("steps", 1000)[1], self.settings.steps,
+                                "Steps", "Noise levels of the sampler: more is slower and cleaner (paper: 150)", row)
         self.resamples = self._spin(QSpinBox(), *_limits("resamples", 20), self.settings.resamples, "Resamples",
                                     "Correction passes per step for Separate (paper: 2)", row)
         self.seed = self._spin(QSpinBox(), 0, _limits("seed")[1], self.settings.seed, "Seed",
@@ -226,11 +228,19 @@ class MainWindow(QMainWindow):
                                "euler: the paper's sampler, needs many steps (150, 2 resamples);\n"
                                "heun: two evaluations per step, for generation")
         row.addWidget(self.method)
-        row.addWidget(QLabel("Likelihood"))
+        self.separation = QComboBox()
+        self.separation.addItems(list(SEPARATION_MODES))
+        self.separation.setCurrentText(self.settings.separation if self.settings.separation in SEPARATION_MODES
+                                       else "first guess")
+        self.separation.setToolTip("How Separate works. first guess: the model's fast separator, in about a "
+                                   "second;\nrefined guess: that guess refined by the diffusion model (Steps);\n"
+                                   "from noise: the paper's diffusion sampler (Steps, Resamples, Sampler)")
+        row.addWidget(self.separation)
         self.likelihood = QComboBox()
         self.likelihood.addItems(LIKELIHOODS)
         self.likelihood.setCurrentText(self.settings.likelihood)
-        self.likelihood.setToolTip("dirac: the stems sum to the mix exactly; gaussian: a soft constraint")
+        self.likelihood.setToolTip("Likelihood, for Separate refined or from noise. dirac: the stems sum to the "
+                                   "mix exactly; gaussian: a soft constraint")
         row.addWidget(self.likelihood)
         self.seconds = self._spin(QDoubleSpinBox(), 0.5, 600.0, self.settings.seconds, "Length",
                                   "Seconds to generate", row)
@@ -242,7 +252,7 @@ class MainWindow(QMainWindow):
         self.progress.setFormat("%p%")
         row.addWidget(self.progress)
         self.progress_label = QLabel("")
-        self.progress_label.setMinimumWidth(150)
+        self.progress_label.setMinimumWidth(110)
         row.addWidget(self.progress_label)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel_job)
@@ -642,7 +652,7 @@ class MainWindow(QMainWindow):
     def _controls(self) -> TaskControls:
         return TaskControls(steps=self.steps.value(), resamples=self.resamples.value(), seed=self.seed.value(),
                             method=self.method.currentText(), likelihood=self.likelihood.currentText(),
-                            seconds=float(self.seconds.value()))
+                            seconds=float(self.seconds.value()), separation=self.separation.currentText())
 
     def _options(self, kind: str) -> dict:
         return task_options(kind, self._controls())
@@ -822,6 +832,7 @@ class MainWindow(QMainWindow):
         self.settings.seed = self.seed.value()
         self.settings.likelihood = self.likelihood.currentText()
         self.settings.method = self.method.currentText()
+        self.settings.separation = self.separation.currentText()
         self.settings.seconds = self.seconds.value()
         save_settings(self.settings)
         self.shutdown()

@@ -99,6 +99,13 @@ def _run(args) -> int:
         print(f"sample rate: {models.sample_rate} Hz")
         print(f"window:      {models.window} samples ({models.window / models.sample_rate:.2f} s)")
         print(f"parameters:  {models.num_parameters:,}")
+        separator = models.separator
+        if separator is not None:
+            c = separator.config
+            print(f"first guess: mask separator, STFT {c.n_fft}/{c.hop}, BiLSTM {c.layers} x {c.hidden}, "
+                  f"{models.models[0].separator_parameters:,} parameters (separation starts from it)")
+        else:
+            print("first guess: none (separation runs the diffusion sampler from noise)")
         for model in models.models:
             print(f"source:      {model.source}")
         return 0

@@ -34,6 +34,22 @@ def tiny_model_path(tmp_path_factory):
     return path
 
 
+TINY_SEPARATOR = dict(n_fft=256, hop=64, hidden=16, layers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_packed_path(tmp_path_factory):
+    """The tiny model with a (random) first-guess separator in the same file."""
+    from engine.core.separator import MaskSeparator, SeparatorConfig
+
+    path = tmp_path_factory.mktemp("models") / "tiny-packed.safetensors"
+    model = MSDMModel.build(TINY, seed=0)
+    torch.manual_seed(0)
+    model.separator = MaskSeparator(SeparatorConfig(**TINY_SEPARATOR))
+    model.save(path, source="tiny test model with a separator")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tiny_model_path):
     return ModelSet([MSDMModel.load(tiny_model_path)])

@@ -19,7 +19,7 @@ from engine.audio.pipeline import separate_file
 from engine.core.tasks import SEPARATE_DIRAC
 
 STEMS = ["bass", "drums", "guitar", "piano"]
-FAST = ["--steps", "2", "--resamples", "1", "-q"]
+FAST = ["--steps", "2", "--resamples", "1", "--method", "dpmpp2m", "-q"]
 # (frames, channels, rate): stereo, mono, a rate the model does not use, several windows.
 SONGS = {"album/one.wav": (9000, 2, 44100), "album/two.flac": (5000, 1, 22050), "three.wav": (12000, 2, 32000)}
 
@@ -96,7 +96,7 @@ def test_bounce_writes_a_folder_per_song_and_a_manifest(tmp_path, songs, tiny_mo
 
 def test_progress_bar_and_summary(tmp_path, songs, tiny_model_path, capsys):
     assert main(["bounce", str(songs), "-o", str(tmp_path / "out"), "--model", str(tiny_model_path),
-                 "--steps", "2", "--resamples", "1"]) == 0
+                 "--steps", "2", "--resamples", "1", "--method", "dpmpp2m"]) == 0
     captured = capsys.readouterr()
     total = sum(frames / rate for frames, _, rate in SONGS.values())
     assert "bounced 3/3 songs 100%" in captured.err and f"/{total:.1f} s of audio" in captured.err
@@ -109,7 +109,7 @@ def test_progress_bar_and_summary(tmp_path, songs, tiny_model_path, capsys):
 def test_bounced_stems_are_what_separate_writes(tmp_path, songs, tiny_models):
     """The batch path is the one-song path: same seed, same samples, bit for bit."""
     out = tmp_path / "out"
-    settings = SEPARATE_DIRAC.override(steps=2, num_resamples=1)
+    settings = SEPARATE_DIRAC.override(steps=2, num_resamples=1, method="dpmpp2m")
     job = BounceJob(settings=settings, seed=3)
     summary = Bouncer(tiny_models, job, out).run(find_songs([songs]), quiet=True)
     assert (summary.done, summary.failed) == (3, 0)
@@ -124,7 +124,7 @@ def test_batched_equals_one_song_at_a_time(tmp_path, songs, tiny_models):
     bad = np.zeros((10000, 1), dtype=np.float32)
     bad[9000] = np.nan
     sf.write(songs / "nan.wav", bad + 0.01, 22050, subtype="FLOAT")
-    settings = SEPARATE_DIRAC.override(steps=3, num_resamples=1)
+    settings = SEPARATE_DIRAC.override(steps=3, num_resamples=1, method="dpmpp2m")
     job = BounceJob(settings=settings, seed=1)
     found = find_songs([songs])
     Bouncer(tiny_models, job, tmp_path / "one").run(found, jobs=1, quiet=True)
@@ -168,7 +168,7 @@ def test_resume_skips_done_songs_and_retries_failed_ones(tmp_path, songs, tiny_m
     before = len(read_records([out / "manifest.jsonl"]))
     assert main(args) == 0                                     # nothing left to do
     assert len(read_records([out / "manifest.jsonl"])) == before
-    assert main(args[:-5] + ["--steps", "3", "--resamples", "1", "-q"]) == 0  # new settings: all redone
+    assert main(args[:-len(FAST)] + ["--steps", "3", "--resamples", "1", "--method", "dpmpp2m", "-q"]) == 0  # new settings: all redone
     assert len(read_records([out / "manifest.jsonl"])) == before + 4
 
 
@@ -296,7 +296,7 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model
     songs = write_songs(tmp_path / "in", {f"song{n}.wav": (36000 if n else 3000, 1, 22050) for n in range(4)})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "engine.cli", "bounce", str(songs), "-o", str(out), "--jobs", jobs,
-               "--model", str(tiny_model_path), "--steps", "10", "--resamples", "1", "-q"]
+               "--model", str(tiny_model_path), "--steps", "10", "--resamples", "1", "--method", "dpmpp2m", "-q"]
     # A shell without job control starts background commands with SIGINT
     # ignored, and children inherit that (CI scripts run like this): give the
     # bounce the default disposition, as a terminal's Ctrl-C would find it.

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from engine.cli import main
 
-FAST = ["--steps", "4", "--resamples", "1", "-q"]
+FAST = ["--steps", "4", "--resamples", "1", "--method", "dpmpp2m", "-q"]
 
 
 @pytest.fixture()
@@ -233,7 +233,7 @@ def test_evaluate_command_writes_the_table(tmp_path, tiny_model_path, capsys):
                      subtype="FLOAT")
     csv_path, md_path = tmp_path / "r.csv", tmp_path / "r.md"
     code = main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tiny_model_path),
-                 "--settings", "dirac:30:1", "--chunk", "4096", "--csv", str(csv_path), "--markdown", str(md_path), "-q"])
+                 "--settings", "dirac:30:1:20:dpmpp2m", "--chunk", "4096", "--csv", str(csv_path), "--markdown", str(md_path), "-q"])
     assert code == 0
     table = md_path.read_text()
     assert "mixture" in table and "oracle" in table and "model" in table

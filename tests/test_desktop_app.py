@@ -69,8 +69,9 @@ def window(qapp, workdir, tiny_model_path):
 
     from desktop.window import MainWindow
 
+    # The tiny test model has no first-guess separator: separate with the diffusion sampler.
     settings = AppSettings(model=str(tiny_model_path), output_root=str(workdir / "root"), steps=4,
-                           export_folder=str(workdir / "export"))
+                           export_folder=str(workdir / "export"), separation="from noise")
     win = MainWindow(settings)
     win.show()
     bot = QtBot(None)

@@ -3,6 +3,8 @@ spectrogram, waveform envelope, jobs and OSC messages, checked with exact number
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 
@@ -268,7 +270,8 @@ def test_requests_are_built_from_the_task_bar_without_qt():
     from osc_bridge.codec import decode_datagram
     from osc_bridge.protocol import parse_request
 
-    controls = TaskControls(steps=32, resamples=1, seed=7, method="dpmpp2m", likelihood="gaussian", seconds=3.0)
+    controls = TaskControls(steps=32, resamples=1, seed=7, method="dpmpp2m", likelihood="gaussian", seconds=3.0,
+                            separation="from noise")
     expected, datagram = build_request("separate", "j1", Path("/out/j1"), controls, STEMS, mix="/m.wav")
     assert expected == STEMS
     (address, args), = decode_datagram(datagram)
@@ -276,6 +279,13 @@ def test_requests_are_built_from_the_task_bar_without_qt():
     assert (request.kind, request.mix_path, request.out_dir) == ("separate", "/m.wav", "/out/j1")
     assert (request.options.steps, request.options.resamples, request.options.seed, request.options.method,
             request.options.likelihood, request.options.sample_format) == (32, 1, 7, "dpmpp2m", "gaussian", "32f")
+    assert request.options.start == "noise"
+    # "Separate by": the first guess alone (0 steps), or refined in the Steps box's steps.
+    for separation, start, steps in (("first guess", "guess", 0), ("refined guess", "guess", 32)):
+        chosen = dataclasses.replace(controls, separation=separation)
+        _, datagram = build_request("separate", "j1", Path("/out/j1"), chosen, STEMS, mix="/m.wav")
+        options = parse_request(*decode_datagram(datagram)[0], STEMS).options
+        assert (options.start, options.steps) == (start, steps)
 
     expected, datagram = build_request("generate", "j2", Path("/out/j2"), controls, STEMS, extra={"steps": 4})
     assert expected == (*STEMS, MIX)

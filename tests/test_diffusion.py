@@ -54,7 +54,7 @@ def test_callback_counts_network_evaluations():
         return prior.denoise(x, sigma)
 
     progress = []
-    settings = SEPARATE_DIRAC.override(steps=6, num_resamples=2)
+    settings = SEPARATE_DIRAC.override(steps=6, num_resamples=2, method="dpmpp2m")
     mix = prior.sample(1, 128).sum(1, keepdim=True)
     separate(counting, mix, 4, [0], settings=settings, callback=progress.append)
     assert len(calls) == settings.nfe == 12

@@ -25,7 +25,7 @@ from conftest import STEMS, AnalyticModels, colored_prior
 
 # Few steps, as in the paper otherwise (churn 20, R = 2). At 20 steps or fewer the
 # Dirac sampler with churn diverges on the closed-form prior, so 30.
-FAST_DIRAC = SEPARATE_DIRAC.override(steps=30)
+FAST_DIRAC = SEPARATE_DIRAC.override(steps=30, method="dpmpp2m")
 RATE = 1000        # a small rate keeps 4 s windows small (4000 samples)
 CHUNK = 4096
 

@@ -23,9 +23,10 @@ def test_job_options_are_the_tables_with_its_defaults():
 
 def test_the_tables_choices_are_the_engines():
     from engine.core.diffusion import METHODS
-    from engine.core.tasks import LIKELIHOODS
+    from engine.core.tasks import LIKELIHOODS, STARTS
 
     assert table.METHODS == tuple(METHODS) and table.LIKELIHOODS == tuple(LIKELIHOODS)
+    assert table.STARTS == tuple(STARTS)
 
 
 def _cases():

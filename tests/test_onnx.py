@@ -53,7 +53,7 @@ def test_same_seed_same_audio_on_both_backends(exported):
     given = torch.randn(2, 4, 4096) * 0.1
     mask = torch.tensor([False, True, False, False])
     runs = {
-        "separate": lambda d: separate(d, mix, 4, [1, 2], settings=SEPARATE_DIRAC.override(steps=8, num_resamples=1)),
+        "separate": lambda d: separate(d, mix, 4, [1, 2], settings=SEPARATE_DIRAC.override(steps=8, num_resamples=1, method="dpmpp2m")),
         "generate": lambda d: generate(d, 4, 4096, [1, 2], GENERATE.override(steps=6)),
         "impute": lambda d: impute(d, given, mask, [1, 2], IMPUTE.override(steps=6)),
     }
@@ -84,7 +84,7 @@ def test_cli_export_and_separate_with_onnx(tmp_path, tiny_model_path, exported, 
     for backend in ("torch", "onnx"):
         target = tmp_path / backend
         assert main(["separate", str(mix), "-o", str(target), "--model", str(tiny_model_path), "--backend", backend,
-                     "--steps", "6", "--resamples", "1", "-q"]) == 0
+                     "--steps", "6", "--resamples", "1", "--method", "dpmpp2m", "-q"]) == 0
         stems[backend] = sf.read(target / "piano.wav", dtype="float32")[0]
     scale = max(1.0, float(np.abs(stems["torch"]).max()))
     assert np.abs(stems["torch"] - stems["onnx"]).max() < 1e-3 * scale

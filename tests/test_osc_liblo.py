@@ -95,8 +95,8 @@ def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
         mix = tmp_path / "mix.wav"
         write_audio(mix, (0.1 * np.random.default_rng(0).standard_normal((1, 5000))).astype(np.float32), 22050)
         out = root / "from liblo"
-        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/separate", "ssssisi", "job-1", str(mix),
-                        str(out), "steps", "4", "reply_port", str(dump_port)], check=True)
+        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/separate", "ssssisssi", "job-1", str(mix),
+                        str(out), "steps", "4", "method", "dpmpp2m", "reply_port", str(dump_port)], check=True)
         done = dumped.wait_for(lambda line: line.startswith(("/msdm/done", "/msdm/error")), 60)
         assert done.startswith("/msdm/done " + "s" * 9 + " "), done  # job id + 4 x (stem, path)
         accepted = [line for line in dumped.seen if line.startswith("/msdm/accepted")]

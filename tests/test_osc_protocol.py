@@ -70,7 +70,7 @@ def test_job_requests_parse_into_typed_requests():
     ("/msdm/separate", ["", "/m.wav", "/o"], "bad_request", "", "job_id is empty"),
     ("/msdm/separate", ["x" * 200, "/m.wav", "/o"], "bad_request", "", "too long"),
     ("/msdm/separate", [b"blob", "/m.wav", "/o"], "bad_request", "", "blob"),
-    ("/msdm/separate", ["j", "/m.wav", "/o", "steps", 0], "bad_request", "j", "between 1"),
+    ("/msdm/separate", ["j", "/m.wav", "/o", "steps", -1], "bad_request", "j", "between 0"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "steps", 2.5], "bad_request", "j", "whole number"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "seed", math.nan], "bad_request", "j", "whole number"),
     ("/msdm/separate", ["j", "/m.wav", "/o", "churn", math.inf], "bad_request", "j", "finite"),

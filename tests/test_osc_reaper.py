@@ -110,7 +110,7 @@ def test_lua_command_runs_a_job_and_lua_reads_the_replies(tiny_models, tmp_path)
         config = {"msdm": MSDM, "port": server.port, "timeout": 30}
         command = run_lua(f"""
 local address, args = osc.separate_request("sep-7", {lua_value(str(mix))}, {lua_value(str(root / 'sep 7'))},
-                                           {{steps = 4, seed = 5}})
+                                           {{steps = 4, seed = 5, method = "dpmpp2m"}})
 print(osc.command_line(osc.osc_send_argv({lua_value(config)}, address, args, {lua_value(str(log))}), false))
 """)[0]
         result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=120)

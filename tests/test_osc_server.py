@@ -15,7 +15,7 @@ from osc_bridge.client import OscClient, done_paths
 from osc_bridge.server import OscServer
 from support.osc_replies import ReplyCollector
 
-STEPS = ["steps", 4]
+STEPS = ["steps", 4, "method", "dpmpp2m"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,9 +101,14 @@ def test_the_method_option_reaches_the_sampler(server, client, outside, root):
     stems = {}
     for method in ("euler", "dpmpp2m"):
         final, _ = run(client, "/msdm/separate", f"m-{method}", str(outside / "mix.wav"), str(root / f"m-{method}"),
-                       *STEPS, "seed", 7, "method", method, "resamples", 1)
+                       "steps", 40, "seed", 7, "method", method, "resamples", 1)
         assert final[0] == "/msdm/done", final
         stems[method] = np.stack([read_audio(p).samples for p in done_paths(final[1]).values()])
+    # A setting that would diverge (Euler, 4 steps) is refused before any work, in one line.
+    final, _ = run(client, "/msdm/separate", "m-bad", str(outside / "mix.wav"), str(root / "m-bad"),
+                   "steps", 4, "method", "euler", "resamples", 1)
+    assert final[0] == "/msdm/error" and final[1][1] == "bad_input" and "use at least" in final[1][2], final
+    assert not (root / "m-bad").exists() or not any((root / "m-bad").iterdir())
     mix = read_audio(outside / "mix.wav").samples
     for found in stems.values():
         scale = float(np.abs(found).max()) * len(found)

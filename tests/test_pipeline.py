@@ -46,7 +46,7 @@ def test_real_network_path_on_the_tiny_model(tmp_path, tiny_models):
     sf.write(tmp_path / "mix.flac", mix, 48000, subtype="PCM_24")
     mix = sf.read(tmp_path / "mix.flac", dtype="float32", always_2d=True)[0]
     paths = pipeline.separate_file(tiny_models, tmp_path / "mix.flac", tmp_path / "out",
-                                   settings=FAST_DIRAC.override(steps=8))
+                                   settings=FAST_DIRAC.override(steps=8, method="dpmpp2m"))
     stems = read_stems(paths)
     total = sum(data for data, _ in stems.values())
     scale = max(np.abs(data).max() for data, _ in stems.values())
@@ -89,7 +89,7 @@ def test_long_audio_has_no_seams(tmp_path):
 
 def test_memory_is_bounded_by_the_window_not_the_length(tmp_path):
     models = AnalyticModels(white_prior(), window=16384)
-    settings = SEPARATE_DIRAC.override(steps=2, num_resamples=1, s_churn=0.0)
+    settings = SEPARATE_DIRAC.override(steps=2, num_resamples=1, s_churn=0.0, method="dpmpp2m")
     peaks = {}
     for seconds in (30, 300):
         path = tmp_path / f"mix{seconds}.wav"

@@ -19,6 +19,8 @@ from engine.core.tasks import (
     SEPARATE_GAUSSIAN,
     DiracSeparation,
     GaussianSeparation,
+    UnstableSettings,
+    leftover_noise,
     generate,
     impute,
     separate,
@@ -108,12 +110,19 @@ def test_generation_at_16_and_32_nfe():
     assert fast16 < euler16 and fast32 < euler16 / 3, (fast16, fast32, euler16)
 
 
-def _separation_quality(likelihood, settings, draws=24):
+def _separation_quality(likelihood, settings, draws=24, checked=True):
+    """checked=False runs the sampler without tasks.separate's stability check
+    (to show what it refuses)."""
     prior = colored_prior()
     truth = prior.sample(1, LENGTH, torch.Generator().manual_seed(3))
     mix = truth.sum(1, keepdim=True)
-    samples = separate(prior.denoise, mix.expand(draws, 1, LENGTH), 4, list(range(draws)),
-                       likelihood=likelihood, settings=settings)
+    mixes = mix.expand(draws, 1, LENGTH)
+    if checked:
+        samples = separate(prior.denoise, mixes, 4, list(range(draws)), likelihood=likelihood, settings=settings)
+    else:
+        condition = DiracSeparation(mixes) if likelihood == "dirac" else GaussianSeparation(mixes)
+        samples = sample(prior.denoise, ItemNoise(list(range(draws))), (draws, 4, LENGTH), settings.sigmas(),
+                         condition=condition, **settings.sampler_kwargs())
     wiener = prior.separation_mean(mix)[0]
     posterior_var = prior.separation_variance(LENGTH).float()
     deviation = ((samples - wiener) ** 2).mean(dim=(0, 2)) / posterior_var
@@ -132,8 +141,11 @@ def test_dirac_separation_at_32_nfe_where_euler_diverges():
     # ... with some bias at this few steps (measured 3-7 x variance/draws; paper's sampler 1-3).
     assert torch.all(mean_error < 10), mean_error
     assert residual < 1e-6  # the constrained stem is exact
-    # Euler at the same NFE and schedule blows up (the stiff free-stem derivative).
-    euler_deviation, _, _, _ = _separation_quality("dirac", fast.override(method="euler"))
+    # Euler at the same NFE and schedule blows up (the stiff free-stem derivative):
+    # refused up front, and really blowing up when run anyway.
+    with pytest.raises(UnstableSettings, match="use at least .* steps, or method dpmpp2m"):
+        _separation_quality("dirac", fast.override(method="euler"))
+    euler_deviation, _, _, _ = _separation_quality("dirac", fast.override(method="euler"), checked=False)
     assert euler_deviation.min() > 100, euler_deviation
 
 
@@ -141,7 +153,9 @@ def test_dirac_with_10_steps_from_sigma_1_is_stable():
     """docs/engine.md: 10 Euler steps from sigma 1 diverge on this prior; the
     exact linear part keeps the few-step solver stable (no churn here)."""
     settings = SEPARATE_DIRAC.override(steps=10, num_resamples=1, s_churn=0.0)
-    euler, _, _, _ = _separation_quality("dirac", settings, draws=8)
+    with pytest.raises(UnstableSettings):
+        _separation_quality("dirac", settings, draws=8)
+    euler, _, _, _ = _separation_quality("dirac", settings, draws=8, checked=False)
     fast, _, residual, _ = _separation_quality("dirac", settings.override(method="dpmpp2m"), draws=8)
     assert euler.max() > 100, euler
     assert fast.max() < 3, fast
@@ -154,7 +168,9 @@ def test_gaussian_separation_at_32_nfe():
     assert torch.all((deviation > 0.8) & (deviation < 1.6)), deviation  # measured 1.21-1.40
     assert torch.all(mean_error < 15), mean_error  # measured 8-11
     assert residual < 0.1 * peak  # a soft constraint
-    euler_deviation, _, _, _ = _separation_quality("gaussian", fast.override(method="euler"))
+    with pytest.raises(UnstableSettings):
+        _separation_quality("gaussian", fast.override(method="euler"))
+    euler_deviation, _, _, _ = _separation_quality("gaussian", fast.override(method="euler"), checked=False)
     assert euler_deviation.min() > 100, euler_deviation
 
 
@@ -176,9 +192,45 @@ def test_imputation_with_dpmpp2m_keeps_the_given_stems_and_their_context():
 
 def test_settings_and_cli_accept_the_method():
     assert SEPARATE_DIRAC.override(steps=16, method="dpmpp2m").nfe == 32  # R = 2
-    assert parse_setting("dirac:16:2:20:dpmpp2m") == ("dirac", 16, 2, 20.0, "dpmpp2m")
-    assert parse_setting("gaussian:50") == ("gaussian", 50, None, None, None)
+    assert parse_setting("dirac:16:2:20:dpmpp2m") == ("dirac", 16, 2, 20.0, "dpmpp2m", None)
+    assert parse_setting("gaussian:50") == ("gaussian", 50, None, None, None, None)
+    assert parse_setting("dirac:4:1:0:dpmpp2m:0.05") == ("dirac", 4, 1, 0.0, "dpmpp2m", 0.05)
+    assert parse_setting("dirac:4::::noise") == ("dirac", 4, None, None, None, "noise")
+    assert parse_setting("guess") == ("dirac", 0, None, None, None, "guess")
     with pytest.raises(CommandError, match="unknown method"):
         parse_setting("dirac:16:2:20:rk4")
     with pytest.raises(ValueError, match="unknown sampling method"):
         sample(lambda x, s: x, ItemNoise([0]), (1, 1, 8), karras_sigmas(2, 0.1, 1.0), method="rk4")
+
+
+@pytest.mark.parametrize("likelihood", ["dirac", "gaussian"])
+def test_every_separation_setting_is_refused_or_finite(likelihood):
+    """No setting diverges: each method, step count and resample count either is
+    refused before any work (UnstableSettings, with what would work) or gives
+    finite stems (summing to the mix with Dirac), within 10x the mix's peak."""
+    prior = colored_prior()
+    mix = prior.sample(1, LENGTH, torch.Generator().manual_seed(5)).sum(1, keepdim=True).expand(2, 1, LENGTH)
+    base = SEPARATE_DIRAC if likelihood == "dirac" else SEPARATE_GAUSSIAN
+    refused = accepted = 0
+    for method in ("euler", "heun", "dpmpp2m"):
+        for steps in (1, 2, 4, 8, 16, 32, 64):
+            for resamples in (1, 2):
+                settings = base.override(method=method, steps=steps, num_resamples=resamples)
+                try:
+                    out = separate(prior.denoise, mix, 4, [0, 1], likelihood=likelihood, settings=settings)
+                except UnstableSettings as error:
+                    assert "\n" not in str(error) and method != "dpmpp2m", (settings, error)
+                    refused += 1
+                    continue
+                accepted += 1
+                assert torch.isfinite(out).all(), settings
+                assert out.abs().max() < 10 * mix.abs().max(), (settings, float(out.abs().max()))
+                if likelihood == "dirac":
+                    assert (out.sum(1, keepdim=True) - mix).abs().max() < 1e-5, settings
+    assert refused and accepted  # both kinds occur in this sweep
+
+
+def test_the_stability_bound_separates_the_paper_from_the_few_step_euler():
+    assert leftover_noise(SEPARATE_DIRAC, 4.0) < 0.002  # 150 small steps x 2: only the last sigma's noise
+    assert leftover_noise(SEPARATE_DIRAC.override(steps=6, num_resamples=1), 4.0) > 100
+    assert leftover_noise(SEPARATE_DIRAC.override(steps=6, method="dpmpp2m"), 4.0) == 0.0

@@ -28,6 +28,10 @@ def register(commands) -> None:
                        help="a General MIDI .sf2 (default: TimGM6mb, then FluidR3_GM); repeat it to render "
                             "each stem of each track with one of several, drawn at random")
     synth.add_argument("--jobs", type=int, help="parallel renders (default: one per core)")
+    synth.add_argument("--first-track", type=int, default=1,
+                       help="render tracks FIRST..TRACKS of the plan only (more tracks of the same split of pieces)")
+    synth.add_argument("--split", action="append", choices=("train", "valid", "test"),
+                       help="render only this split's tracks (repeatable; default all)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_dataset)
 
@@ -78,24 +82,46 @@ def register(commands) -> None:
 
 
 def parse_setting(text: str):
-    """'dirac', 'gaussian:50', 'dirac:50:1:10', 'dirac:16:2:20:dpmpp2m'
-    -> (likelihood, steps, resamples, churn, method); missing fields are None."""
+    """'dirac', 'gaussian:50', 'dirac:50:1:10', 'dirac:16:2:20:dpmpp2m', 'dirac:4:1:0:dpmpp2m:0.05'
+    -> (likelihood, steps, resamples, churn, method, start); missing fields are None.
+    START is 'noise' (the paper's start) or a noise level: begin there from the
+    model's first-guess separator (a warm start). 'guess' is the first guess
+    alone: ('dirac', 0, None, None, None, 'guess')."""
     from engine.core.diffusion import METHODS  # torch: only when evaluating
 
+    if text == "guess":
+        return "dirac", 0, None, None, None, "guess"
     parts = text.split(":")
-    if not 1 <= len(parts) <= 5 or parts[0] not in ("dirac", "gaussian"):
-        raise CommandError(f"--settings {text!r}: write LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN[:METHOD]]]], "
-                           "e.g. dirac:50:1 or dirac:16:2:20:dpmpp2m")
-    method = parts[4] if len(parts) > 4 else None
+    if not 1 <= len(parts) <= 6 or parts[0] not in ("dirac", "gaussian"):
+        raise CommandError(f"--settings {text!r}: write guess, or LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN[:METHOD[:START]]]]], "
+                           "e.g. dirac:50:1, dirac:16:2:20:dpmpp2m or dirac:4:1:0:dpmpp2m:0.05")
+    method = parts[4] if len(parts) > 4 and parts[4] else None
     if method is not None and method not in METHODS:
         raise CommandError(f"--settings {text!r}: unknown method {method!r}; use one of {', '.join(METHODS)}")
     try:
-        steps = int(parts[1]) if len(parts) > 1 else None
-        resamples = int(parts[2]) if len(parts) > 2 else None
-        churn = float(parts[3]) if len(parts) > 3 else None
+        steps = int(parts[1]) if len(parts) > 1 and parts[1] else None
+        resamples = int(parts[2]) if len(parts) > 2 and parts[2] else None
+        churn = float(parts[3]) if len(parts) > 3 and parts[3] else None
+        start = None if len(parts) < 6 else ("noise" if parts[5] == "noise" else float(parts[5]))
     except ValueError:
-        raise CommandError(f"--settings {text!r}: steps and resamples are integers, churn a number") from None
-    return parts[0], steps, resamples, churn, method
+        raise CommandError(f"--settings {text!r}: steps and resamples are integers, churn a number, "
+                           "start 'noise' or a noise level") from None
+    if isinstance(start, float) and not 0 < start <= 100:
+        raise CommandError(f"--settings {text!r}: a warm start's noise level must be in (0, 100]")
+    return parts[0], steps, resamples, churn, method, start
+
+
+def settings_for(setting, models):
+    """A parsed --settings entry as (likelihood, SamplerSettings) for `models`."""
+    from engine.core import tasks
+
+    likelihood, steps, resamples, churn, method, start = setting
+    base = tasks.default_separation_settings(likelihood, models.is_isdm)
+    if start == "guess":
+        base = tasks.SEPARATE_WARM
+    elif isinstance(start, float):
+        base = tasks.SEPARATE_WARM.override(sigma_max=start, steps=1)
+    return likelihood, base.override(steps=steps, num_resamples=resamples, s_churn=churn, method=method)
 
 
 def run_evaluate(args) -> int:
@@ -112,10 +138,8 @@ def run_evaluate(args) -> int:
         for index, (setting, method) in enumerate(runs):
             kwargs = {}
             if setting:
-                likelihood, steps, resamples, churn, method_name = setting
-                kwargs = dict(likelihood=likelihood, settings=tasks.default_separation_settings(
-                    likelihood, models.is_isdm).override(steps=steps, num_resamples=resamples, s_churn=churn,
-                                                         method=method_name))
+                likelihood, sampler = settings_for(setting, models)
+                kwargs = dict(likelihood=likelihood, settings=sampler)
 
             def progress(fraction, message, index=index):
                 bar((index + fraction) / len(runs), message)
@@ -138,7 +162,8 @@ def run_dataset(args) -> int:
     bar = ProgressBar(args.quiet)
     try:
         summary = render_dataset(args.out, args.tracks, args.seed, max_seconds=args.max_seconds,
-                                 soundfont=args.soundfont, jobs=args.jobs,
+                                 soundfont=args.soundfont, jobs=args.jobs, first_track=args.first_track,
+                                 splits=tuple(args.split or ("train", "valid", "test")),
                                  progress=lambda done, total: bar(done / total, f"rendered {done}/{total}"))
     except SynthError as error:
         raise CommandError(str(error)) from None

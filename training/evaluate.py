@@ -294,8 +294,12 @@ def _rows(results: Sequence[EvaluationResult]):
     for label, method, r in rows:
         if names.count(label) > 1 and method == "model":
             s = r.settings.get("sampler", {})
-            label = (f"model ({r.settings.get('likelihood')}, {s.get('steps')} steps, "
-                     f"R={s.get('num_resamples')}, churn {s.get('s_churn')})")
+            if s.get("warm_start") and not s.get("steps"):
+                label = "model (first guess alone)"
+            else:
+                start = f", from the first guess at sigma {s.get('sigma_max')}" if s.get("warm_start") else ""
+                label = (f"model ({r.settings.get('likelihood')}, {s.get('method')} {s.get('steps')} steps, "
+                         f"R={s.get('num_resamples')}, churn {s.get('s_churn')}{start})")
         out.append([label, method, r])
     labels = [row[0] for row in out]
     for i, row in enumerate(out):

@@ -79,3 +79,29 @@ def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png
     write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike, title: str = "",
+                         references: Mapping[str, float] | None = None) -> Path:
+    """training.train_separator's log.csv -> valid SI-SNRi per stem and "All"
+    against training minutes, with horizontal reference lines (e.g. the oracle)."""
+    plt = _pyplot()
+    with open(log_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    minutes = np.array([float(r["minutes"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    for name, style in (("bass", "C0"), ("drums", "C1"), ("guitar", "C2"), ("piano", "C4")):
+        ax.plot(minutes, [float(r[name]) for r in rows], color=style, lw=1, alpha=0.8, label=name)
+    ax.plot(minutes, [float(r["All"]) for r in rows], "o-", color="k", lw=2, ms=3, label="All")
+    for label, value in (references or {}).items():
+        ax.axhline(value, color="0.5", ls="--", lw=1)
+        ax.text(minutes[0], value, f" {label} {value:.1f}", va="bottom", fontsize=8, color="0.3")
+    ax.set_xlabel("training time (minutes, 1 CPU thread)")
+    ax.set_ylabel("valid SI-SNRi (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=5, fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

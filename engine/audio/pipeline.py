@@ -40,7 +40,7 @@ from engine.core.tasks import (
     impute,
     separate,
 )
-from engine.errors import InputError
+from engine.errors import CommandError, InputError
 from engine.storage.model import ModelSet
 
 ProgressFn = Callable[[float, str], None]
@@ -134,7 +134,11 @@ def separate_blocks(
     """Separate what `reader` holds, window by window; yields the finished
     stems in order as [N, C, n] blocks at the reader's rate (C = 1 with `mono`)."""
     check_likelihood(likelihood)
-    settings = settings or default_separation_settings(likelihood, isdm=models.is_isdm)
+    settings = settings or default_separation_settings(likelihood, isdm=models.is_isdm,
+                                                       first_guess=getattr(models, "separator", None) is not None)
+    if settings.warm_start and getattr(models, "separator", None) is None:
+        raise CommandError(f"{models.describe()} has no first-guess separator: a warm start (or 0 steps) "
+                           "needs one; separate from noise instead (start noise, the paper's sampler)")
     rate_in, rate_model = reader.sample_rate, models.sample_rate
     window_model = models.window
     window_in = max(1, round(window_model * rate_in / rate_model))
@@ -155,10 +159,12 @@ def separate_blocks(
             separated = np.zeros((channels, num, window_model), dtype=np.float32)
         else:
             seeds = [seed_for(seed, index, c) for c in range(channels)]
+            mix_tensor = torch.from_numpy(mix_model)
+            guess = first_guess(models, mix_tensor) if settings.warm_start else None
             separated = separate(
-                models.denoiser, torch.from_numpy(mix_model)[:, None], num, seeds,
+                models.denoiser, mix_tensor[:, None], num, seeds,
                 likelihood=likelihood, settings=settings, device=models.device,
-                callback=_window_progress(progress, index, plan.count, "separating"),
+                callback=_window_progress(progress, index, plan.count, "separating"), first_guess=guess,
             ).cpu().numpy()
         # [C, N, T] -> [N, C, T] at the input rate, plus the mix as the model saw it.
         stems_in = resample(separated.transpose(1, 0, 2).reshape(-1, window_model),
@@ -175,6 +181,13 @@ def separate_blocks(
         if progress:
             progress((index + 1) / plan.count, f"separated window {index + 1}/{plan.count}")
     assert written == reader.frames, (written, reader.frames)
+
+
+@torch.no_grad()
+def first_guess(models: ModelSet, mix: torch.Tensor) -> torch.Tensor:
+    """The first-guess separator's stems of mixes [B, T] at the model's rate -> [B, N, T]."""
+    separator = models.separator
+    return separator(mix.to(device=models.device, dtype=torch.float32))
 
 
 def separate_array(models: ModelSet, mix: np.ndarray, sample_rate: int, **options) -> np.ndarray:

@@ -9,10 +9,60 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from engine.errors import UserError
+
 SLAKH_STEMS = ("bass", "drums", "guitar", "piano")
+
+# A stem name becomes a file name (<stem>.wav) in the user's folders: a plain
+# word, no separators, no dots, and not a name the tools write themselves.
+STEM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+RESERVED_STEM_NAMES = {"mix", "mixture", "manifest"}
+# The paper's network is channels 256 x multiplier 4; the bound keeps a
+# hostile file from making `msdm info` build a network of many GB.
+MAX_WIDTH = 2048
+
+
+class ConfigError(UserError, ValueError):
+    """A model configuration that is malformed or out of the supported range."""
+
+
+def _check_int(owner: str, name: str, value: Any, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise ConfigError(f"{owner}.{name} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _check_real(owner: str, name: str, value: Any, low: float, high: float) -> None:
+    if type(value) not in (int, float) or not low <= value <= high:
+        raise ConfigError(f"{owner}.{name} must be a number from {low} to {high}, got {value!r}")
+
+
+def _check_flag(owner: str, name: str, value: Any) -> None:
+    if type(value) is not bool:
+        raise ConfigError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
+def _check_ints(owner: str, name: str, values: Any, low: int, high: int) -> None:
+    if not isinstance(values, tuple) or not values:
+        raise ConfigError(f"{owner}.{name} must be a non-empty list, got {values!r}")
+    for value in values:
+        _check_int(owner, name, value, low, high)
+
+
+def check_stem_names(stems: Any) -> None:
+    """Stem names that are safe as file names and distinct, also on a
+    case-insensitive file system."""
+    if not isinstance(stems, tuple) or not 1 <= len(stems) <= 16:
+        raise ConfigError(f"stems must be a list of 1 to 16 names, got {stems!r}")
+    for stem in stems:
+        if not isinstance(stem, str) or not STEM_NAME.fullmatch(stem) or stem.lower() in RESERVED_STEM_NAMES:
+            raise ConfigError(f"stem name {stem!r} is not allowed: use a plain word (letters, digits, _ or -, "
+                              f"starting with a letter, at most 32), not {', '.join(sorted(RESERVED_STEM_NAMES))}")
+    if len({stem.lower() for stem in stems}) != len(stems):
+        raise ConfigError(f"stem names must be unique (ignoring case), got {stems}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +86,26 @@ class UNetConfig:
     use_context_time: bool = True
 
     def __post_init__(self) -> None:
+        own = "UNetConfig"
+        for name, low, high in (("in_channels", 1, 16), ("channels", 1, 512), ("patch_factor", 1, 64),
+                                ("patch_blocks", 1, 4), ("attention_heads", 1, 64), ("attention_features", 1, 1024),
+                                ("attention_multiplier", 1, 8), ("resnet_groups", 1, 64),
+                                ("kernel_multiplier_downsample", 1, 8)):
+            _check_int(own, name, getattr(self, name), low, high)
+        _check_ints(own, "multipliers", self.multipliers, 1, 16)
+        if not 2 <= len(self.multipliers) <= 10:
+            raise ConfigError(f"{own}.multipliers needs 2 to 10 entries, got {len(self.multipliers)}")
+        _check_ints(own, "factors", self.factors, 1, 16)
+        _check_ints(own, "num_blocks", self.num_blocks, 1, 8)
+        if not isinstance(self.attentions, tuple):
+            raise ConfigError(f"{own}.attentions must be a list, got {self.attentions!r}")
+        for flag in self.attentions:
+            _check_flag(own, "attentions", flag)
+        for name in ("use_nearest_upsample", "use_skip_scale", "use_attention_bottleneck", "use_context_time"):
+            _check_flag(own, name, getattr(self, name))
+        if self.channels * max(self.multipliers) > MAX_WIDTH:
+            raise ConfigError(f"{own}: channels x the largest multiplier is {self.channels * max(self.multipliers)}, "
+                              f"more than the supported {MAX_WIDTH} (the paper's network: 1024)")
         layers = len(self.multipliers) - 1
         for name in ("factors", "num_blocks", "attentions"):
             if len(getattr(self, name)) != layers:
@@ -61,6 +131,11 @@ class DiffusionConfig:
     sigma_mean: float = -3.0
     sigma_std: float = 1.0
 
+    def __post_init__(self) -> None:
+        _check_real("DiffusionConfig", "sigma_data", self.sigma_data, 1e-6, 10.0)
+        _check_real("DiffusionConfig", "sigma_mean", self.sigma_mean, -20.0, 20.0)
+        _check_real("DiffusionConfig", "sigma_std", self.sigma_std, 1e-6, 10.0)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -75,6 +150,11 @@ class ModelConfig:
     window: int = 262144
 
     def __post_init__(self) -> None:
+        if not isinstance(self.unet, UNetConfig) or not isinstance(self.diffusion, DiffusionConfig):
+            raise ConfigError("ModelConfig needs a UNetConfig and a DiffusionConfig")
+        check_stem_names(self.stems)
+        _check_int("ModelConfig", "sample_rate", self.sample_rate, 1000, 384000)
+        _check_int("ModelConfig", "window", self.window, 1, 1 << 24)
         if len(self.stems) != self.unet.in_channels:
             raise ValueError(
                 f"{len(self.stems)} stems {self.stems} but the network has "
@@ -93,6 +173,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Validated: every field's type and range is checked before any network is built."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a model config must be an object of fields, got {type(data).__name__}")
         unet = _build(UNetConfig, data.get("unet", {}))
         diffusion = _build(DiffusionConfig, data.get("diffusion", {}))
         rest = {k: v for k, v in data.items() if k not in ("unet", "diffusion")}
@@ -108,10 +191,12 @@ def _build(cls, values: Mapping[str, Any]):
     refusing unknown keys (a typo in a config must not be silently ignored)."""
     if isinstance(values, cls):
         return values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{cls.__name__} must be an object of fields, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} fields: {sorted(map(str, unknown))}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

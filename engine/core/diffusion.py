@@ -184,6 +184,7 @@ def sample(
     method: str = "euler",
     callback: ProgressCallback | None = None,
     device: torch.device | str = "cpu",
+    start: Tensor | None = None,
 ) -> Tensor:
     """Stochastic EDM sampler (EDM algorithm 2) with the paper's correction steps.
 
@@ -198,6 +199,10 @@ def sample(
     linear part (`denoised`, `relax`), which keeps it stable at few steps. `num_resamples` R > 1 repeats each
     step R times, re-noising from sigma_next back to sigma in between
     (Mariani et al. 2024, "correction"); NFE ~ steps * R (* 2 for Heun).
+
+    `start` (warm start, SDEdit / StoRM / DiCoSe): begin at `start + sigmas[0]
+    * noise` instead of pure noise, for a schedule that begins at a low noise
+    level; exact when sigmas[0]^2 dominates the error of `start`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown sampling method {method!r}; use one of {', '.join(METHODS)}")
@@ -208,6 +213,10 @@ def sample(
     steps = len(sigmas) - 1
     batch = shape[0]
     x = noise.randn_like(torch.empty(*shape, device=device)) * sigmas[0]
+    if start is not None:
+        if tuple(start.shape) != tuple(shape):
+            raise ValueError(f"warm start of shape {tuple(start.shape)} for a batch of shape {tuple(shape)}")
+        x = x + start.to(device=device, dtype=x.dtype)
     gamma_max = min(s_churn / steps, math.sqrt(2) - 1)
     nfe = 0
     previous = None  # dpmpp2m: (lambda, x0) of the last step at a higher noise level

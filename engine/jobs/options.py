@@ -22,10 +22,11 @@ from engine.audio.windows import MAX_OVERLAP
 from engine.errors import CommandError
 
 TASKS = ("separate", "generate", "impute")
-# engine.core.diffusion.METHODS and engine.core.tasks.LIKELIHOODS, spelled out so that
+# engine.core.diffusion.METHODS, engine.core.tasks.LIKELIHOODS and STARTS, spelled out so that
 # building a parser needs no torch (tests/test_jobs.py keeps them equal).
 METHODS = ("euler", "heun", "dpmpp2m")
 LIKELIHOODS = ("dirac", "gaussian")
+STARTS = ("guess", "noise")  # engine.core.tasks.STARTS
 FORMATS = ("wav", "flac")
 BITS = ("16", "24", "32f")
 INT32 = (-(2**31), 2**31 - 1)
@@ -60,7 +61,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("steps", int, None, "number of noise levels (paper: 150, imputation 256)", 1, 10000),
+    Option("steps", int, None, "number of noise levels (paper: 150, imputation 256); separating from the "
+                               "first guess: 0 (default) gives the guess itself, N refines it in N steps", 0, 10000),
     Option("resamples", int, None, "correction resamples per step (NFE = steps x resamples)", 1, 100),
     Option("churn", float, None, "S_churn: stochasticity added at each step", 0.0, 1000.0),
     Option("sigma_min", float, None, "lowest noise level of the schedule", 1e-6, 1000.0),
@@ -72,6 +74,10 @@ OPTIONS: tuple[Option, ...] = (
            0.0, MAX_OVERLAP),
     Option("likelihood", str, "dirac", "dirac: stems sum to the mix exactly (default); gaussian: a soft constraint",
            choices=LIKELIHOODS, tasks=("separate",), group="task"),
+    Option("start", str, None, "guess (default when the model has a first-guess separator): its stems, in about "
+                               "a second; with steps N the diffusion prior refines them from a low noise level. "
+                               "noise: the paper's sampler from pure noise (150 steps x 2)",
+           choices=STARTS, tasks=("separate",), group="task"),
     Option("mono", bool, False, "downmix to mono first (half the work for stereo)", tasks=("separate",),
            group="task"),
     Option("format", str, "wav", "file format (default wav)", choices=FORMATS, group="output"),
@@ -96,6 +102,7 @@ class JobOptions:
     seed: int = 0
     overlap: float = 0.25
     likelihood: str = "dirac"
+    start: str | None = None
     mono: bool = False
     format: str = "wav"
     bits: str | None = None
@@ -120,16 +127,20 @@ class JobOptions:
             raise CommandError(reason)
         return self
 
-    def sampler_settings(self, task: str, isdm: bool = False):
-        """The task's default SamplerSettings (the paper's) with the options given."""
+    def sampler_settings(self, task: str, isdm: bool = False, *, first_guess: bool = False, num_stems: int = 4):
+        """The task's default SamplerSettings with the options given: for
+        separation from the model's first guess when it has one (`first_guess`)
+        unless start is noise (engine.core.tasks.separation_settings, which also
+        refuses settings that would diverge), else the paper's."""
         from engine.core import tasks
 
-        defaults = {"separate": lambda: tasks.default_separation_settings(self.likelihood, isdm),
-                    "generate": lambda: tasks.GENERATE, "impute": lambda: tasks.IMPUTE}[task]()
-        settings = defaults.override(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
-                                     sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
-        if settings.sigma_min > settings.sigma_max:
-            raise CommandError(f"sigma_min {settings.sigma_min:g} is above sigma_max {settings.sigma_max:g}")
+        overrides = dict(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
+                         sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
+        if task == "separate":
+            settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
+                                                 has_first_guess=first_guess, start=self.start, **overrides)
+        else:
+            settings = {"generate": tasks.GENERATE, "impute": tasks.IMPUTE}[task].override(**overrides)
         return settings
 
     def output_format(self):

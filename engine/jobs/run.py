@@ -62,7 +62,8 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
 
     options = job.options
     output = output or options.output_format()
-    settings = settings or options.sampler_settings(job.task, models.is_isdm)
+    settings = settings or options.sampler_settings(job.task, models.is_isdm, num_stems=len(models.stems),
+                                                    first_guess=getattr(models, "separator", None) is not None)
     if job.task == "separate":
         return pipeline.separate_file(models, job.mix, job.out_dir, likelihood=options.likelihood,
                                       settings=settings, seed=options.seed, mono=options.mono,

@@ -2,7 +2,10 @@
 
 The file holds the U-Net's state dict (names as in audio-diffusion-pytorch's
 `UNet1d`) and, in the safetensors metadata, the `ModelConfig` as JSON plus
-where the weights came from. Loading never executes code (safetensors only).
+where the weights came from. Optionally it also holds a first-guess separator
+(engine.separator, tensors under `separator.`, its config as
+`separator_config`): one file carries everything the three tasks need.
+Loading never executes code (safetensors only).
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import write_atomic
 from engine.core.config import ModelConfig
 from engine.core.diffusion import KarrasDenoiser, StackedDenoiser
 from engine.core.network import UNet1d, count_parameters
+from engine.core.separator import MaskSeparator, SeparatorConfig
 from engine.errors import ModelFileError
 
 FORMAT = "msdm-studio/1"
+SEPARATOR_PREFIX = "separator."
 
 
 @dataclass
@@ -33,9 +38,15 @@ class MSDMModel:
     source: str = "random initialisation"
     path: Path | None = None
     metadata: dict = field(default_factory=dict)
+    separator: MaskSeparator | None = None
 
     def __post_init__(self) -> None:
         self.network.eval()
+        if self.separator is not None:
+            if self.separator.config.stems != len(self.config.stems):
+                raise ModelFileError(f"the first-guess separator has {self.separator.config.stems} stems, "
+                                     f"the model {len(self.config.stems)}")
+            self.separator.eval()
         self.denoiser = KarrasDenoiser(self.network, self.config.diffusion.sigma_data)
 
     @classmethod
@@ -52,9 +63,8 @@ class MSDMModel:
         if not path.is_file():
             raise ModelFileError(f"model file not found: {path}")
         try:
-            tensors = load_file(str(path), device=str(device))
-            from safetensors import safe_open
-
+            # The header first (metadata only): the config is checked before any
+            # tensor is read or any network is built.
             with safe_open(str(path), framework="pt") as handle:
                 metadata = dict(handle.metadata() or {})
         except (SafetensorError, OSError, ValueError) as error:
@@ -64,14 +74,40 @@ class MSDMModel:
             ) from error
         if metadata.get("format") != FORMAT or "config" not in metadata:
             raise ModelFileError(f"{path} has no MSDM Studio config in its metadata (format {metadata.get('format')!r})")
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        try:
+            config = ModelConfig.from_dict(json.loads(metadata["config"]))
+            separator_config = (SeparatorConfig.from_dict(json.loads(metadata["separator_config"]))
+                                if "separator_config" in metadata else None)
+        except (ValueError, TypeError) as error:  # ConfigError, bad JSON, a field of the wrong kind
+            raise ModelFileError(f"{path}: its config cannot be used: {error}") from error
+        if separator_config is not None and separator_config.stems != len(config.stems):
+            raise ModelFileError(f"{path}: the first-guess separator has {separator_config.stems} stems, "
+                                 f"the model {len(config.stems)}")
+        try:
+            tensors = load_file(str(path), device=str(device))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelFileError(f"{path}: its tensors cannot be read ({error})") from error
         network = UNet1d(config.unet)
+        prefix = SEPARATOR_PREFIX
+        separator_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
         try:
             network.load_state_dict(tensors, strict=True)
         except RuntimeError as error:
             raise ModelFileError(f"{path}: weights do not match its config: {error}") from error
+        separator = None
+        if separator_config is not None:
+            try:
+                separator = MaskSeparator(separator_config)
+                separator.load_state_dict(separator_tensors, strict=True)
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise ModelFileError(f"{path}: its first-guess separator does not match its config: {error}") from error
+            separator.to(device)
+        elif separator_tensors:
+            raise ModelFileError(f"{path}: separator weights without a separator_config")
         network.to(device)
-        return cls(config, network, source=metadata.get("source", str(path)), path=path, metadata=metadata)
+        return cls(config, network, source=metadata.get("source", str(path)), path=path, metadata=metadata,
+                   separator=separator)
 
     def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
         """Write atomically (engine.atomic): a crash never leaves half a model."""
@@ -81,6 +117,10 @@ class MSDMModel:
             "source": source or self.source,
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        if self.separator is not None:
+            metadata["separator_config"] = json.dumps(self.separator.config.to_dict())
+            tensors.update({SEPARATOR_PREFIX + k: v.detach().cpu().contiguous()
+                            for k, v in self.separator.state_dict().items()})
         return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @property
@@ -93,7 +133,12 @@ class MSDMModel:
 
     @property
     def num_parameters(self) -> int:
+        """The diffusion network's parameters (the separator's: separator_parameters)."""
         return count_parameters(self.network)
+
+    @property
+    def separator_parameters(self) -> int:
+        return 0 if self.separator is None else count_parameters(self.separator)
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +146,8 @@ class MSDMModel:
 
     def to(self, device: str | torch.device) -> "MSDMModel":
         self.network.to(device)
+        if self.separator is not None:
+            self.separator.to(device)
         return self
 
     def file_hash(self) -> str:
@@ -155,6 +202,11 @@ class ModelSet:
         return self.models[0].device
 
     @property
+    def separator(self) -> MaskSeparator | None:
+        """The first-guess separator (joint models only: an ISDM set has none)."""
+        return None if self.is_isdm else self.models[0].separator
+
+    @property
     def num_parameters(self) -> int:
         return sum(m.num_parameters for m in self.models)
 
@@ -171,3 +223,26 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+SEPARATOR_FORMAT = "msdm-studio/separator-1"
+
+
+def load_separator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskSeparator, dict]:
+    """A first-guess separator saved on its own (training.train_separator's
+    `best.safetensors`) -> (separator, metadata)."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path} is not a safetensors separator file ({error})") from error
+    if metadata.get("format") != SEPARATOR_FORMAT or "config" not in metadata:
+        raise ModelFileError(f"{path} is not a first-guess separator file (format {metadata.get('format')!r})")
+    try:
+        separator = MaskSeparator(SeparatorConfig.from_dict(json.loads(metadata["config"])))
+        separator.load_state_dict(tensors, strict=True)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: weights do not match its config: {error}") from error
+    return separator.to(device).eval(), metadata

@@ -146,12 +146,16 @@ def _default_jobs() -> int:
 
 
 def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22050, max_seconds: float = 60.0,
-                   soundfont: str | Sequence[str] | None = None, jobs: int | None = None, progress=None) -> dict:
+                   soundfont: str | Sequence[str] | None = None, jobs: int | None = None, progress=None,
+                   first_track: int = 1, splits: Sequence[str] = SPLITS) -> dict:
     """Render ``tracks`` tracks into ``out_dir`` (resumable) and write dataset.json.
 
     ``soundfont``: one General MIDI SoundFont, or several: then each stem of
     each track is rendered with one of them, drawn per track and stem, so the
     model meets every instrument in several timbres.
+    ``first_track`` and ``splits`` render only part of the plan (tracks
+    first_track..tracks, of those splits): e.g. more tracks of the same split
+    of pieces, or only a test split with a SoundFont held out from training.
 
     ``progress(done, total)`` is called once with the tracks already there,
     then after each track. Returns the summary written to dataset.json.
@@ -170,18 +174,23 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
         (out / split).mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out)
 
+    unknown = set(splits) - set(SPLITS)
+    if unknown or not splits:
+        raise ValueError(f"splits must be some of {SPLITS}, got {tuple(splits)}")
+    if not 1 <= first_track <= tracks:
+        raise ValueError(f"first_track must be between 1 and tracks ({tracks}), got {first_track}")
     jobs_list = [Job(plan, str(out), seed, int(sample_rate), float(max_seconds), tuple(map(str, sf2s)), fluidsynth)
-                 for plan in plan_tracks(tracks, seed)]
+                 for plan in plan_tracks(tracks, seed)[first_track - 1:] if plan.split in splits]
     results = {job.plan.index: m for job in jobs_list if (m := _finished(job)) is not None}
     todo = [job for job in jobs_list if job.plan.index not in results]
     if progress:
-        progress(len(results), tracks)
+        progress(len(results), len(jobs_list))
     workers = max(1, min(jobs or _default_jobs(), len(todo) or 1))
     if workers == 1:
         for job in todo:
             results[job.plan.index] = render_track(job)
             if progress:
-                progress(len(results), tracks)
+                progress(len(results), len(jobs_list))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(render_track, job): job for job in todo}
@@ -189,7 +198,7 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
                 for future in as_completed(futures):
                     results[futures[future].plan.index] = future.result()
                     if progress:
-                        progress(len(results), tracks)
+                        progress(len(results), len(jobs_list))
             except BaseException:  # fail now, not after rendering every queued track
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

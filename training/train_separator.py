@@ -1,0 +1,220 @@
+"""Train the first-guess separator (engine.separator.MaskSeparator).
+
+Items are 3 s crops of the training split's stems. Half of them are remixed
+(Demucs' augmentation, Défossez et al. 2019): each stem from its own random
+track and offset, so the network cannot lean on one piece's harmony and sees
+many more mixtures than there are tracks; every stem also gets a random gain
+and polarity. The mix is the sum of the (augmented) stems.
+
+Loss, per stem: 10 log10(||s - s_hat||^2 + tau_s ||s||^2 + tau_y ||y||^2), the
+negative SNR with soft thresholds (Wisdom et al. 2020, MixIT): scale-free like
+SI-SNR, and still defined for a silent stem (the tau_y term).
+
+Scored on the VALID split with the paper's protocol (training.evaluate:
+262144-sample chunks, 4 s windows, silence filter, SI-SNRi), every
+`--valid-every` steps; the best weights are kept as a safetensors file.
+Resumable: `RUN/last.pt` holds the weights, the optimiser and the clock.
+
+    python -m training.train_separator --data DATA -o RUN --minutes 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from engine.atomic import write_atomic
+from engine.core.separator import MaskSeparator, SeparatorConfig, count_parameters
+from engine.storage.model import SEPARATOR_FORMAT
+from training.data import Track, scan
+from training.evaluate import PAPER_CHUNK, read_track_stems, score_windows
+
+STEMS = ("bass", "drums", "guitar", "piano")
+
+
+class RemixCrops(Dataset):
+    """Item i: [N, crop] float32 stems, from its own generator (seed, i)."""
+
+    def __init__(self, tracks: list[Track], crop: int, seed: int, remix: float = 0.5,
+                 gain_db: tuple[float, float] = (-9.0, 3.0)) -> None:
+        self.tracks = [t for t in tracks if t.frames > crop]
+        if not self.tracks:
+            raise ValueError(f"no training track longer than {crop} samples")
+        self.crop, self.seed, self.remix, self.gain_db = crop, seed, remix, gain_db
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def _read(self, track: Track, stem: str, start: int) -> np.ndarray:
+        paths = track.files.get(stem) or []
+        out = np.zeros(self.crop, np.float32)
+        for path in paths:
+            data, _ = sf.read(str(path), start=start, frames=self.crop, dtype="float32", always_2d=True)
+            out[:len(data)] += data.mean(axis=1)
+        return out
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, index])
+        remix = rng.random() < self.remix
+        stems = []
+        track = self.tracks[rng.integers(len(self.tracks))]
+        start = int(rng.integers(0, track.frames - self.crop))
+        for stem in STEMS:
+            if remix:
+                track = self.tracks[rng.integers(len(self.tracks))]
+                start = int(rng.integers(0, track.frames - self.crop))
+            gain = 10 ** (rng.uniform(*self.gain_db) / 20) * (1 if rng.random() < 0.5 else -1)
+            stems.append(self._read(track, stem, start) * gain)
+        return torch.from_numpy(np.stack(stems))
+
+
+def separation_loss(estimate: torch.Tensor, reference: torch.Tensor, tau_s: float = 1e-3,
+                    tau_y: float = 1e-4) -> torch.Tensor:
+    """Mean over items and stems of the soft-thresholded negative SNR (dB,
+    without the constant 10 log10 ||s||^2 term)."""
+    mix_energy = reference.sum(1, keepdim=True).pow(2).sum(-1)
+    error = (reference - estimate).pow(2).sum(-1)
+    energy = reference.pow(2).sum(-1)
+    return (10 * torch.log10(error + tau_s * energy + tau_y * mix_energy + 1e-9)).mean()
+
+
+def valid_windows(data: Path, tracks: int, sample_rate: int = 22050) -> list[np.ndarray]:
+    """The first `tracks` VALID tracks cut into the paper's chunks: [N, count * chunk] each."""
+    out = []
+    for folder in sorted(p for p in (data / "valid").iterdir() if p.is_dir())[:tracks]:
+        refs = read_track_stems(folder, STEMS, sample_rate)
+        if refs is not None and refs.shape[-1] >= PAPER_CHUNK:
+            out.append(refs[:, :refs.shape[-1] // PAPER_CHUNK * PAPER_CHUNK])
+    return out
+
+
+@torch.no_grad()
+def score(model: MaskSeparator, tracks: list[np.ndarray], sample_rate: int = 22050) -> dict[str, float]:
+    """SI-SNRi per stem and "All" (the paper's protocol) on pre-cut tracks."""
+    model.eval()
+    rows = []
+    for refs in tracks:
+        chunks = torch.from_numpy(refs.sum(0).reshape(-1, PAPER_CHUNK))
+        estimates = model(chunks).permute(1, 0, 2).reshape(len(STEMS), -1).numpy()
+        rows.append(score_windows(estimates, refs, sample_rate))
+    model.train()
+    means = np.concatenate(rows).mean(0)
+    return {**{s: float(v) for s, v in zip(STEMS, means)}, "All": float(means.mean())}
+
+
+def save_separator(model: MaskSeparator, path: Path, metadata: dict) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"format": SEPARATOR_FORMAT, "config": json.dumps(model.config.to_dict()),
+              **{k: str(v) for k, v in metadata.items()}}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def learning_rate(base: float, step: int, elapsed: float, budget: float, warmup: int = 200) -> float:
+    """Linear warm-up, then a cosine decay to 5 % over the time budget (the
+    budget, not a step count, is what is fixed on a shared CPU)."""
+    ramp = min(1.0, (step + 1) / warmup)
+    progress = min(1.0, elapsed / budget)
+    return base * ramp * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, nargs="+", help="dataset folder(s) with train/ and valid/")
+    parser.add_argument("-o", "--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (wall clock)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=65536)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--n-fft", type=int, default=2048)
+    parser.add_argument("--hop", type=int, default=512)
+    parser.add_argument("--remix", type=float, default=0.5)
+    parser.add_argument("--valid-tracks", type=int, default=10)
+    parser.add_argument("--valid-every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
+    valid = valid_windows(args.data[0], args.valid_tracks)
+    config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers)
+    torch.manual_seed(args.seed)
+    model = MaskSeparator(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    state_path, log_path = args.out / "last.pt", args.out / "log.csv"
+    step, elapsed, best = 0, 0.0, -math.inf
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
+        print(f"resumed at step {step}, {elapsed / 60:.1f} min trained, best valid {best:.2f} dB", flush=True)
+    dataset = RemixCrops(tracks, args.crop, args.seed, remix=args.remix)
+    if step == 0:
+        sample = torch.stack([dataset[(1 << 40) - 1 - i] for i in range(32)]).sum(1)
+        model.fit_input_scaling(sample)
+    print(f"{len(tracks)} training tracks from {', '.join(map(str, args.data))}; {len(valid)} valid tracks; "
+          f"{count_parameters(model):,} parameters; {config}", flush=True)
+    sampler = range(step * args.batch, 1 << 40)
+    loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=1, prefetch_factor=4,
+                        persistent_workers=True)
+    new_log = not log_path.is_file()
+    log = open(log_path, "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "minutes", "lr", "train_loss", *STEMS, "All"])
+    budget = args.minutes * 60
+    losses: list[float] = []
+    began = time.perf_counter() - elapsed
+    model.train()
+    for stems in loader:
+        elapsed = time.perf_counter() - began
+        lr = learning_rate(args.lr, step, elapsed, budget)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        estimate = model(stems.sum(1))
+        loss = separation_loss(estimate, stems)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        done = time.perf_counter() - began >= budget
+        if step % args.valid_every == 0 or done:
+            scores = score(model, valid)
+            writer.writerow([step, f"{(time.perf_counter() - began) / 60:.2f}", f"{lr:.3g}",
+                             f"{np.mean(losses):.3f}", *(f"{scores[s]:.3f}" for s in (*STEMS, "All"))])
+            log.flush()
+            print(f"step {step} {(time.perf_counter() - began) / 60:.1f} min loss {np.mean(losses):.2f} "
+                  + " ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+            losses = []
+            if scores["All"] > best:
+                best = scores["All"]
+                save_separator(model, args.out / "best.safetensors",
+                               {"step": step, "valid_all_db": round(best, 3), "data": ",".join(map(str, args.data))})
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "elapsed": time.perf_counter() - began, "best": best}
+            write_atomic(state_path, lambda tmp: torch.save(state, tmp))
+        if done:
+            break
+    log.close()
+    print(f"done: step {step}, best valid All {best:.2f} dB", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
