@@ -19,6 +19,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 MAX_DATAGRAM = 65535
 MAX_REPLY = 65507  # the largest UDP payload over IPv4: a longer reply could not be sent at all
 MAX_BUNDLE_DEPTH = 4
+DEFAULT_MAX_BUNDLE_MESSAGES = 32  # the server's default: replies one datagram can ask for (one per message)
 RECEIVE_BUFFER = 4 << 20  # bursts of small requests (a controller's knob) must not overflow the kernel queue
 
 _BUNDLE = b"#bundle\x00"

@@ -70,7 +70,7 @@ def as_int(value: Any, what: str, low: int | None = None, high: int | None = Non
         try:
             number = float(value.strip())
         except ValueError:
-            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got the text {value[:40]!r}") from None
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got the text {_shown(value, 40)}") from None
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got {_kind(value)}")
     if isinstance(number, float):
@@ -88,7 +88,7 @@ def as_float(value: Any, what: str, low: float | None = None, high: float | None
         try:
             number = float(value.strip())
         except ValueError:
-            raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got the text {value[:40]!r}") from None
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got the text {_shown(value, 40)}") from None
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got {_kind(value)}")
     number = float(number)
@@ -223,7 +223,7 @@ def parse_options(pairs: Sequence[Any], task: str, job_id: str, hint: str = "") 
         option = OPTIONS_BY_NAME.get(key)
         if option is None or task not in option.tasks:
             known = ", ".join(o.name for o in OPTIONS if task in o.tasks)
-            raise ProtocolError(BAD_REQUEST, f"unknown option {key[:40]!r} for {task}; known: {known}{hint}", job_id)
+            raise ProtocolError(BAD_REQUEST, f"unknown option {_shown(key, 40)} for {task}; known: {known}{hint}", job_id)
         if key in values:
             raise ProtocolError(BAD_REQUEST, f"option {key!r} given twice", job_id)
         try:

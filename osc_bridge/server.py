@@ -33,7 +33,7 @@ from typing import Any
 
 from . import protocol
 from .codec import MAX_DATAGRAM, MAX_REPLY, RECEIVE_BUFFER, decode_datagram, encode_message  # noqa: F401
-from .codec import encode_reply
+from .codec import DEFAULT_MAX_BUNDLE_MESSAGES, encode_reply
 from .jobs import Job, JobQueue, execute_job
 from .paths import check_input_file, check_outputs_free, contained_output_dir, prepare_output_root
 from .protocol import DEFAULT_MAX_EVALUATIONS, DEFAULT_PORT, CancelRequest, JobRequest, ProtocolError, Query
@@ -42,7 +42,6 @@ log = logging.getLogger("msdm.serve")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_SECONDS = 600.0
-DEFAULT_MAX_BUNDLE_MESSAGES = 32  # replies one datagram can ask for (one per message)
 
 
 def is_loopback(host: str) -> bool:

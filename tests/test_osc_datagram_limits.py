@@ -187,3 +187,21 @@ def test_the_papers_settings_fit_the_default_limit():
         assert protocol.network_evaluations(kind, options)[2] == settings.nfe <= limit
         heun = protocol.JobOptions(method="heun")
         assert protocol.network_evaluations(kind, heun)[2] == settings.override(method="heun").nfe
+
+
+def test_msdm_serve_flags_set_the_limits(monkeypatch, capsys, tiny_model_path, tmp_path):
+    from engine.cli import main
+
+    assert main(["serve", "--max-evaluations", "0"]) != 0
+    assert "--max-evaluations and --max-bundle must be at least 1" in capsys.readouterr().err
+    made = {}
+
+    class Recorder:
+        def __init__(self, models, **kwargs):
+            made.update(kwargs)
+            raise OSError("recorded")  # stop before listening
+
+    monkeypatch.setattr("osc_bridge.server.OscServer", Recorder)
+    main(["serve", "--port", "0", "--model", str(tiny_model_path), "--output-root", str(tmp_path),
+          "--max-evaluations", "300", "--max-bundle", "4"])
+    assert made["max_evaluations"] == 300 and made["max_bundle_messages"] == 4
