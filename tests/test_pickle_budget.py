@@ -88,6 +88,30 @@ def test_shared_nested_hyper_parameter_is_reported_in_bounded_time(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+# 22 levels (4 million values when walked) are already far past the limit; at 40
+# the code before the limit spent hours in C (==, repr), where no alarm interrupts it.
+@pytest.mark.parametrize("hyper_parameters, name", [
+    # Two equal but distinct shared structures: `out_channels != in_channels` compares them whole.
+    ({"out_channels": shared_nested_list(22), "in_channels": shared_nested_list(22)}, "out_channels"),
+    # A checkpoint of `msdm train` carries its ModelConfig, which is validated and quoted whole.
+    ({"config": {"unet": {"multipliers": shared_nested_list(22)}}}, "config"),
+    ({"config": {"unet": {}, "stems": shared_nested_list(22)}}, "config"),
+])
+def test_configuration_values_too_large_to_walk_are_refused(tmp_path, hyper_parameters, name):
+    path = tmp_path / "config.ckpt"
+    torch.save({"state_dict": {MARKER: torch.zeros(4, 5)}, "hyper_parameters": hyper_parameters}, path)
+    with at_most(10), pytest.raises(ModelFileError, match=f"hyper-parameter {name} holds more than"):
+        import_checkpoint(path, tmp_path / "out.safetensors")
+
+
+def test_an_invalid_training_configuration_is_a_model_file_error(tmp_path):
+    path = tmp_path / "config.ckpt"
+    torch.save({"state_dict": {MARKER: torch.zeros(4, 5)},
+                "hyper_parameters": {"config": {"unet": {"multipliers": [1, 2]}}}}, path)
+    with pytest.raises(ModelFileError, match="config.ckpt: its configuration is not valid"):
+        import_checkpoint(path, tmp_path / "out.safetensors")
+
+
 def shared_nested_tuple_ops(depth: int) -> bytes:
     """Opcodes for t = (t, t) repeated `depth` times from None, each level memoized."""
     ops = b"N"

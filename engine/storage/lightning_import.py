@@ -134,6 +134,33 @@ def _plain_one(value: Any, memo: dict[int, Any]) -> Any:
     return value
 
 
+# Values a configuration is read from are compared, converted and quoted, which
+# walks them whole: one of more values than this (counting shared objects once
+# per use) is refused rather than walked (shared sublists nested 40 deep are 2**40).
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_small(name: str, value: Any, file: str) -> None:
+    """Refuse a hyper-parameter too large to be a configuration value."""
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ModelFileError(f"{file}: hyper-parameter {name} holds more than {MAX_CONFIG_VALUES:,} values "
+                                 f"(counting shared ones each time), far more than a model configuration")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+
+
+_CONFIG_KEYS = ("use_classifier_free_guidance", "context_channels", "context_features",
+                "context_embedding_features", "out_channels", "in_channels", "diffusion_dynamic_threshold",
+                "diffusion_sigma_data", "diffusion_sigma_distribution")
+
+
 def _open_checked(path: Path):
     """Open a file that torch.load will read as a zip archive, or explain why not."""
     if not path.exists():
@@ -431,6 +458,9 @@ def config_from_checkpoint(
     """
     file = ckpt.name
     hp = dict(ckpt.hyper_parameters or {})
+    for key in (*_CONFIG_KEYS, *_UNET_FIELDS):
+        if key in hp:
+            _check_small(key, hp[key], file)
     sd, _prefix = extract_unet_state_dict(ckpt.state_dict, file)
 
     # Variants of the network that we do not implement.
@@ -579,7 +609,12 @@ def import_checkpoint(
     own = ckpt.hyper_parameters.get("config")
     if isinstance(own, dict) and "unet" in own:
         # A checkpoint of `msdm train`: it carries its whole ModelConfig.
-        config = ModelConfig.from_dict(own)
+        _check_small("config", own, ckpt.name)
+        try:
+            config = ModelConfig.from_dict(own)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ModelFileError(f"{ckpt.name}: its configuration is not valid: "
+                                 f"{str(error)[:300]}") from None
     else:
         config = config_from_checkpoint(ckpt, base=base, stems=stems, sample_rate=sample_rate)
     sd, _prefix = extract_unet_state_dict(ckpt.state_dict, ckpt.name)
