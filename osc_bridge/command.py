@@ -13,7 +13,8 @@ from pathlib import Path
 from engine.errors import CommandError
 from engine.jobs.options import add_model_options, load_models_for
 
-from .protocol import DEFAULT_PORT
+from .codec import DEFAULT_MAX_BUNDLE_MESSAGES
+from .protocol import DEFAULT_MAX_EVALUATIONS, DEFAULT_PORT
 
 
 
@@ -37,6 +38,11 @@ def register(commands) -> None:
     serve.add_argument("--max-seconds", type=float, default=600.0,
                        help="longest input or generation accepted, in seconds (default 600)")
     serve.add_argument("--queue", type=int, default=16, help="jobs that may wait (default 16)")
+    serve.add_argument("--max-evaluations", type=int, default=DEFAULT_MAX_EVALUATIONS,
+                       help=f"most network evaluations per window a job may ask for, steps x resamples "
+                            f"(default {DEFAULT_MAX_EVALUATIONS}; the paper's separation takes 300)")
+    serve.add_argument("--max-bundle", type=int, default=DEFAULT_MAX_BUNDLE_MESSAGES,
+                       help=f"most messages one OSC bundle may hold (default {DEFAULT_MAX_BUNDLE_MESSAGES})")
     serve.add_argument("--threads", type=int,
                        help="CPU threads for the network (default: PyTorch's, one per core); use fewer when "
                             "other programs keep the cores busy (a DAW, another job)")
@@ -72,6 +78,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_seconds <= 0 or args.queue < 1:
         raise CommandError("--max-seconds must be positive and --queue at least 1")
+    if args.max_evaluations < 1 or args.max_bundle < 1:
+        raise CommandError("--max-evaluations and --max-bundle must be at least 1")
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise CommandError(f"--host {args.host} is not a loopback address: anyone on the network could run "
@@ -87,7 +95,8 @@ def run_serve(args: argparse.Namespace) -> int:
     models = load_models_for(args)
     try:
         server = OscServer(models, host=args.host, port=args.port, output_root=args.output_root,
-                           max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend)
+                           max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend,
+                           max_evaluations=args.max_evaluations, max_bundle_messages=args.max_bundle)
     except OSError as error:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error} "
                            f"(is another msdm serve running? try --port 0)") from None

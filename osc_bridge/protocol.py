@@ -40,6 +40,15 @@ MAX_JOB_ID = 128      # characters; job ids come back in every reply
 MAX_PATH = 4096       # characters (PATH_MAX on Linux)
 MAX_STRING = 4096     # any other string argument
 
+# Work per request: network evaluations per window (steps x resamples; Heun
+# evaluates twice per step). The paper's separation (150 x 2 = 300) and
+# imputation (256) fit well; `steps 10000 resamples 100` (10^6) does not.
+DEFAULT_MAX_EVALUATIONS = 2000
+# The sampler defaults each task runs with when a request leaves steps/resamples out:
+# engine.core.tasks' SEPARATE_DIRAC/SEPARATE_GAUSSIAN, GENERATE and IMPUTE
+# (spelled out so the protocol needs no torch; a test keeps them equal).
+DEFAULT_STEPS_RESAMPLES = {"separate": (150, 2), "generate": (150, 1), "impute": (256, 1)}
+
 
 class ProtocolError(Exception):
     """A request that cannot be served: becomes /msdm/error <job_id> <code> <message>."""
@@ -64,12 +73,12 @@ def as_int(value: Any, what: str, low: int | None = None, high: int | None = Non
         try:
             number = float(value.strip())
         except ValueError:
-            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got the text {value[:40]!r}") from None
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got the text {_shown(value, 40)}") from None
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got {_kind(value)}")
     if isinstance(number, float):
         if not math.isfinite(number) or number != int(number):
-            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got {value!r}")
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a whole number, got {_shown(value)}")
         number = int(number)
     if (low is not None and number < low) or (high is not None and number > high):
         raise ProtocolError(BAD_REQUEST, f"{what} must be between {low} and {high}, got {number}")
@@ -82,12 +91,12 @@ def as_float(value: Any, what: str, low: float | None = None, high: float | None
         try:
             number = float(value.strip())
         except ValueError:
-            raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got the text {value[:40]!r}") from None
+            raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got the text {_shown(value, 40)}") from None
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ProtocolError(BAD_REQUEST, f"{what} must be a number, got {_kind(value)}")
     number = float(number)
     if not math.isfinite(number):
-        raise ProtocolError(BAD_REQUEST, f"{what} must be a finite number, got {value!r}")
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a finite number, got {_shown(value)}")
     if (low is not None and number < low) or (high is not None and number > high):
         raise ProtocolError(BAD_REQUEST, f"{what} must be between {low:g} and {high:g}, got {number:g}")
     return number
@@ -116,7 +125,7 @@ def as_choice(value: Any, what: str, choices: Sequence[str]) -> str:
         value = str(int(value))  # bits 16 / 24 may arrive as numbers
     text = as_text(value, what, 64)
     if text not in choices:
-        raise ProtocolError(BAD_REQUEST, f"{what} must be one of {', '.join(choices)}, got {text!r}")
+        raise ProtocolError(BAD_REQUEST, f"{what} must be one of {', '.join(choices)}, got {_shown(text)}")
     return text
 
 
@@ -130,6 +139,13 @@ def job_id_of(value: Any) -> str:
     if any(ord(c) < 32 for c in text):
         raise ProtocolError(BAD_REQUEST, "job_id contains control characters")
     return text
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value quoted in an error message: its repr, cut to `limit` characters
+    (a 20,000-character argument must not make a reply too long to send)."""
+    text = repr(value[: limit + 1] if isinstance(value, (str, bytes)) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(value: Any) -> str:
@@ -185,15 +201,16 @@ def parse_options(pairs: Sequence[Any], task: str, job_id: str, hint: str = "") 
     """[key, value, key, value, ...] -> JobOptions; unknown keys, a key twice,
     a key without a value and values that make no sense are bad_request."""
     if len(pairs) % 2:
-        raise ProtocolError(BAD_REQUEST, f"options come in key/value pairs; {pairs[-1]!r} has no value", job_id)
+        raise ProtocolError(BAD_REQUEST, f"options come in key/value pairs; {_shown(pairs[-1])} has no value",
+                            job_id)
     values: dict[str, Any] = {}
     for key, value in zip(pairs[::2], pairs[1::2]):
         if not isinstance(key, str):
-            raise ProtocolError(BAD_REQUEST, f"option names are strings, got {_kind(key)} {key!r}", job_id)
+            raise ProtocolError(BAD_REQUEST, f"option names are strings, got {_kind(key)} {_shown(key)}", job_id)
         option = OPTIONS_BY_NAME.get(key)
         if option is None or task not in option.tasks:
             known = ", ".join(o.name for o in OPTIONS if task in o.tasks)
-            raise ProtocolError(BAD_REQUEST, f"unknown option {key[:40]!r} for {task}; known: {known}{hint}", job_id)
+            raise ProtocolError(BAD_REQUEST, f"unknown option {_shown(key, 40)} for {task}; known: {known}{hint}", job_id)
         if key in values:
             raise ProtocolError(BAD_REQUEST, f"option {key!r} given twice", job_id)
         try:
@@ -283,7 +300,7 @@ def parse_impute(args: Sequence[Any], stems: Sequence[str]) -> JobRequest:
         out_dir = as_text(args[1], "out_dir", MAX_PATH)
         rest = args[2:]
         if len(rest) % 2:
-            raise ProtocolError(BAD_REQUEST, f"after <out_dir>, arguments come in pairs; {rest[-1]!r} has no value")
+            raise ProtocolError(BAD_REQUEST, f"after <out_dir>, arguments come in pairs; {_shown(rest[-1])} has no value")
         given: dict[str, str] = {}
         options: list[Any] = []
         for key, value in zip(rest[::2], rest[1::2]):
@@ -342,14 +359,35 @@ REPLY_ONLY_ADDRESSES = frozenset({"/msdm/pong", "/msdm/accepted", "/msdm/progres
                                   "/msdm/error", "/msdm/cancelled"})
 
 
-def parse_request(address: str, args: Sequence[Any], stems: Sequence[str]):
-    """A decoded OSC message -> Query | CancelRequest | JobRequest, or ProtocolError."""
+def parse_request(address: str, args: Sequence[Any], stems: Sequence[str], *,
+                  max_evaluations: int | None = None):
+    """A decoded OSC message -> Query | CancelRequest | JobRequest, or ProtocolError.
+    A job asking for more than `max_evaluations` network evaluations per window
+    is bad_request."""
     entry = ADDRESS_TABLE.get(address)
     if entry is None:
         known = ", ".join(a.address for a in ADDRESSES)
-        shown = address if len(address) <= 80 else address[:80] + "..."
-        raise ProtocolError(UNKNOWN_ADDRESS, f"unknown address {shown!r}; this server answers {known}")
-    return entry.parse(list(args), tuple(stems))
+        raise ProtocolError(UNKNOWN_ADDRESS, f"unknown address {_shown(address, 80)}; this server answers {known}")
+    request = entry.parse(list(args), tuple(stems))
+    if isinstance(request, JobRequest) and max_evaluations is not None:
+        steps, resamples, evaluations = network_evaluations(request.kind, request.options)
+        if evaluations > max_evaluations:
+            method = request.options.method or "euler"
+            raise ProtocolError(BAD_REQUEST, f"steps {steps} x resamples {resamples} ({method}) is {evaluations} "
+                                             f"network evaluations per window; this server allows at most "
+                                             f"{max_evaluations} (max_evaluations): ask for fewer steps or "
+                                             f"resamples", request.job_id)
+    return request
+
+
+def network_evaluations(kind: str, options: JobOptions) -> tuple[int, int, int]:
+    """(steps, resamples, network evaluations per window) of a job, with the
+    task's defaults for what the request leaves out (engine SamplerSettings.nfe)."""
+    default_steps, default_resamples = DEFAULT_STEPS_RESAMPLES[kind]
+    steps = options.steps or default_steps
+    resamples = options.resamples or default_resamples
+    heun = options.method == "heun"
+    return steps, resamples, (steps * (2 if heun else 1) - (1 if heun else 0)) * resamples
 
 
 def reply_port_of(request) -> int | None:

@@ -9,6 +9,14 @@ call every handler) and, for a bundle with a future time tag, sleeps on the
 socket thread, so one datagram could stall the server. Here every datagram is
 read whole (up to the UDP maximum), decoded inside a guard, looked up exactly,
 and every failure is answered with /msdm/error, never a dead server.
+
+Limits (constructor arguments; docs/osc.md "Security"): messages per bundle
+(`max_bundle_messages`), network evaluations per window a job may ask for
+(`max_evaluations`), the input/generation length (`max_seconds`), waiting
+jobs (`max_queued`), and the size of a reply (`max_reply_bytes`: longer string
+arguments are cut so that every reply can be sent). Nothing a client sends is
+written to the log: a datagram that cannot be decoded is answered with a
+reason that quotes none of it.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .codec import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
+from .codec import MAX_DATAGRAM, MAX_REPLY, RECEIVE_BUFFER, decode_datagram, encode_message  # noqa: F401
+from .codec import DEFAULT_MAX_BUNDLE_MESSAGES, encode_reply
 from .jobs import Job, JobQueue, execute_job
 from .paths import check_input_file, check_outputs_free, contained_output_dir, prepare_output_root
-from .protocol import DEFAULT_PORT, CancelRequest, JobRequest, ProtocolError, Query
+from .protocol import DEFAULT_MAX_EVALUATIONS, DEFAULT_PORT, CancelRequest, JobRequest, ProtocolError, Query
 
 log = logging.getLogger("msdm.serve")
 
@@ -45,14 +54,29 @@ def is_loopback(host: str) -> bool:
 
 class OscServer:
     """`msdm serve`'s server. Construct, then `serve_forever()` (blocking) or
-    `start()` (a thread); `shutdown()` from any thread or a signal handler."""
+    `start()` (a thread); `shutdown()` from any thread or a signal handler.
+
+    Limits a client cannot exceed: `max_seconds` of input or generation,
+    `max_queued` waiting jobs, `max_evaluations` network evaluations per window
+    (steps x resamples), `max_bundle_messages` messages per datagram; replies
+    are cut to `max_reply_bytes`."""
 
     def __init__(self, models: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  output_root: str | os.PathLike | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
-                 max_queued: int = 16, backend: str = "torch", version: str | None = None) -> None:
+                 max_queued: int = 16, backend: str = "torch", version: str | None = None,
+                 max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+                 max_bundle_messages: int = DEFAULT_MAX_BUNDLE_MESSAGES,
+                 max_reply_bytes: int = MAX_REPLY) -> None:
         from engine import __version__
         from .paths import default_output_root
 
+        if max_evaluations < 1 or max_bundle_messages < 1:
+            raise ValueError("max_evaluations and max_bundle_messages must be at least 1")
+        if not 512 <= max_reply_bytes <= MAX_REPLY:
+            raise ValueError(f"max_reply_bytes must be between 512 and {MAX_REPLY}")
+        self.max_evaluations = int(max_evaluations)
+        self.max_bundle_messages = int(max_bundle_messages)
+        self.max_reply_bytes = int(max_reply_bytes)
         self.models = models
         self.stems = tuple(models.stems)
         self.backend = backend
@@ -118,11 +142,11 @@ class OscServer:
     def send(self, target: tuple, reply: protocol.Reply) -> None:
         address, args = reply
         try:
-            data = encode_message(address, args)
+            data = encode_reply(address, args, self.max_reply_bytes)
             with self._send_lock:
                 self.socket.sendto(data, target)
         except Exception as error:  # an unreachable client must not stop the server or a job
-            log.debug("could not send %s to %s: %s", address, target, error)
+            log.debug("could not send %s to %s: %s", address, target, type(error).__name__)
 
     # ---- requests -------------------------------------------------------- #
 
@@ -131,8 +155,8 @@ class OscServer:
         if (sender[1] == self.port and is_loopback(sender[0])) or sender[:2] == (self.host, self.port):
             return  # our own reply, sent to ourselves through a reply_port: answering would loop forever
         try:
-            messages = decode_datagram(data)
-        except ValueError as error:
+            messages = decode_datagram(data, self.max_bundle_messages)
+        except ValueError as error:  # its reason quotes nothing of the datagram
             self.send(sender, protocol.error("", protocol.BAD_REQUEST, f"could not decode the datagram: {error}"))
             return
         for address, args in messages:
@@ -146,7 +170,7 @@ class OscServer:
     def handle_message(self, address: str, args: list, sender: tuple) -> None:
         reply_to = sender
         try:
-            request = protocol.parse_request(address, args, self.stems)
+            request = protocol.parse_request(address, args, self.stems, max_evaluations=self.max_evaluations)
             port = protocol.reply_port_of(request)
             if port is not None:
                 reply_to = (sender[0], port) + tuple(sender[2:])
@@ -166,7 +190,7 @@ class OscServer:
             job_id = error.job_id or protocol.best_effort_job_id(address, args)
             self.send(reply_to, protocol.error(job_id, error.code, error.message))
         except Exception as error:  # a bug here must cost one request, not the server
-            log.error("request %s failed:\n%s", address[:80], traceback.format_exc())
+            log.error("request %r failed:\n%s", address[:40], traceback.format_exc())
             job_id = protocol.best_effort_job_id(address, args)
             self.send(reply_to, protocol.error(job_id, protocol.ENGINE, f"internal error: {error}"))
 

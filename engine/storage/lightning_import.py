@@ -17,7 +17,11 @@ runs whatever its author wanted. Here the pickle goes through
   `UnsafeCheckpointError`, before anything is called;
 * also checks the targets of the pickle opcodes that call methods (REDUCE,
   NEWOBJ, BUILD, APPEND, SETITEM, ...) so that even allowed objects cannot be
-  used to mutate classes or call methods behind the allow-list's back.
+  used to mutate classes or call methods behind the allow-list's back;
+* works within a `PickleBudget` (objects built, bytes the pickle makes, tensor
+  bytes read from the archive), refusing with `CheckpointBudgetError`; the
+  hyper-parameters are converted to plain data with a memoised walk, so
+  objects the pickle shares stay shared instead of being copied per use.
 
 How it hooks into torch 2.13 (torch/serialization.py): with an explicit
 `pickle_module` and `weights_only=False`, `torch.load` keeps our module
@@ -52,12 +56,17 @@ from engine.core.config import PAPER, SLAKH_STEMS, DiffusionConfig, ModelConfig,
 from engine.storage.model import MSDMModel, ModelFileError
 from engine.core.network import UNet1d
 
-from engine.storage.safe_pickle import PickledStandIn, RestrictedUnpickler, UnsafeCheckpointError, RefusedGlobal, short_repr, restricted_pickle
+from engine.storage.safe_pickle import (
+    DEFAULT_BUDGET, BudgetExceeded, CheckpointBudgetError, PickleBudget, PickledStandIn, RefusedGlobal,
+    RestrictedUnpickler, UnsafeCheckpointError, restricted_pickle, restricted_pickle_module, short_repr,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "UnsafeCheckpointError",
+    "CheckpointBudgetError",
+    "PickleBudget",
     "LightningCheckpoint",
     "PickledStandIn",
     "RestrictedUnpickler",
@@ -88,28 +97,68 @@ class LightningCheckpoint:
         return self.path.name if self.path else "checkpoint"
 
 
-def _plain(value: Any, _seen: frozenset = frozenset()) -> Any:
+def _plain(value: Any, memo: dict[int, Any] | None = None) -> Any:
     """Hyper-parameter values as plain Python: omegaconf containers and nodes,
-    Lightning's AttributeDict and other dict-like stand-ins become lists/dicts."""
-    if id(value) in _seen:
-        return value
-    seen = _seen | {id(value)}
+    Lightning's AttributeDict and other dict-like stand-ins become lists/dicts.
+
+    Memoised by identity: an object met twice is converted once and the result
+    is shared, as in the pickle (converting each occurrence would copy shared
+    sublists, doubling the work per level of nesting: issue 14). A value met
+    again while it is being converted (a cycle) stays as it was."""
+    if memo is None:
+        memo = {}
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    memo[key] = value
+    memo[key] = result = _plain_one(value, memo)
+    return result
+
+
+def _plain_one(value: Any, memo: dict[int, Any]) -> Any:
     if isinstance(value, PickledStandIn):
         module = value.pickled_global.split(".", 1)[0]
         attributes = value.attributes
         if module == "omegaconf":
             if "_content" in attributes:  # ListConfig / DictConfig
-                return _plain(attributes["_content"], seen)
+                return _plain(attributes["_content"], memo)
             if "_val" in attributes:  # AnyNode, IntegerNode, ...
-                return _plain(attributes["_val"], seen)
+                return _plain(attributes["_val"], memo)
         if len(value) and not value.pickled_args:  # AttributeDict & co: a dict with a class name
-            return {k: _plain(v, seen) for k, v in value.items()}
+            return {k: _plain(v, memo) for k, v in value.items()}
         return value
     if isinstance(value, dict):
-        return {k: _plain(v, seen) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v, seen) for v in value) if type(value) in (list, tuple) else value
+        return {k: _plain(v, memo) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_plain(v, memo) for v in value)
     return value
+
+
+# Values a configuration is read from are compared, converted and quoted, which
+# walks them whole: one of more values than this (counting shared objects once
+# per use) is refused rather than walked (shared sublists nested 40 deep are 2**40).
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_small(name: str, value: Any, file: str) -> None:
+    """Refuse a hyper-parameter too large to be a configuration value."""
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ModelFileError(f"{file}: hyper-parameter {name} holds more than {MAX_CONFIG_VALUES:,} values "
+                                 f"(counting shared ones each time), far more than a model configuration")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+
+
+_CONFIG_KEYS = ("use_classifier_free_guidance", "context_channels", "context_features",
+                "context_embedding_features", "out_channels", "in_channels", "diffusion_dynamic_threshold",
+                "diffusion_sigma_data", "diffusion_sigma_distribution")
 
 
 def _open_checked(path: Path):
@@ -154,18 +203,24 @@ def _open_checked(path: Path):
         raise
 
 
-def load_lightning_checkpoint(path: str | Path) -> LightningCheckpoint:
+def load_lightning_checkpoint(path: str | Path, *, budget: PickleBudget = DEFAULT_BUDGET) -> LightningCheckpoint:
     """Read a Lightning `.ckpt` (or a plain torch.save'd state dict) without
-    executing anything in it."""
+    executing anything in it, and without building more than `budget` allows."""
     path = Path(path)
     handle = _open_checked(path)
+    module = restricted_pickle if budget == DEFAULT_BUDGET else restricted_pickle_module(budget)
     try:
         with handle:
             obj = torch.load(handle, map_location="cpu", weights_only=False,
-                             pickle_module=restricted_pickle, mmap=False)
+                             pickle_module=module, mmap=False)
     except RefusedGlobal as refused:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: {refused.clause}; only weights and plain data are accepted"
+        ) from None
+    except BudgetExceeded as exceeded:
+        raise CheckpointBudgetError(
+            f"refusing to load {path}: {exceeded.clause}; a real checkpoint stays far below this. If you "
+            f"trust the file, raise the limit (load_lightning_checkpoint(..., budget=PickleBudget(...)))"
         ) from None
     except ModelFileError:
         raise
@@ -403,6 +458,9 @@ def config_from_checkpoint(
     """
     file = ckpt.name
     hp = dict(ckpt.hyper_parameters or {})
+    for key in (*_CONFIG_KEYS, *_UNET_FIELDS):
+        if key in hp:
+            _check_small(key, hp[key], file)
     sd, _prefix = extract_unet_state_dict(ckpt.state_dict, file)
 
     # Variants of the network that we do not implement.
@@ -541,16 +599,22 @@ def import_checkpoint(
     base: ModelConfig | None = None,
     stems: tuple[str, ...] | None = None,
     sample_rate: int | None = None,
+    budget: PickleBudget = DEFAULT_BUDGET,
 ) -> MSDMModel:
     """Convert a paper checkpoint into an MSDM Studio safetensors model file."""
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
     if out_path.exists() and ckpt_path.exists() and out_path.resolve() == ckpt_path.resolve():
         raise ModelFileError(f"refusing to overwrite the checkpoint {ckpt_path} with the converted model")
-    ckpt = load_lightning_checkpoint(ckpt_path)
+    ckpt = load_lightning_checkpoint(ckpt_path, budget=budget)
     own = ckpt.hyper_parameters.get("config")
     if isinstance(own, dict) and "unet" in own:
         # A checkpoint of `msdm train`: it carries its whole ModelConfig.
-        config = ModelConfig.from_dict(own)
+        _check_small("config", own, ckpt.name)
+        try:
+            config = ModelConfig.from_dict(own)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ModelFileError(f"{ckpt.name}: its configuration is not valid: "
+                                 f"{str(error)[:300]}") from None
     else:
         config = config_from_checkpoint(ckpt, base=base, stems=stems, sample_rate=sample_rate)
     sd, _prefix = extract_unet_state_dict(ckpt.state_dict, ckpt.name)

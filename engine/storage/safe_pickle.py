@@ -14,7 +14,31 @@ PyTorch Lightning checkpoints (engine.storage.lightning_import). `RestrictedUnpi
   `UnsafeCheckpointError`, before anything is called;
 * also checks the targets of the pickle opcodes that call methods (REDUCE,
   NEWOBJ, BUILD, APPEND, SETITEM, ...) so that even allowed objects cannot be
-  used to mutate classes or call methods behind the allow-list's back.
+  used to mutate classes or call methods behind the allow-list's back;
+* works within a budget (`PickleBudget`): the objects it builds, the bytes the
+  pickle itself makes (strings, bytes, bytearrays, tensors allocated by a
+  constructor) and the tensor storages it reads from the archive are counted
+  before they are made; past a limit it stops with `CheckpointBudgetError`.
+  Shared objects stay shared (the memo hands out references, never copies).
+
+Why not torch's own `torch.load(weights_only=True)` with the stand-ins
+registered (`torch.serialization.add_safe_globals`)? Measured on torch 2.13
+(issue 14, finding 4) with the two payloads of tests/test_pickle_budget.py:
+
+* a 1.6 KB checkpoint whose hyper-parameters are a list of 40 levels of shared
+  sublists (`x = [x, x]`): weights_only loads it in 0.0 s, sharing the
+  sublists, so unpickling was never the problem; the copies were made later,
+  by our own walk of the hyper-parameters (lightning_import._plain), now
+  memoised;
+* an 0.8 KB checkpoint whose pickle calls `builtins.bytearray(2_000_000_000)`:
+  weights_only allows `builtins.bytearray` and builds the 2 GB object (2.4 s,
+  2.1 GB peak memory), with no limit to set;
+* `add_safe_globals` takes exact names, while the stand-ins here cover whole
+  packages (a Lightning checkpoint names classes of its authors' versions of
+  audio_diffusion_pytorch, omegaconf, ...), and it offers no way to check what
+  BUILD/APPEND/SETITEM act on.
+
+So torch's loader would bound neither case by itself; the budget is ours.
 """
 
 from __future__ import annotations
@@ -23,10 +47,13 @@ import _compat_pickle
 import collections
 import functools
 import io
+import math
 import pickle
 import reprlib
 import sys
 import types
+from dataclasses import dataclass
+from struct import unpack
 from typing import Any
 
 import torch
@@ -37,6 +64,31 @@ class UnsafeCheckpointError(ModelFileError):
     """A checkpoint whose pickle references code outside the allow-list."""
 
 
+class CheckpointBudgetError(ModelFileError):
+    """A checkpoint whose pickle would build more objects or bytes than its budget allows."""
+
+
+@dataclass(frozen=True)
+class PickleBudget:
+    """What one checkpoint's pickle may build. The defaults hold the paper's
+    checkpoints with room to spare: 405.5M float32 parameters are 1.6 GB of
+    storages (4.9 GB with Adam's two moment buffers in `optimizer_states`); a
+    tensor takes ~30 opcodes (a checkpoint of 3,000 parameters with Adam's
+    state, 12,000 tensors, runs 357,000); the hyper-parameters are a few
+    kilobytes. Raise them for a trusted file that is larger."""
+
+    # Pickle opcodes run, plus the items of containers that allowed constructors build.
+    max_nodes: int = 5_000_000
+    # Bytes the pickle itself makes: str/bytes/bytearray data, and tensors or
+    # storages that a constructor call allocates (bytearray(n), torch.Tensor(n), ...).
+    max_bytes: int = 256 << 20
+    # Tensor data read from the archive's records (each storage counted once).
+    max_storage_bytes: int = 32 << 30
+
+
+DEFAULT_BUDGET = PickleBudget()
+
+
 # ---------------------------------------------------------------------------
 # Restricted unpickling
 # ---------------------------------------------------------------------------
@@ -44,6 +96,14 @@ class UnsafeCheckpointError(ModelFileError):
 class RefusedGlobal(pickle.UnpicklingError):
     """Raised inside the unpickler; turned into UnsafeCheckpointError with the file name.
     `clause` says what the pickle tried, e.g. "it references os.system, which would execute code"."""
+
+    def __init__(self, clause: str) -> None:
+        super().__init__(clause)
+        self.clause = clause
+
+
+class BudgetExceeded(pickle.UnpicklingError):
+    """Raised inside the unpickler; turned into CheckpointBudgetError with the file name."""
 
     def __init__(self, clause: str) -> None:
         super().__init__(clause)
@@ -89,18 +149,9 @@ class PickledStandIn(dict):
             result.update(state)
         return result
 
-    @reprlib.recursive_repr()
     def __repr__(self) -> str:
-        parts = []
-        if self.pickled_args:
-            parts.append(f"args={self.pickled_args!r}")
-        if self.pickled_kwargs:
-            parts.append(f"kwargs={self.pickled_kwargs!r}")
-        if self.pickled_state is not None:
-            parts.append(f"state={self.pickled_state!r}")
-        if len(self):
-            parts.append(f"items={dict(self)!r}")
-        return f"<stand-in for {self.pickled_global}{': ' if parts else ''}{', '.join(parts)}>"
+        # Bounded (depth and items): a pickle's shared sublists would make a full repr exponential.
+        return _SHORT.repr1(self, _SHORT.maxlevel)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -209,9 +260,71 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
+class _ShortRepr(reprlib.Repr):
+    """reprlib with limits on depth and items for everything a pickle can build:
+    stand-ins, dict/list subclasses, tensors and huge ints are shown without
+    walking them whole (a shared structure would make a plain repr exponential)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 4
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = self.maxdeque = 8
+        self.maxstring = self.maxother = 120
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, PickledStandIn):
+            if level <= 0:
+                return f"<stand-in for {x.pickled_global} ...>"
+            parts = [f"{name}={self.repr1(value, level - 1)}" for name, value in (
+                ("args", x.pickled_args), ("kwargs", x.pickled_kwargs), ("state", x.pickled_state))
+                if value not in (None, (), {})]
+            if len(x):
+                parts.append(f"items={self.repr_dict(x, level)}")
+            return f"<stand-in for {x.pickled_global}{': ' if parts else ''}{', '.join(parts)}>"
+        if isinstance(x, torch.Tensor):
+            return f"tensor(shape={list(x.shape)}, dtype={x.dtype})"
+        if type(x) is int and x.bit_length() > 256:
+            return f"<int of {x.bit_length()} bits>"
+        if type(x) in (dict, list, tuple, set, frozenset, str, bytes, int, float, bool, type(None)):
+            return super().repr1(x, level)
+        if isinstance(x, dict):
+            return f"{type(x).__name__}({self.repr_dict(x, level)})"
+        if isinstance(x, (list, tuple)):
+            return f"{type(x).__name__}({self.repr_list(list(x), level)})"
+        return super().repr1(x, level)
+
+
+_SHORT = _ShortRepr()
+
+
 def short_repr(value: Any, limit: int = 120) -> str:
-    text = repr(value)
+    """repr of `value`, at most `limit` characters, made without walking all of a large value."""
+    text = _SHORT.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# A dict key or set item is hashed when inserted; a tuple's hash walks it whole,
+# so tuples of shared tuples would be exponential to hash. Values per key, with repetition:
+MAX_KEY_VALUES = 10_000
+
+
+def _hash_cost_ok(value: Any) -> bool:
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_KEY_VALUES:
+            return False
+        if isinstance(item, tuple):
+            stack.extend(item)
+    return True
+
+
+def _check_keys(keys: Any) -> None:
+    for key in keys:
+        if isinstance(key, tuple) and not _hash_cost_ok(key):
+            raise BudgetExceeded(f"it uses a dict key or set item nested too deeply to hash (more than "
+                                 f"{MAX_KEY_VALUES:,} values)")
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -224,6 +337,122 @@ class RestrictedUnpickler(pickle._Unpickler):
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    budget: PickleBudget = DEFAULT_BUDGET  # restricted_pickle_module(budget) makes a subclass with another
+
+    def __init__(self, file: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(file, *args, **kwargs)
+        self.nodes = 0          # opcodes run + items of containers built by calls
+        self.data_bytes = 0     # str/bytes/bytearray data and allocations made by the pickle
+        self.storage_bytes = 0  # tensor data read from the archive
+        self._storage_keys: set = set()
+        self._archive_loader: Any = None
+
+    # --- the budget -------------------------------------------------------
+
+    def _charge_nodes(self, count: int) -> None:
+        self.nodes += count
+        if self.nodes > self.budget.max_nodes:
+            raise BudgetExceeded(f"its pickle builds more than {self.budget.max_nodes:,} objects "
+                                 f"(PickleBudget.max_nodes)")
+
+    def _charge_bytes(self, count: int, what: str) -> None:
+        self.data_bytes += count
+        if self.data_bytes > self.budget.max_bytes:
+            raise BudgetExceeded(f"its pickle makes {what} of {count:,} bytes, past the limit of "
+                                 f"{self.budget.max_bytes:,} bytes of data made by the pickle itself "
+                                 f"(PickleBudget.max_bytes)")
+
+    def _read_length(self, fmt: str, what: str) -> int:
+        (length,) = unpack(fmt, self.read(8 if fmt.endswith("Q") else 4))
+        if length < 0:
+            raise pickle.UnpicklingError(f"{what} with a negative length")
+        self._charge_bytes(length, what)  # before reading: BYTEARRAY8 allocates the declared size first
+        return length
+
+    def load_binbytes(self) -> None:
+        self.append(self.read(self._read_length("<I", "a bytes object")))
+
+    def load_binbytes8(self) -> None:
+        self.append(self.read(self._read_length("<Q", "a bytes object")))
+
+    def load_binunicode(self) -> None:
+        self.append(str(self.read(self._read_length("<I", "a string")), "utf-8", "surrogatepass"))
+
+    def load_binunicode8(self) -> None:
+        self.append(str(self.read(self._read_length("<Q", "a string")), "utf-8", "surrogatepass"))
+
+    def load_binstring(self) -> None:
+        self.append(self._decode_string(self.read(self._read_length("<i", "a string"))))
+
+    def load_bytearray8(self) -> None:
+        data = bytearray(self._read_length("<Q", "a bytearray"))
+        self.readinto(data)
+        self.append(data)
+
+    for _op, _load in ((pickle.BINBYTES, load_binbytes), (pickle.BINBYTES8, load_binbytes8),
+                       (pickle.BINUNICODE, load_binunicode), (pickle.BINUNICODE8, load_binunicode8),
+                       (pickle.BINSTRING, load_binstring), (pickle.BYTEARRAY8, load_bytearray8)):
+        dispatch[_op[0]] = _load
+    del _op, _load
+
+    def _charge_call(self, func: Any, args: tuple) -> bool:
+        """Charge what an allowed constructor will allocate from a size argument,
+        before it runs (bytearray(2_000_000_000) is 20 bytes of pickle)."""
+        if func is str and args and isinstance(args[0], (dict, list, tuple, set, frozenset)):
+            raise RefusedGlobal("it converts a container to text (builtins.str), which only plain values need")
+        if func in (set, frozenset, dict, collections.OrderedDict, collections.Counter) and args \
+                and isinstance(args[0], (list, tuple)):
+            _check_keys(item[0] if func not in (set, frozenset) and isinstance(item, (tuple, list)) and item else item
+                        for item in args[0])
+        if func is not torch.Tensor and func not in (bytes, bytearray, torch.UntypedStorage):
+            return False
+        dims = args
+        if func in (torch.Tensor, torch.UntypedStorage) and len(args) == 1 and isinstance(args[0], (tuple, list)):
+            dims = tuple(args[0])
+        if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            return False  # built from data the pickle holds, charged when that was read
+        unit = torch.get_default_dtype().itemsize if func is torch.Tensor else 1
+        self._charge_bytes(math.prod(max(d, 0) for d in dims) * unit, f"{_describe(func)}{short_repr(dims, 60)}")
+        return True
+
+    def _charge_result(self, result: Any, charged: bool) -> None:
+        if isinstance(result, (str, bytes, bytearray)):
+            if not charged:
+                self._charge_bytes(len(result), f"a {type(result).__name__}")
+        elif isinstance(result, (list, tuple, dict, set, frozenset)):
+            self._charge_nodes(len(result))
+
+    def _call(self, func: Any, args: tuple, kwargs: dict | None = None, new: bool = False) -> Any:
+        charged = self._charge_call(func, args)
+        result = func.__new__(func, *args, **(kwargs or {})) if new else func(*args)
+        self._charge_result(result, charged)
+        return result
+
+    # torch sets `unpickler.persistent_load = its storage loader`: keep it and
+    # charge each storage's declared size before the loader reads it.
+    @property
+    def persistent_load(self) -> Any:
+        return self._load_persistent
+
+    @persistent_load.setter
+    def persistent_load(self, loader: Any) -> None:
+        self._archive_loader = loader
+
+    def _load_persistent(self, pid: Any) -> Any:
+        if self._archive_loader is None:
+            raise pickle.UnpicklingError("the pickle refers to data outside it (a persistent id), which a "
+                                         "plain pickle cannot hold")
+        if isinstance(pid, tuple) and len(pid) == 5 and isinstance(pid[4], int) and pid[2] not in self._storage_keys:
+            storage_type = pid[1]
+            dtype = getattr(storage_type, "dtype", torch.uint8)
+            itemsize = dtype.itemsize if isinstance(dtype, torch.dtype) else 1
+            nbytes = max(pid[4], 0) * itemsize
+            self.storage_bytes += nbytes
+            if self.storage_bytes > self.budget.max_storage_bytes:
+                raise BudgetExceeded(f"its tensors hold more than {self.budget.max_storage_bytes:,} bytes "
+                                     f"(PickleBudget.max_storage_bytes)")
+            self._storage_keys.add(pid[2])
+        return self._archive_loader(pid)
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
@@ -261,13 +490,13 @@ class RestrictedUnpickler(pickle._Unpickler):
         if not isinstance(args, tuple):
             raise pickle.UnpicklingError("REDUCE arguments must be a tuple")
         self._check_callable(func, args)
-        stack[-1] = func(*args)
+        stack[-1] = self._call(func, args)
 
     dispatch[pickle.REDUCE[0]] = load_reduce
 
     def _instantiate(self, klass: Any, args: list) -> None:
         self._check_callable(klass, tuple(args))
-        super()._instantiate(klass, args)
+        self.append(self._call(klass, tuple(args)))
 
     def _check_class(self, cls: Any) -> None:
         if not (_is_stand_in_class(cls) or (isinstance(cls, type) and id(cls) in _CLASS_IDS)):
@@ -279,7 +508,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._check_class(cls)
         if not isinstance(args, tuple):
             raise pickle.UnpicklingError("NEWOBJ arguments must be a tuple")
-        self.append(cls.__new__(cls, *args))
+        self.append(self._call(cls, args, new=True))
 
     dispatch[pickle.NEWOBJ[0]] = load_newobj
 
@@ -290,7 +519,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._check_class(cls)
         if not isinstance(args, tuple) or not isinstance(kwargs, dict):
             raise pickle.UnpicklingError("NEWOBJ_EX arguments must be a tuple and a dict")
-        self.append(cls.__new__(cls, *args, **kwargs))
+        self.append(self._call(cls, args, kwargs, new=True))
 
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
@@ -341,6 +570,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def load_setitem(self) -> None:
         value = self.stack.pop()
         key = self.stack.pop()
+        _check_keys((key,))
         self._dict_target(self.stack[-1])[key] = value
 
     dispatch[pickle.SETITEM[0]] = load_setitem
@@ -348,6 +578,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def load_setitems(self) -> None:
         items = self.pop_mark()
         target = self._dict_target(self.stack[-1])
+        _check_keys(items[::2])
         for i in range(0, len(items), 2):
             target[items[i]] = items[i + 1]
 
@@ -358,9 +589,17 @@ class RestrictedUnpickler(pickle._Unpickler):
         target = self.stack[-1]
         if type(target) is not set:
             raise RefusedGlobal(f"it adds items to {_describe(target)}, which is not a set")
+        _check_keys(items)
         target.update(items)
 
     dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_frozenset(self) -> None:
+        items = self.pop_mark()
+        _check_keys(items)
+        self.append(frozenset(items))
+
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
 
     def _refuse_extension(self) -> None:
         raise RefusedGlobal("it references a global through the copyreg extension registry")
@@ -368,6 +607,20 @@ class RestrictedUnpickler(pickle._Unpickler):
     for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_op[0]] = _refuse_extension
     del _op
+
+
+def _counted(load: Any) -> Any:
+    def counted(self: RestrictedUnpickler) -> None:
+        self.nodes += 1
+        if self.nodes > self.budget.max_nodes:
+            self._charge_nodes(0)
+        load(self)
+    counted.__name__ = getattr(load, "__name__", "load")
+    return counted
+
+
+# Every opcode counts towards PickleBudget.max_nodes.
+RestrictedUnpickler.dispatch = {code: _counted(load) for code, load in RestrictedUnpickler.dispatch.items()}
 
 
 def _refusal_reason(module: str, name: str) -> str:
@@ -380,22 +633,28 @@ def _refusal_reason(module: str, name: str) -> str:
     return "which is not on the list of objects a checkpoint may contain (unpickling it could run arbitrary code)"
 
 
-def _load(file: Any, **kwargs: Any) -> Any:
-    return RestrictedUnpickler(file, **kwargs).load()
+def restricted_pickle_module(budget: PickleBudget = DEFAULT_BUDGET) -> types.ModuleType:
+    """The `pickle_module` handed to torch.load: torch uses its `Unpickler` (zip
+    archives) and `load` (legacy files, which we do not pass to it anyway)."""
+    unpickler = RestrictedUnpickler if budget == DEFAULT_BUDGET else type(
+        "RestrictedUnpickler", (RestrictedUnpickler,), {"budget": budget, "__module__": __name__})
+
+    def load(file: Any, **kwargs: Any) -> Any:
+        return unpickler(file, **kwargs).load()
+
+    def loads(data: bytes, **kwargs: Any) -> Any:
+        return unpickler(io.BytesIO(data), **kwargs).load()
+
+    module = types.ModuleType("msdm_restricted_pickle", "pickle, restricted to weights and plain data")
+    module.Unpickler = unpickler
+    module.load = load
+    module.loads = loads
+    module.UnpicklingError = pickle.UnpicklingError
+    module.__version__ = "1"
+    return module
 
 
-def _loads(data: bytes, **kwargs: Any) -> Any:
-    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()
-
-
-# The `pickle_module` handed to torch.load: torch uses its `Unpickler` (zip
-# archives) and `load` (legacy files, which we do not pass to it anyway).
-restricted_pickle = types.ModuleType("msdm_restricted_pickle", "pickle, restricted to weights and plain data")
-restricted_pickle.Unpickler = RestrictedUnpickler
-restricted_pickle.load = _load
-restricted_pickle.loads = _loads
-restricted_pickle.UnpicklingError = pickle.UnpicklingError
-restricted_pickle.__version__ = "1"
+restricted_pickle = restricted_pickle_module()
 
 
 def _display_global(what: str) -> str:
