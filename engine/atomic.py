@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import IO, Callable
 
@@ -55,6 +56,10 @@ class AtomicFile(CommitOnExit):
             raise FileExistsError(f"Refusing to overwrite existing file '{self.path}' (overwrite=False).")
         self.tmp, self._fd = _create_temp(self.path)
         self._file: IO | None = None
+        # The permissions the temp file was made with (0o666 less the umask):
+        # a library writing by name may replace the file with its own (safetensors
+        # makes 0o600), so they are put back before the rename.
+        self._mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
 
     def open(self, mode: str = "wb", **kwargs) -> IO:
         """The temp file as a Python file object (once; binary or text mode)."""
@@ -76,6 +81,7 @@ class AtomicFile(CommitOnExit):
         """fsync the data, rename over the destination, fsync the folder."""
         try:
             self._close(sync=True)
+            os.chmod(self.tmp, self._mode)
             os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()

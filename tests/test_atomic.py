@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from engine.atomic import AtomicFile, write_atomic
 
@@ -34,13 +36,17 @@ def test_text_bytes_and_by_name_writers_fsync_and_get_a_plain_files_permissions(
         text = write_atomic(tmp_path / "a" / "t.txt", "héllo\n")
         data = write_atomic(tmp_path / "b.bin", b"\x00\x01")
         named = write_atomic(tmp_path / "c.out", lambda tmp: Path(tmp).write_bytes(b"by name"))
+        # A library that replaces the file it is given (safetensors writes 0o600)
+        # still leaves a plain file's permissions.
+        model = write_atomic(tmp_path / "m.safetensors",
+                             lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
     finally:
         os.umask(old)
     assert text.read_text(encoding="utf-8") == "héllo\n" and data.read_bytes() == b"\x00\x01"
     assert named.read_bytes() == b"by name"
-    assert {_mode(p) for p in (text, data, named)} == {expected} == {0o640}
+    assert {_mode(p) for p in (text, data, named, model)} == {expected} == {0o640}
     assert len(synced) >= 6  # each file and its folder
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.bin", "c.out", "plain", "t.txt"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.bin", "c.out", "m.safetensors", "plain", "t.txt"]
 
 
 def test_a_failure_or_ctrl_c_leaves_the_old_file_and_no_temp(tmp_path):
