@@ -125,7 +125,6 @@ def settings_for(setting, models):
 
 
 def run_evaluate(args) -> int:
-    from engine.core import tasks
     from training.evaluate import evaluate_dataset, write_results
 
     settings = [parse_setting(text) for text in args.settings]
