@@ -52,3 +52,12 @@ def test_training_scores_resumes_and_packs(tmp_path, tiny_model_path):
     model = MSDMModel.load(out)
     assert model.separator is not None and model.separator.config.n_fft == 256
     assert "first-guess separator" in model.source
+    # A new run can start from the separator inside a model file (--init): its first
+    # score is the packed separator's, not a random network's.
+    best = max(float(r["All"]) for r in rows)
+    again = tmp_path / "again"
+    assert train_separator.main(["--data", str(tmp_path / "data"), "-o", str(again), *TINY, "--valid-every", "1",
+                                 "--minutes", "0.01", "--lr", "1e-9", "--init", str(out)]) == 0
+    with open(again / "log.csv", newline="") as handle:
+        first = next(csv.DictReader(handle))
+    assert abs(float(first["All"]) - best) < 0.05, (first, best)

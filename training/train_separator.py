@@ -16,6 +16,7 @@ Scored on the VALID split with the paper's protocol (training.evaluate:
 Resumable: `RUN/last.pt` holds the weights, the optimiser and the clock.
 
     python -m training.train_separator --data DATA -o RUN --minutes 90
+    python -m training.train_separator --data DATA -o RUN2 --minutes 60 --init engine/models/default.safetensors
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.atomic import write_atomic
 from engine.core.separator import MaskSeparator, SeparatorConfig, count_parameters
-from engine.storage.model import SEPARATOR_FORMAT
+from engine.storage.model import SEPARATOR_FORMAT, MSDMModel
 from training.data import Track, scan
 from training.evaluate import PAPER_CHUNK, read_track_stems, score_windows
 
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, metavar="MODEL",
+                        help="start from the separator in this model file (e.g. the shipped one) instead of "
+                             "random weights; its config replaces --n-fft/--hop/--hidden/--layers")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -153,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers)
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
+    started_from = None
+    if args.init is not None and not (args.out / "last.pt").is_file():
+        started_from = MSDMModel.load(args.init).separator
+        if started_from is None:
+            raise SystemExit(f"{args.init} has no first-guess separator to start from")
+        model, config = started_from.train(), started_from.config
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path, log_path = args.out / "last.pt", args.out / "log.csv"
     step, elapsed, best = 0, 0.0, -math.inf
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         print(f"resumed at step {step}, {elapsed / 60:.1f} min trained, best valid {best:.2f} dB", flush=True)
     dataset = RemixCrops(tracks, args.crop, args.seed, remix=args.remix)
-    if step == 0:
+    if step == 0 and started_from is None:
         sample = torch.stack([dataset[(1 << 40) - 1 - i] for i in range(32)]).sum(1)
         model.fit_input_scaling(sample)
     print(f"{len(tracks)} training tracks from {', '.join(map(str, args.data))}; {len(valid)} valid tracks; "
