@@ -35,10 +35,10 @@ from engine.core.tasks import (
     IMPUTE,
     SamplerSettings,
     check_likelihood,
-    default_separation_settings,
     generate,
     impute,
     separate,
+    separation_settings,
 )
 from engine.errors import CommandError, InputError
 from engine.storage.model import ModelSet
@@ -134,9 +134,10 @@ def separate_blocks(
     """Separate what `reader` holds, window by window; yields the finished
     stems in order as [N, C, n] blocks at the reader's rate (C = 1 with `mono`)."""
     check_likelihood(likelihood)
-    settings = settings or default_separation_settings(likelihood, isdm=models.is_isdm,
-                                                       first_guess=getattr(models, "separator", None) is not None)
-    if settings.warm_start and getattr(models, "separator", None) is None:
+    has_guess = getattr(models, "separator", None) is not None
+    settings = settings or separation_settings(likelihood, num_stems=len(models.stems), isdm=models.is_isdm,
+                                               has_first_guess=has_guess)
+    if settings.warm_start and not has_guess:
         raise CommandError(f"{models.describe()} has no first-guess separator: a warm start (or 0 steps) "
                            "needs one; separate from noise instead (start noise, the paper's sampler)")
     rate_in, rate_model = reader.sample_rate, models.sample_rate

@@ -98,12 +98,10 @@ LIKELIHOODS = ("dirac", "gaussian")
 STARTS = ("guess", "noise")
 
 
-def default_separation_settings(likelihood: str, isdm: bool = False, first_guess: bool = False) -> SamplerSettings:
-    """The measured best setting for a model with a first-guess separator
-    (Dirac), else the paper's."""
+def default_separation_settings(likelihood: str, isdm: bool = False) -> SamplerSettings:
+    """The paper's separation settings (a model with a first-guess separator
+    starts from it instead: separation_settings)."""
     check_likelihood(likelihood)
-    if first_guess and likelihood == "dirac":
-        return SEPARATE_WARM
     if likelihood == "gaussian":
         return SEPARATE_GAUSSIAN
     return SEPARATE_ISDM_DIRAC if isdm else SEPARATE_DIRAC
