@@ -10,7 +10,9 @@ That gives exact answers for everything the engine does:
 - the MMSE denoiser E[s | s + sigma e] = Sigma (Sigma + sigma^2 I)^-1 x, per bin;
 - separation of y = sum_n s_n: posterior mean Sigma 1 (1' Sigma 1)^-1 y (the
   multichannel Wiener filter) and posterior covariance Sigma - Sigma 1 1' Sigma / (1' Sigma 1);
-- imputation: mean Sigma_og Sigma_gg^-1 s_g.
+- imputation: mean Sigma_og Sigma_gg^-1 s_g;
+- a model conditioned on the mix: E[s | s + sigma e, y], and where its
+  probability-flow ODE takes any start (so warm starts have exact answers too).
 The engine's samplers run on `denoise` exactly as on the network, so tests and
 benchmarks can compare what they produce with these answers.
 """
@@ -80,6 +82,41 @@ class GaussianStemPrior:
         total = col.sum(dim=-1, keepdim=True).clamp_min(1e-300)
         post = torch.diagonal(cov, dim1=-2, dim2=-1) - col**2 / total  # [F, N]
         return _time_variance(post, length)
+
+    def posterior_covariance(self, length: int) -> Tensor:
+        """Per bin, the covariance of s given the mix: P = Sigma - Sigma 1 1' Sigma / (1' Sigma 1),
+        [F, N, N]; rank N - 1 (the stems' sum is known exactly)."""
+        cov = self.covariance(length)
+        col = cov.sum(dim=-1, keepdim=True)  # [F, N, 1]
+        total = col.sum(dim=-2, keepdim=True).clamp_min(1e-300)
+        return cov - col @ col.transpose(-1, -2) / total
+
+    def conditional_denoise(self, x: Tensor, sigma: Tensor, mixture: Tensor) -> Tensor:
+        """The exact denoiser of a model conditioned on the mix:
+        E[s | s + sigma e = x, sum s = y]. Given y, s ~ N(m, P) with m the Wiener
+        mean, and x is s plus independent noise, so this is the denoiser of that
+        Gaussian: m + P (P + sigma^2 I)^-1 (x - m) per bin."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
+        mean = self.separation_mean(mixture.cpu())
+        post = self.posterior_covariance(x.shape[-1])
+        eye = torch.eye(self.num_stems, dtype=torch.float64)
+        noisy = post[None] + (sigma.cpu() ** 2)[:, None, None, None] * eye
+        gain = torch.linalg.solve(noisy, post[None].expand_as(noisy)).transpose(-1, -2)
+        return (mean + self._apply(x.cpu() - mean, gain)).to(x.device)
+
+    def conditional_flow(self, start: Tensor, sigma_start: float, mixture: Tensor) -> Tensor:
+        """Where the probability-flow ODE of the conditioned denoiser takes
+        `start` (at noise level sigma_start) by sigma = 0, exactly. Per bin, in
+        the eigenbasis of P: du/dsigma = sigma u / (lambda + sigma^2), so
+        u(0) = u(sigma_start) sqrt(lambda / (lambda + sigma_start^2)); u = x - m.
+        Hence a warm start keeps sqrt(lambda / (lambda + s^2)) of its guess's
+        error and gives s^2 / (lambda + s^2) of the posterior's spread."""
+        mean = self.separation_mean(mixture)
+        lam, vec = torch.linalg.eigh(self.posterior_covariance(start.shape[-1]))
+        lam = lam.clamp_min(0.0)
+        keep = (lam / (lam + sigma_start**2)).sqrt()
+        factor = vec @ torch.diag_embed(keep) @ vec.transpose(-1, -2)
+        return mean + self._apply(start - mean, factor)
 
     def prior_variance(self, length: int) -> Tensor:
         return _time_variance(torch.diagonal(self.covariance(length), dim1=-2, dim2=-1), length)
