@@ -202,3 +202,22 @@ def test_asking_for_more_tracks_renders_only_the_new_ones(dataset, tmp_path):
     after = _files(grown)
     assert all(after[name] == data for name, data in before.items() if name.startswith(("train", "valid", "test")))
     assert (grown / "train" / "Track00004" / "mix.wav").is_file()
+
+
+def test_drum_hits_sit_on_integer_ticks_even_at_odd_bar_lines():
+    """A 6/8 bar starting at 60 + 187/384 quarters (a bar line the corpus
+    really has): every hit is an integer tick, inside the bar, and on a third
+    of the dotted-quarter beat, exactly (no float tolerance to get wrong)."""
+    drums = synth.drums
+    offset = 60 + 187 / 384
+    bar = synth.Bar(offset, 3.0, 3.0, 1.5, 2, 3, "6/8")
+    style = drums.DrumStyle(hat=drums.CLOSED_HAT, hat_sub=3, snare=drums.SNARE, half_time=False, waltz=False,
+                            kick_extra=1.0, ghost=0.5, open_hat=0.5, fill=1.0, level=1.0)
+    hits = drums._groove(bar, 0, style, np.random.default_rng(0))
+    begin, third = drums.ticks(offset), drums.ticks(1.5) // 3
+    assert drums.ticks(1.5) % 3 == 0 and begin == offset * drums.TICKS_PER_QUARTER
+    assert len(hits) >= 2 * 3 + 2  # hats on every third, kick and snare on the beats
+    for tick, _key, _velocity in hits:
+        assert isinstance(tick, int)
+        assert begin <= tick < begin + drums.ticks(3.0)
+        assert (tick - begin) % third == 0

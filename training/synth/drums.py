@@ -5,7 +5,7 @@ after them (General MIDI percussion, channel 10).
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +14,19 @@ from .corpus import Bar, MidiNote, Piece, Timeline
 
 
 DRUM_CHANNEL = 9
+
+# Drum times are integer ticks of a quarter note, so that "on the beat", "in
+# this bar" and "under the crash" are exact comparisons, not float ones with
+# tolerances. 40320 = 8! = 2^7 * 3^2 * 5 * 7: every subdivision a groove or
+# fill uses (halves, thirds, quarters of a beat of 1/2, 3/4, 1, 3/2, 2
+# quarters...) and the corpus's odd bar lines (multiples of 1/384 quarter in a
+# Schumann quartet) fall on a tick; anything finer is snapped to 25 us at most.
+TICKS_PER_QUARTER = 40320
+
+
+def ticks(quarters: float) -> int:
+    """Quarter-note time (from music21, a float that is a simple fraction) -> ticks."""
+    return round(quarters * TICKS_PER_QUARTER)
 
 # GM percussion keys.
 KICK, SIDE_STICK, SNARE, SNARE_2 = 36, 37, 38, 40
@@ -67,18 +80,19 @@ def _backbeat(beats: int, bar_index: int, style: DrumStyle) -> tuple[set[int], s
     return {b for b in range(beats) if b % 2 == 0}, {b for b in range(beats) if b % 2 == 1}
 
 
-def _groove(bar: Bar, bar_index: int, style: DrumStyle, rng) -> list[tuple[float, int, float]]:
-    """(quarter-note time, key, velocity) hits of one bar's basic beat."""
+def _groove(bar: Bar, bar_index: int, style: DrumStyle, rng) -> list[tuple[int, int, float]]:
+    """(tick, key, velocity) hits of one bar's basic beat."""
     kicks, snares = _backbeat(bar.beats, bar_index, style)
+    beat = ticks(bar.beat)
     hits = []
     for b in range(bar.beats):
-        beat_start = bar.origin + b * bar.beat
+        beat_start = ticks(bar.origin) + b * beat
         if b in kicks:
             hits.append((beat_start, KICK, rng.uniform(95, 115)))
         if b in snares:
             hits.append((beat_start, style.snare, rng.uniform(95, 120)))
         for s in range(style.hat_sub):
-            t = beat_start + s * bar.beat / style.hat_sub
+            t = beat_start + s * beat // style.hat_sub
             if s == 0:
                 velocity = rng.uniform(80, 95)
             else:
@@ -90,70 +104,77 @@ def _groove(bar: Bar, bar_index: int, style: DrumStyle, rng) -> list[tuple[float
                 hits.append((t, SNARE, rng.uniform(25, 40)))
         # An extra kick on the "and" (or the last third of a compound beat).
         if rng.random() < style.kick_extra:
-            hits.append((beat_start + bar.beat * (2 / 3 if bar.division == 3 else 0.5), KICK, rng.uniform(80, 100)))
-    return [h for h in hits if bar.offset - 1e-9 <= h[0] < bar.offset + bar.length - 1e-9]
+            hits.append((beat_start + (beat * 2 // 3 if bar.division == 3 else beat // 2), KICK, rng.uniform(80, 100)))
+    begin, end = ticks(bar.offset), ticks(bar.offset + bar.length)
+    return [h for h in hits if begin <= h[0] < end]
 
 
-def _fill(end: float, bar: Bar, beat_seconds: float, rng) -> list[tuple[float, int, float]]:
+def _fill(end: int, bar: Bar, beat_seconds: float, rng) -> list[tuple[int, int, float]]:
     """Toms (and some snare) going down over the last beat or two before ``end``."""
     beats = 2 if bar.beats >= 3 and rng.random() < 0.3 else 1
     if bar.division == 3:
         sub = 3
     else:  # sixteenths of a quarter beat (eighths of a half beat) unless too fast to play
         sub = 4 if beat_seconds / 4 >= 0.09 else 2
-    n, step = beats * sub, bar.beat / sub
+    n, beat = beats * sub, ticks(bar.beat)
     top = int(rng.integers(0, 3))
     hits = []
     for i in range(n):
         key = SNARE if rng.random() < 0.3 else TOMS[min(len(TOMS) - 1, top + (i * 4) // n)]
-        hits.append((end - (n - i) * step, key, 70 + 45 * i / max(1, n - 1) + rng.normal(0, 4)))
+        hits.append((end - (n - i) * beat // sub, key, 70 + 45 * i / max(1, n - 1) + rng.normal(0, 4)))
     return hits
 
 
-def _phrase_ends(piece: Piece, timeline: Timeline) -> list[float]:
-    """Fermata ends (chorales mark their phrases), else every fourth bar line."""
+def _is_full(bar: Bar) -> bool:
+    return ticks(bar.length) >= ticks(bar.full)
+
+
+def _phrase_ends(piece: Piece, timeline: Timeline) -> list[int]:
+    """Fermata ends (chorales mark their phrases), else every fourth bar line; in ticks."""
     if piece.phrase_ends:
-        ends = [e - timeline.start + k * timeline.period for k in range(timeline.loops) for e in piece.phrase_ends]
+        ends = [ticks(e - timeline.start + k * timeline.period) for k in range(timeline.loops) for e in piece.phrase_ends]
         return sorted(e for e in ends if e > 0)
-    full = [b for b in timeline.bars if b.length >= b.full - 1e-9]
-    return [b.offset + b.length for i, b in enumerate(full) if i % 4 == 3]
+    full = [b for b in timeline.bars if _is_full(b)]
+    return [ticks(b.offset + b.length) for i, b in enumerate(full) if i % 4 == 3]
 
 
-def _next_downbeat(timeline: Timeline, t: float) -> float | None:
-    """The first bar line at or after ``t``, except the last bar's (it gets the ending)."""
-    i = bisect_right(timeline.offsets, t - 1e-9)
-    return timeline.offsets[i] if 0 < i < len(timeline.offsets) - 1 else None
+def _next_downbeat(bar_lines: list[int], t: int) -> int | None:
+    """The first bar line at or after tick ``t``, except the last bar's (it gets the ending)."""
+    i = bisect_left(bar_lines, t)
+    return bar_lines[i] if 0 < i < len(bar_lines) - 1 else None
 
 
-def drum_notes(timeline: Timeline, rng, max_seconds: float, phrase_ends: list[float]) -> list[MidiNote]:
+def drum_notes(timeline: Timeline, rng, max_seconds: float, phrase_ends: list[int]) -> list[MidiNote]:
     """A drum part that follows the bars of the timeline."""
     style = DrumStyle.sample(rng, timeline)
     hits = []
     for i, bar in enumerate(timeline.bars):
         hits += _groove(bar, i, style, rng)
-    first_full = next((b for b in timeline.bars if b.length >= b.full - 1e-9), timeline.bars[0])
-    crashes = [first_full.offset]
+    bar_lines = [ticks(b.offset) for b in timeline.bars]
+    first_full = next((b for b in timeline.bars if _is_full(b)), timeline.bars[0])
+    crashes = [ticks(first_full.offset)]
     # A phrase (a chorale's fermata) often ends mid-bar and the next one starts
     # with a pickup: fill into the next downbeat and crash there.
-    for downbeat in sorted({_next_downbeat(timeline, e) for e in phrase_ends} - {None}):
-        bar = timeline.bar_at(downbeat - 1e-6)
+    for downbeat in sorted({_next_downbeat(bar_lines, e) for e in phrase_ends} - {None}):
+        bar = timeline.bars[bisect_left(bar_lines, downbeat) - 1]  # the bar that ends there
         if rng.random() < style.fill:
-            fill = [h for h in _fill(downbeat, bar, timeline.seconds(bar.beat), rng) if h[0] >= bar.offset - 1e-9]
-            hits = [h for h in hits if not fill[0][0] - 1e-9 <= h[0] < downbeat - 1e-9] + fill
+            begin = ticks(bar.offset)
+            fill = [h for h in _fill(downbeat, bar, timeline.seconds(bar.beat), rng) if h[0] >= begin]
+            hits = [h for h in hits if not fill[0][0] <= h[0] < downbeat] + fill
         crashes.append(downbeat)
     # The last bar: one crash with the kick on its downbeat, then let it ring.
-    last = timeline.bars[-1].offset
-    hits = [h for h in hits if h[0] < last - 1e-9]
+    last = bar_lines[-1]
+    hits = [h for h in hits if h[0] < last]
     crashes.append(last)
     for t in crashes:  # a crash replaces the hi-hat under it
-        hits = [h for h in hits if not (abs(h[0] - t) < 1e-9 and h[1] in (CLOSED_HAT, PEDAL_HAT, OPEN_HAT, RIDE))]
+        hits = [h for h in hits if not (h[0] == t and h[1] in (CLOSED_HAT, PEDAL_HAT, OPEN_HAT, RIDE))]
         hits += [(t, CRASH, rng.uniform(100, 120)), (t, KICK, rng.uniform(100, 115))]
-    loudest: dict[tuple[float, int], float] = {}  # one hit per key and time
+    loudest: dict[tuple[int, int], float] = {}  # one hit per key and tick
     for t, key, velocity in hits:
-        loudest[(round(t, 9), key)] = max(velocity, loudest.get((round(t, 9), key), 0.0))
+        loudest[(t, key)] = max(velocity, loudest.get((t, key), 0.0))
     out = []
     for (t, key), velocity in sorted(loudest.items()):
-        on = max(0.0, timeline.seconds(t) + rng.normal(0, 0.003))
+        on = max(0.0, timeline.seconds(t / TICKS_PER_QUARTER) + rng.normal(0, 0.003))
         if on >= max_seconds:
             continue
         velocity = velocity * style.level + rng.normal(0, 5)
