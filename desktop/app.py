@@ -73,9 +73,9 @@ def run(open_files: list[str], screenshot: str | None = None, task: str | None =
     window = MainWindow()
     window.resize(*size)
     if steps:
-        window.steps.setValue(steps)
+        window.task_bar.steps.setValue(steps)
     if resamples:
-        window.resamples.setValue(resamples)
+        window.task_bar.resamples.setValue(resamples)
     window.show()
     if open_files:
         mixes = [f for f in open_files if Path(f).stem.lower() not in window.session.stems]
@@ -101,10 +101,12 @@ def run(open_files: list[str], screenshot: str | None = None, task: str | None =
         app.quit()
 
     def poll() -> None:
+        if window.loader.busy:  # the files given on the command line are still being read
+            return QTimer.singleShot(100, poll)
         if task is None:
             return QTimer.singleShot(300, grab_and_quit)
         if not status["sent"]:
-            if window.engine_ready:
+            if window.engine.ready:
                 status["sent"] = window.run_task(task) is not None
                 if not status["sent"]:
                     status["code"] = 1
@@ -112,8 +114,8 @@ def run(open_files: list[str], screenshot: str | None = None, task: str | None =
             elif window.messages and window.messages[-1][0] == "error":
                 status["code"] = 1
                 return QTimer.singleShot(100, grab_and_quit)
-        elif window.job is None:
-            ok = window.last_job is not None and window.session.filled() and \
+        elif window.engine.job is None:
+            ok = window.engine.last_job is not None and window.session.filled() and \
                 not (window.messages and window.messages[-1][0] == "error")
             status["code"] = 0 if ok else 1
             return QTimer.singleShot(300, grab_and_quit)

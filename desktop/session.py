@@ -71,6 +71,10 @@ class Session:
     def can_undo(self) -> bool:
         return bool(self._undo)
 
+    def undo_audio(self) -> list[LaneAudio]:
+        """The audio undo would put back (kept ready to play, like the lanes')."""
+        return [audio for lanes in self._undo for audio in lanes.values() if audio is not None]
+
     def undo(self) -> str:
         """Put back the lanes as they were before the last result; returns its label."""
         if not self._undo:
