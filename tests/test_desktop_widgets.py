@@ -274,3 +274,30 @@ def test_lanes_own_their_states_and_keep_them_when_the_stems_change(qtbot):
     assert lanes["bass"].mute.isChecked() and lanes["bass"].level.value() == 50
     assert lanes.state("vocals") == LaneState("vocals") and not lanes["vocals"].mute.isChecked()
     assert lanes.given_stems() == []
+
+
+# ---- the screenshot --------------------------------------------------------------------
+def test_screenshot_is_written_whole_by_the_atomic_writer(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtGui import QImage
+    from PySide6.QtWidgets import QLabel
+
+    from desktop import app
+
+    label = QLabel("MSDM")
+    qtbot.addWidget(label)
+    label.resize(40, 20)
+    written = []
+
+    def write_atomic(path, content):
+        written.append(path)
+        return real(path, content)
+
+    real = app.write_atomic
+    monkeypatch.setattr(app, "write_atomic", write_atomic)
+    out = tmp_path / "new folder" / "shot.png"
+    app.save_picture(label, out)
+    assert written == [out] and os.listdir(out.parent) == ["shot.png"]  # no temp file left beside it
+    image = QImage(str(out))
+    assert (image.width(), image.height()) == (40, 20)
+    with pytest.raises(OSError):
+        app.save_picture(label, tmp_path)  # a folder: refused, and said
