@@ -1,5 +1,8 @@
 """MSDM Studio desktop app (`msdm app`): a PySide6 window over the OSC engine (`msdm serve`).
 
-Pure modules (no Qt): mixer, session, export, spectrogram, osc_messages.
-Qt modules: engine_client, supervisor, audio_output, lane_widget, window, app.
+Pure modules (no Qt): jobs, lane_state, session, mixer, export, spectrogram,
+waveform, osc_messages.
+Qt modules: window (the composition) of task_bar, transport, ruler, lanes
+(lane_widget), message_bar; engine_link (engine_client, supervisor); loader
+(reads files on a worker thread); audio_output; settings, dialogs; app.
 """

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QTimer
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
+
+from engine.atomic import write_atomic
 
 STYLE = """
 QMainWindow, QWidget { background: #1b1d22; color: #d8dbe2; }
@@ -59,6 +61,17 @@ def make_application(argv: list[str] | None = None) -> QApplication:
     return app
 
 
+def save_picture(widget: QWidget, path: str | Path) -> None:
+    """The widget as a PNG, written by the one atomic writer (a reader never sees half a picture)."""
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    if not widget.grab().save(buffer, "PNG"):
+        raise OSError("Qt could not encode the window as PNG")
+    buffer.close()
+    write_atomic(path, bytes(data))
+
+
 def run(open_files: list[str], screenshot: str | None = None, task: str | None = None,
         steps: int | None = None, resamples: int | None = None, size: tuple[int, int] = (1280, 760),
         timeout: float = 600.0) -> int:
@@ -73,9 +86,9 @@ def run(open_files: list[str], screenshot: str | None = None, task: str | None =
     window = MainWindow()
     window.resize(*size)
     if steps:
-        window.steps.setValue(steps)
+        window.task_bar.steps.setValue(steps)
     if resamples:
-        window.resamples.setValue(resamples)
+        window.task_bar.resamples.setValue(resamples)
     window.show()
     if open_files:
         mixes = [f for f in open_files if Path(f).stem.lower() not in window.session.stems]
@@ -93,18 +106,21 @@ def run(open_files: list[str], screenshot: str | None = None, task: str | None =
 
     def grab_and_quit() -> None:
         app.processEvents()
-        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        if not window.grab().save(str(screenshot)):
-            print(f"msdm app: could not write {screenshot}", file=sys.stderr)
+        try:
+            save_picture(window, screenshot)
+        except OSError as error:
+            print(f"msdm app: could not write {screenshot}: {error}", file=sys.stderr)
             status["code"] = 1
         window.shutdown()
         app.quit()
 
     def poll() -> None:
+        if window.loader.busy:  # the files given on the command line are still being read
+            return QTimer.singleShot(100, poll)
         if task is None:
             return QTimer.singleShot(300, grab_and_quit)
         if not status["sent"]:
-            if window.engine_ready:
+            if window.engine.ready:
                 status["sent"] = window.run_task(task) is not None
                 if not status["sent"]:
                     status["code"] = 1
@@ -112,8 +128,8 @@ def run(open_files: list[str], screenshot: str | None = None, task: str | None =
             elif window.messages and window.messages[-1][0] == "error":
                 status["code"] = 1
                 return QTimer.singleShot(100, grab_and_quit)
-        elif window.job is None:
-            ok = window.last_job is not None and window.session.filled() and \
+        elif window.engine.job is None:
+            ok = window.engine.last_job is not None and window.session.filled() and \
                 not (window.messages and window.messages[-1][0] == "error")
             status["code"] = 0 if ok else 1
             return QTimer.singleShot(300, grab_and_quit)

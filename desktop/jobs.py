@@ -1,6 +1,7 @@
 """A job sent to the engine: the request built from the task bar (a pure
 function, tested without Qt), what was asked, where its files go, progress and
-time left. Pure python; the window owns at most one running Job."""
+time left. Pure python; the engine link (desktop/engine_link.py) holds at most
+one running Job."""
 
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ class Job:
     message: str = "waiting for the engine"
     last_heard: float = field(default_factory=time.monotonic)
     cancelling: bool = False
+    answered: bool = False             # the engine is done; the app reads the result's files
     first_report: tuple[float, float] | None = None   # (time, fraction) of the first progress > 0
 
     def update(self, fraction: float, message: str, now: float | None = None) -> None:

@@ -4,9 +4,6 @@ Accepts files dropped on it; its name can be dragged out as the lane's file."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QMimeData, QPoint, QRectF, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDrag, QFont

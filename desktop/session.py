@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
-
 from engine.audio.files import Audio
 
 MIX = "mix"
@@ -72,6 +70,10 @@ class Session:
     @property
     def can_undo(self) -> bool:
         return bool(self._undo)
+
+    def undo_audio(self) -> list[LaneAudio]:
+        """The audio undo would put back (kept ready to play, like the lanes')."""
+        return [audio for lanes in self._undo for audio in lanes.values() if audio is not None]
 
     def undo(self) -> str:
         """Put back the lanes as they were before the last result; returns its label."""

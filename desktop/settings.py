@@ -33,7 +33,7 @@ class AppSettings:
     resamples: int = 1
     seed: int = 0
     likelihood: str = "dirac"
-    # How Separate works (desktop/window.py SEPARATION_MODES): the model's
+    # How Separate works (desktop/jobs.py SEPARATION_MODES): the model's
     # first guess alone is the measured best few-evaluation setting (docs/models.md).
     separation: str = "first guess"
     # dpmpp2m stays stable at the app's few steps, where the paper's Euler sampler

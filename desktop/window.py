@@ -1,69 +1,38 @@
-"""The main window: lanes, ruler and transport, the task bar, and the wiring
-between the session (lanes), the mixer (playback) and the engine (OSC).
+"""The main window: the widgets put together and wired.
 
-The GUI thread owns the Session and every widget; the engine client and the
-process supervisor only deliver Qt signals; the audio thread only reads the
-Mixer."""
+Each widget owns its state: the task bar its controls and the job it shows
+(task_bar.py), the transport the playback (transport.py), the ruler the view
+and the loop region (ruler.py), the lanes their LaneStates (lanes.py). The
+window owns the Session (the lanes' audio and undo) and turns what the widgets
+ask for into engine jobs (engine_link.py) and file reads (loader.py).
+
+Threads: the GUI thread owns the Session and every widget; the engine link
+delivers through the event loop; files are read and resampled on the loader's
+worker thread and come back by a signal; the audio thread only reads the Mixer."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
+from typing import Callable, Mapping
 
-import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow,
-                               QMenu, QProgressBar, QPushButton, QScrollArea, QSpinBox, QToolButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMenu, QToolButton, QVBoxLayout, QWidget
 
-from engine.jobs.options import LIKELIHOODS, METHODS, OPTIONS_BY_NAME
-
-from . import osc_messages as osc
-from .audio_output import AudioOutput
-from .engine_client import EngineClient
+from .engine_link import EngineLink
 from .export import ExportError, export_lanes
-from .jobs import (SEPARATION_MODES, Job, JobRefused, TaskControls, build_request, check_result, format_left,
-                   new_job_id, task_options)
-from .lane_widget import HEADER_WIDTH, LaneWidget
-from .mixer import Mixer, Track, prepare_samples
+from .jobs import Job, JobRefused, build_request, check_result, new_job_id
+from .lanes import Lanes
+from .loader import FileLoader, Loaded, LoadRequest
+from .message_bar import MessageBar
+from .ruler import Ruler
 from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
 from .settings import AppSettings, load_settings, save_settings
-from .supervisor import EngineSupervisor
-
-# The engine's samplers (its option table), the app's default first.
-SAMPLERS = ("dpmpp2m", *(m for m in METHODS if m != "dpmpp2m"))
-
-
-def _limits(name: str, cap: int | None = None) -> tuple[int, int]:
-    """A control's range: the engine's option table's limits (engine.jobs.options),
-    at most `cap` where the app offers less (a narrow task row)."""
-    option = OPTIONS_BY_NAME[name]
-    return int(option.low), int(option.high if cap is None else min(option.high, cap))
-
+from .task_bar import TaskBar
+from .transport import Transport, make_action, tool_button
 
 DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 AUDIO_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aif *.aiff *.w64 *.opus);;All files (*)"
-CODE_HINTS = {
-    "bad_input": "Check that the file plays in another program, or export it again as WAV.",
-    "bad_path": "The work folder must be inside the server's --output-root: set it in Engine > Settings.",
-    "exists": "Choose another work folder in Engine > Settings.",
-    "queue_full": "The engine is busy with other jobs; try again when they finish.",
-    "engine": "Try fewer steps, another model, or Engine > Restart.",
-}
-
-
-class TimeAxis(pg.AxisItem):
-    """Ruler labels as m:ss (m:ss.s when zoomed in)."""
-
-    def tickStrings(self, values, scale, spacing):
-        fine = spacing < 1.0
-        out = []
-        for v in values:
-            minutes, seconds = divmod(max(v, 0.0), 60)
-            out.append(f"{int(minutes)}:{seconds:04.1f}" if fine else f"{int(minutes)}:{int(seconds):02d}")
-        return out
 
 
 class MainWindow(QMainWindow):
@@ -73,48 +42,37 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("MSDM Studio")
         self.resize(1280, 760)
         self.session = Session(stems=DEFAULT_STEMS)
-        self.mixer = Mixer(22050, 2)
-        self.output = AudioOutput(self.mixer)
-        self.client = EngineClient(self)
-        self.supervisor: EngineSupervisor | None = None
-        self.engine_ready = False
-        self.engine_model = ""
-        self.engine_rate = 0
-        self.job: Job | None = None
-        self.last_job: Job | None = None
-        self.messages: list[tuple[str, str]] = []   # (level, text), newest last
         self.song = "untitled"
         self._jobs_run = 0
-        self._lane_state: dict[str, dict] = {}
-        self._prepared: dict[str, tuple[int, int, object]] = {}
-        self._fitted_length = -1.0
         self.session_dir = (Path(self.settings.output_root).expanduser().resolve() /
                             f"session-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
 
+        self.engine = EngineLink(self)
+        self.loader = FileLoader(self)
+        self.transport = Transport(self)
+        self.task_bar = TaskBar(self.settings)
+        self.message_bar = MessageBar()
+        self.ruler = Ruler()
+        self.lanes = Lanes()
+        self.engine_label = QLabel("Engine: starting…")
         self._build_actions()
         self._build_ui()
-        self._build_lanes()
-        self._connect_client()
-        self.timer = QTimer(self)
-        self.timer.timeout.connect(self._tick)
-        self.timer.start(33)
-        if not self.output.available:
-            self.message(self.output.problem, "warning")
-        self._update_controls()
+        self._connect()
+        self.lanes.set_names(self.session.lane_names, x_link=self.ruler.plot)
+        self.refresh_lanes()
+        self.transport.report_problem()
         if start_engine:
             self.start_engine()
 
-    # =========================================================================
-    # UI
-    # =========================================================================
+    @property
+    def messages(self) -> list[tuple[str, str]]:
+        """Every message shown, (level, text), newest last."""
+        return self.message_bar.messages
+
+    # ---- composition ----------------------------------------------------------
     def _build_actions(self) -> None:
         def action(text, slot, shortcut=None, tip=""):
-            a = QAction(text, self)
-            a.triggered.connect(slot)
-            if shortcut:
-                a.setShortcut(QKeySequence(shortcut))
-            a.setToolTip(tip or text)
-            return a
+            return make_action(self, text, slot, shortcut, tip)
 
         self.open_action = action("Open mix…", self._open_mix_dialog, "Ctrl+O", "Open a song (the mix)")
         self.stems_action = action("Open stems…", self._open_stems_dialog, "Ctrl+Shift+O",
@@ -124,12 +82,6 @@ class MainWindow(QMainWindow):
         self.settings_action = action("Settings…", self._settings_dialog, None, "Engine and work folder")
         self.restart_action = action("Restart engine", self.restart_engine)
         self.quit_action = action("Quit", self.close, "Ctrl+Q")
-        self.play_action = action("Play", self.play_pause, "Space", "Play / pause (Space)")
-        self.stop_action = action("Stop", self.stop, "Home", "Stop and go back to the start (Home)")
-        self.loop_action = action("Loop", self._loop_toggled, "L", "Loop the region marked on the ruler (L)")
-        self.loop_action.setCheckable(True)
-        self.loop_action.triggered.disconnect()
-        self.loop_action.toggled.connect(self._loop_toggled)
 
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
@@ -140,231 +92,68 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.export_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
-        edit_menu = menu.addMenu("&Edit")
-        edit_menu.addAction(self.undo_action)
+        menu.addMenu("&Edit").addAction(self.undo_action)
         play_menu = menu.addMenu("&Transport")
-        for a in (self.play_action, self.stop_action, self.loop_action):
+        for a in (self.transport.play_action, self.transport.stop_action, self.transport.loop_action):
             play_menu.addAction(a)
         engine_menu = menu.addMenu("E&ngine")
         engine_menu.addAction(self.settings_action)
         engine_menu.addAction(self.restart_action)
         self._fill_recent()
 
-    def _tool(self, action: QAction, text: str | None = None) -> QToolButton:
-        button = QToolButton()
-        button.setDefaultAction(action)
-        if text:
-            button.setText(text)
-        button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        return button
-
     def _build_ui(self) -> None:
         central = QWidget()
         root = QVBoxLayout(central)
         root.setContentsMargins(8, 6, 8, 4)
         root.setSpacing(6)
-
-        # Transport and file row.
-        top = QHBoxLayout()
+        top = QHBoxLayout()  # files, transport, then undo / export / settings at the right
         for a in (self.open_action, self.stems_action):
-            top.addWidget(self._tool(a))
+            top.addWidget(tool_button(a))
         recent = QToolButton()
         recent.setText("Recent")
         recent.setMenu(self.recent_menu)
         recent.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         top.addWidget(recent)
         top.addSpacing(18)
-        self.stop_button = self._tool(self.stop_action, "■")
-        self.play_button = self._tool(self.play_action, "▶")
-        self.loop_button = self._tool(self.loop_action, "⟲ Loop")
-        for b in (self.stop_button, self.play_button, self.loop_button):
-            b.setObjectName("transport")
-            top.addWidget(b)
-        self.clock = QLabel("0:00.0 / 0:00.0")
-        self.clock.setObjectName("clock")
-        top.addWidget(self.clock)
-        self.meter = QProgressBar()
-        self.meter.setObjectName("meter")
-        self.meter.setRange(0, 1000)
-        self.meter.setTextVisible(False)
-        self.meter.setFixedSize(90, 8)
-        self.meter.setToolTip("Output level")
-        top.addWidget(self.meter)
+        top.addWidget(self.transport)
         top.addStretch(1)
         for a in (self.undo_action, self.export_action, self.settings_action):
-            top.addWidget(self._tool(a))
+            top.addWidget(tool_button(a))
         root.addLayout(top)
-
-        # Task row: the three tasks, their settings, progress and cancel.
-        tasks = QFrame()
-        tasks.setObjectName("taskBar")
-        row = QHBoxLayout(tasks)
-        row.setContentsMargins(8, 4, 8, 4)
-        row.setSpacing(5)  # every task setting on one row within the 1500 px window
-        self.separate_button = QPushButton("Separate")
-        self.generate_button = QPushButton("Generate")
-        self.impute_button = QPushButton("Impute")
-        self.separate_button.setToolTip("Split the mix lane into the stem lanes")
-        self.generate_button.setToolTip("Make a new piece: every stem and the mix")
-        self.impute_button.setToolTip("Keep the stems ticked 'given' and generate the others to fit them")
-        for button, kind in ((self.separate_button, "separate"), (self.generate_button, "generate"),
-                             (self.impute_button, "impute")):
-            button.setObjectName("task")
-            button.clicked.connect(lambda _=False, k=kind: self.run_task(k))
-            row.addWidget(button)
-        row.addSpacing(12)
-        steps_low = max(1, _limits("steps")[0])  # 0 (the first guess itself) is a Separate-by choice
-        self.steps = self._spin(QSpinBox(), steps_low, _limits("steps", 1000)[1], self.settings.steps,
-                                "Steps", "Noise levels of the sampler: more is slower and cleaner (paper: 150)", row)
-        self.resamples = self._spin(QSpinBox(), *_limits("resamples", 20), self.settings.resamples, "Resamples",
-                                    "Correction passes per step for Separate (paper: 2)", row)
-        self.seed = self._spin(QSpinBox(), 0, _limits("seed")[1], self.settings.seed, "Seed",
-                               "Same seed, same audio", row)
-        row.addWidget(QLabel("Sampler"))
-        self.method = QComboBox()
-        self.method.addItems(SAMPLERS)
-        self.method.setCurrentText(self.settings.method if self.settings.method in SAMPLERS else SAMPLERS[0])
-        self.method.setToolTip("dpmpp2m: near the paper's quality in few steps (32 steps, 1 resample);\n"
-                               "euler: the paper's sampler, needs many steps (150, 2 resamples);\n"
-                               "heun: two evaluations per step, for generation")
-        row.addWidget(self.method)
-        self.separation = QComboBox()
-        self.separation.addItems(list(SEPARATION_MODES))
-        self.separation.setCurrentText(self.settings.separation if self.settings.separation in SEPARATION_MODES
-                                       else "first guess")
-        self.separation.setToolTip("How Separate works. first guess: the model's fast separator, in about a "
-                                   "second;\nrefined guess: that guess refined by the diffusion model (Steps);\n"
-                                   "from noise: the paper's diffusion sampler (Steps, Resamples, Sampler)")
-        row.addWidget(self.separation)
-        self.likelihood = QComboBox()
-        self.likelihood.addItems(LIKELIHOODS)
-        self.likelihood.setCurrentText(self.settings.likelihood)
-        self.likelihood.setToolTip("Likelihood, for Separate refined or from noise. dirac: the stems sum to the "
-                                   "mix exactly; gaussian: a soft constraint")
-        row.addWidget(self.likelihood)
-        self.seconds = self._spin(QDoubleSpinBox(), 0.5, 600.0, self.settings.seconds, "Length",
-                                  "Seconds to generate", row)
-        self.seconds.setSuffix(" s")
-        row.addStretch(1)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setFixedWidth(120)
-        self.progress.setFormat("%p%")
-        row.addWidget(self.progress)
-        self.progress_label = QLabel("")
-        self.progress_label.setMinimumWidth(110)
-        row.addWidget(self.progress_label)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_job)
-        row.addWidget(self.cancel_button)
-        root.addWidget(tasks)
-
-        # Messages a musician can act on, inline (never a modal box that blocks playback).
-        self.message_bar = QFrame()
-        self.message_bar.setObjectName("messageBar")
-        bar = QHBoxLayout(self.message_bar)
-        bar.setContentsMargins(10, 4, 4, 4)
-        self.message_label = QLabel("")
-        self.message_label.setWordWrap(True)
-        self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        bar.addWidget(self.message_label, 1)
-        close = QToolButton()
-        close.setText("✕")
-        close.clicked.connect(self.message_bar.hide)
-        bar.addWidget(close)
-        self.message_bar.hide()
+        root.addWidget(self.task_bar)
         root.addWidget(self.message_bar)
-
-        # Ruler (click to seek, loop region) aligned with the lanes' plots.
-        ruler_row = QHBoxLayout()
-        ruler_row.setSpacing(0)
-        spacer = QLabel("  click the ruler to seek")
-        spacer.setObjectName("rulerHint")
-        spacer.setFixedWidth(HEADER_WIDTH + 1)  # the lane frame's border
-        ruler_row.addWidget(spacer)
-        self.ruler = pg.PlotWidget(background="#1d2026", axisItems={"top": TimeAxis("top")})
-        self.ruler.setFixedHeight(42)
-        self.ruler.showAxis("top")
-        self.ruler.hideAxis("bottom")
-        self.ruler.hideAxis("left")
-        self.ruler.setMenuEnabled(False)
-        self.ruler.hideButtons()
-        self.ruler.getPlotItem().layout.setContentsMargins(0, 0, 0, 0)
-        self.ruler.setMouseEnabled(x=True, y=False)
-        self.ruler.setYRange(0, 1, padding=0)
-        self.ruler.setXRange(0, 10, padding=0)
-        self.ruler.getViewBox().setLimits(xMin=0)
-        self.ruler_playhead = pg.InfiniteLine(pos=0, angle=90, movable=False, pen=pg.mkPen("#ffcc33", width=2))
-        self.ruler.addItem(self.ruler_playhead)
-        self.loop_item = pg.LinearRegionItem(values=(0, 2), brush=pg.mkBrush(255, 204, 51, 60))
-        self.loop_item.setVisible(False)
-        self.loop_item.sigRegionChanged.connect(self._loop_region_changed)
-        self.ruler.addItem(self.loop_item)
-        self.ruler.scene().sigMouseClicked.connect(self._ruler_clicked)
-        ruler_row.addWidget(self.ruler, 1)
-        root.addLayout(ruler_row)
-
-        self.lanes_box = QWidget()
-        self.lanes_layout = QVBoxLayout(self.lanes_box)
-        self.lanes_layout.setContentsMargins(0, 0, 0, 0)
-        self.lanes_layout.setSpacing(3)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.lanes_box)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        root.addWidget(scroll, 1)
+        root.addWidget(self.ruler)
+        root.addWidget(self.lanes, 1)
         self.setCentralWidget(central)
-        self.engine_label = QLabel("Engine: starting…")
         self.statusBar().addPermanentWidget(self.engine_label)
 
-    def _spin(self, spin, low, high, value, label, tip, row):
-        spin.setRange(low, high)
-        spin.setValue(value)
-        spin.setToolTip(tip)
-        text = QLabel(label)
-        text.setToolTip(tip)
-        row.addWidget(text)
-        row.addWidget(spin)
-        return spin
+    def _connect(self) -> None:
+        engine, transport, ruler, lanes = self.engine, self.transport, self.ruler, self.lanes
+        engine.status.connect(self.engine_label.setText)
+        engine.message.connect(self.message)
+        engine.modelReady.connect(self._on_model)
+        engine.changed.connect(self._update_controls)
+        engine.progressed.connect(self.task_bar.show_job)
+        engine.ended.connect(self.task_bar.show_outcome)
+        engine.answered.connect(self._on_answered)
+        self.task_bar.taskRequested.connect(self.run_task)
+        self.task_bar.cancelRequested.connect(engine.cancel)
+        transport.message.connect(self.message)
+        transport.positionChanged.connect(ruler.set_playhead)
+        transport.positionChanged.connect(lanes.set_playhead)
+        transport.loop_action.toggled.connect(ruler.set_looping)
+        ruler.seekRequested.connect(transport.seek)
+        ruler.loopChanged.connect(transport.set_loop)
+        ruler.loopChanged.connect(lanes.set_loop)
+        lanes.settingChanged.connect(lambda name, changes: transport.update_lane(name, **changes))
+        lanes.filesDropped.connect(self.drop_files)
 
-    def _build_lanes(self) -> None:
-        while self.lanes_layout.count():
-            item = self.lanes_layout.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
-        self.lanes: dict[str, LaneWidget] = {}
-        for index, name in enumerate(self.session.lane_names):
-            lane = LaneWidget(name, index)
-            lane.plot.setXLink(self.ruler)
-            state = self._lane_state.setdefault(name, {"gain": 1.0, "mute": False, "solo": False})
-            lane.level.setValue(round(state["gain"] * 100))
-            lane.mute.setChecked(state["mute"])
-            lane.solo.setChecked(state["solo"])
-            lane.muteChanged.connect(lambda n, on: self._lane_changed(n, mute=on))
-            lane.soloChanged.connect(lambda n, on: self._lane_changed(n, solo=on))
-            lane.gainChanged.connect(lambda n, g: self._lane_changed(n, gain=g))
-            lane.filesDropped.connect(self.drop_files)
-            self.lanes_layout.addWidget(lane)
-            self.lanes[name] = lane
-        self.lanes_layout.addStretch(1)
-        self._refresh_lanes()
-
-    # =========================================================================
-    # Messages
-    # =========================================================================
     def message(self, text: str, level: str = "info") -> None:
         """Show a message inline; levels: info, warning, error."""
-        self.messages.append((level, text))
-        self.message_label.setText(text)
-        self.message_bar.setProperty("level", level)
-        self.message_bar.style().unpolish(self.message_bar)
-        self.message_bar.style().polish(self.message_bar)
-        self.message_bar.show()
+        self.message_bar.show_message(text, level)
         self.statusBar().showMessage(text.split(". ")[0], 8000)
 
-    # =========================================================================
-    # Opening files
-    # =========================================================================
+    # ---- opening files (read off the GUI thread) ---------------------------------
     def _open_mix_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a mix", self._last_folder(), AUDIO_FILTER)
         if path:
@@ -378,43 +167,34 @@ class MainWindow(QMainWindow):
     def _last_folder(self) -> str:
         return str(Path(self.settings.recent[0]).parent) if self.settings.recent else str(Path.home())
 
-    def _read(self, path: str | Path) -> LaneAudio | None:
-        from engine.audio.files import AudioInputError, read_audio
+    def open_mix(self, path: str | Path) -> None:
+        """A new song: once read, the file goes on the mix lane and the stem
+        lanes are cleared (undoable). The lanes change when ``loader.finished`` says so."""
+        path = Path(path)
 
-        try:
-            audio = read_audio(path)
-        except AudioInputError as error:
-            self.message(f"{error} Your lanes were not changed.", "error")
-            return None
-        except (OSError, ValueError, RuntimeError) as error:
-            self.message(f"Cannot open '{path}': {error}. Your lanes were not changed.", "error")
-            return None
-        return LaneAudio(audio.samples, audio.sample_rate, Path(path).resolve())
+        def opened(loaded: Loaded) -> None:
+            result: dict[str, LaneAudio | None] = {name: None for name in self.session.stems}
+            result[MIX] = loaded.audio[MIX]
+            if self._apply(result, f"open {path.name}"):
+                self.song = path.stem
+                self._remember(path)
+                self.lanes.set_flags(MIX, mute=False)
+                self.refresh_lanes(fit=True)
+                self.statusBar().showMessage(f"Opened {path}", 5000)
 
-    def open_mix(self, path: str | Path) -> bool:
-        """A new song: the file goes on the mix lane and the stem lanes are cleared (undoable)."""
-        audio = self._read(path)
-        if audio is None:
-            return False
-        result = {name: None for name in self.session.stems}
-        result[MIX] = audio
-        self.session.apply_result(result, f"open {Path(path).name}")
-        self.song = Path(path).stem
-        self._remember(path)
-        self._set_lane_flag(MIX, mute=False)
-        self._refresh_lanes(fit=True)
-        self.statusBar().showMessage(f"Opened {path}", 5000)
-        return True
+        self._read({MIX: path}, opened, new_song=True)
 
     def open_stems(self, paths: list) -> bool:
-        """Stem files onto stem lanes: matched by name (drums.wav -> drums), others fill empty lanes."""
+        """Stem files onto stem lanes: matched by name (drums.wav -> drums), others
+        fill empty lanes. False (and a message) if they cannot be placed."""
         try:
             free = [s for s in self.session.stems if self.session.audio.get(s) is None]
             placed = assign_stem_files(paths, self.session.stems, free)
         except StemMismatchError as error:
             self.message(f"{error} Nothing was opened.", "error")
             return False
-        return self._load_onto(placed, "open stems")
+        self._load_onto(placed, "open stems")
+        return True
 
     def drop_files(self, lane: str, paths: list) -> None:
         """Files dropped on a lane: one file replaces that lane; several are placed as stems."""
@@ -425,19 +205,42 @@ class MainWindow(QMainWindow):
         else:
             self.open_stems(paths)
 
-    def _load_onto(self, placed: dict, label: str) -> bool:
-        loaded = {}
-        for name, path in placed.items():
-            audio = self._read(path)
-            if audio is None:
-                return False
-            loaded[name] = audio
-        self.session.apply_result(loaded, label)
-        for path in placed.values():
-            self._remember(path)
-        if self.session.audio.get(MIX) is None and self.song == "untitled":
-            self.song = Path(next(iter(placed.values()))).parent.name or "untitled"
-        self._refresh_lanes(fit=True)
+    def _load_onto(self, placed: Mapping[str, Path], label: str) -> None:
+        def loaded_onto(loaded: Loaded) -> None:
+            if self._apply(loaded.audio, label):
+                for path in placed.values():
+                    self._remember(path)
+                if self.session.audio.get(MIX) is None and self.song == "untitled":
+                    self.song = Path(next(iter(placed.values()))).parent.name or "untitled"
+                self.refresh_lanes(fit=True)
+
+        self._read(placed, loaded_onto)
+
+    def _read(self, paths: Mapping[str, Path], then: Callable[[Loaded], None], *, new_song: bool = False,
+              on_error: Callable[[], None] | None = None) -> None:
+        """Read files (and prepare them for playback) on the loader's thread, then
+        ``then(loaded)`` here; a file that cannot be read is a message and changes nothing."""
+        def request() -> LoadRequest:  # built when its turn comes: the lanes as the reads before it left them
+            keep = {name: None if new_song else audio for name, audio in self.session.audio.items()}
+            return LoadRequest(paths=dict(paths), keep=keep, cached=self.transport.cache.keys())
+
+        def done(loaded: Loaded) -> None:
+            if on_error is not None and not loaded.ok:
+                on_error()
+            if not loaded.ok:
+                self.message(loaded.error, "error")
+                return
+            self.transport.add_prepared(loaded.prepared)
+            then(loaded)
+
+        self.loader.submit(request, done)
+
+    def _apply(self, result: Mapping[str, LaneAudio | None], label: str) -> bool:
+        try:
+            self.session.apply_result(result, label)
+        except StemMismatchError as error:
+            self.message(str(error), "error")
+            return False
         return True
 
     def _remember(self, path) -> None:
@@ -451,342 +254,105 @@ class MainWindow(QMainWindow):
             self.recent_menu.addAction(Path(path).name, lambda p=path: self.open_mix(p)).setToolTip(path)
         self.recent_menu.setEnabled(bool(self.settings.recent))
 
-    # =========================================================================
-    # Lanes and playback
-    # =========================================================================
-    def _set_lane_flag(self, name: str, **flags) -> None:
-        lane = self.lanes.get(name)
-        if lane is None:
-            return
-        if "mute" in flags:
-            lane.mute.setChecked(flags["mute"])
-        if "solo" in flags:
-            lane.solo.setChecked(flags["solo"])
-
-    def _lane_changed(self, name: str, **changes) -> None:
-        self._lane_state.setdefault(name, {"gain": 1.0, "mute": False, "solo": False}).update(changes)
-        self.mixer.update(name, **changes)
-
-    def _refresh_lanes(self, fit: bool = False) -> None:
-        for name, lane in self.lanes.items():
-            audio = self.session.audio.get(name)
-            if lane.audio is not audio:
-                lane.set_audio(audio)
-        self._rebuild_mixer()
-        length = self.mixer.length / self.mixer.sample_rate if self.mixer.length else 0.0
-        if length > 0:
-            self.ruler.getViewBox().setLimits(xMin=0, xMax=length * 1.02)
-            if fit or self._fitted_length < 0:
-                self.ruler.setXRange(0, length, padding=0)
-                self._fitted_length = length
-        self._update_controls()
-
-    def _rebuild_mixer(self) -> None:
-        from engine.audio.files import resample
-
-        filled = self.session.filled()
-        if not filled:
-            self.mixer.set_tracks({})
-            return
-        first = self.session.audio[MIX] if self.session.audio.get(MIX) is not None else self.session.audio[filled[0]]
-        rate = first.sample_rate
-        tracks = {}
-        for name in filled:
-            audio = self.session.audio[name]
-            cached = self._prepared.get(name)
-            if cached is not None and cached[0] == id(audio) and cached[1] == rate:
-                samples = cached[2]
-            else:
-                raw = audio.samples if audio.sample_rate == rate else resample(audio.samples, audio.sample_rate, rate)
-                samples = prepare_samples(raw)
-                self._prepared[name] = (id(audio), rate, samples)
-            state = self._lane_state.setdefault(name, {"gain": 1.0, "mute": False, "solo": False})
-            tracks[name] = Track(samples, gain=state["gain"], mute=state["mute"], solo=state["solo"])
-        rate_changed = rate != self.mixer.sample_rate
-        self.mixer.set_tracks(tracks, rate)
-        if rate_changed and self.output.active:
-            self.output.close()
-            if self.mixer.playing:
-                self.output.start()
-
-    def play_pause(self) -> None:
-        if self.mixer.playing:
-            self.mixer.pause()
-            return
-        if not self.session.filled():
-            self.message("Nothing to play yet: open a mix (Ctrl+O) or drop a file on a lane.")
-            return
-        self.mixer.play()
-        if not self.output.start():
-            self.mixer.pause()
-            if not any(text == self.output.problem for _, text in self.messages):
-                self.message(self.output.problem, "warning")  # said once, not at every press
-
-    def stop(self) -> None:
-        self.mixer.stop()
-
-    def seek(self, seconds: float) -> None:
-        self.mixer.seek(int(round(seconds * self.mixer.sample_rate)))
-
-    def _ruler_clicked(self, event) -> None:
-        if event.button() != Qt.MouseButton.LeftButton:
-            return
-        point = self.ruler.getViewBox().mapSceneToView(event.scenePos())
-        self.seek(max(point.x(), 0.0))
-
-    def _loop_toggled(self, on: bool) -> None:
-        if on:
-            low, high = self.ruler.getViewBox().viewRange()[0]
-            start, end = self.loop_item.getRegion()
-            if not (low <= start < end <= high):  # put it where the musician is looking
-                span = high - low
-                self.loop_item.setRegion((low + span * 0.25, low + span * 0.5))
-        self.loop_item.setVisible(on)
-        self._loop_region_changed()
-
-    def _loop_region_changed(self) -> None:
-        on = self.loop_action.isChecked()
-        start, end = self.loop_item.getRegion()
-        rate = self.mixer.sample_rate
-        self.mixer.set_loop(int(start * rate), int(end * rate)) if on else self.mixer.set_loop(None)
-        for lane in self.lanes.values():
-            lane.set_loop((start, end) if on else None)
-
-    def _tick(self) -> None:
-        rate = self.mixer.sample_rate
-        now = self.mixer.position / rate
-        total = self.mixer.length / rate
-        self.clock.setText(f"{_clock(now)} / {_clock(total)}")
-        self.ruler_playhead.setPos(now)
-        for lane in self.lanes.values():
-            lane.set_playhead(now)
-        self.play_button.setText("❚❚" if self.mixer.playing else "▶")
-        _, _, peak = self.output.tap.snapshot()
-        level = float(peak.max()) if self.mixer.playing and peak.size else 0.0
-        self.meter.setValue(int(min(level, 1.0) * 1000))
-        if self.job is not None:
-            self._show_progress()
-
-    # =========================================================================
-    # Engine connection
-    # =========================================================================
-    def _connect_client(self) -> None:
-        c = self.client
-        c.pong.connect(self._on_pong)
-        c.models.connect(self._on_models)
-        c.accepted.connect(self._on_accepted)
-        c.progress.connect(self._on_progress)
-        c.done.connect(self._on_done)
-        c.error.connect(self._on_error)
-        c.cancelled.connect(self._on_cancelled)
-        c.unanswered.connect(self._on_unanswered)
-
-    def start_engine(self) -> None:
-        self.engine_ready = False
-        self.client.disconnect_engine()
-        if self.supervisor is not None:
-            self.supervisor.stop()
-            self.supervisor.deleteLater()
-            self.supervisor = None
-        if self.settings.engine_mode == "remote":
-            self.engine_label.setText(f"Engine: connecting to {self.settings.remote_host}:{self.settings.remote_port}…")
-            self.client.connect_to(self.settings.remote_host, self.settings.remote_port)
-            self.client.ping()
-        else:
-            self.engine_label.setText("Engine: starting…")
-            self.supervisor = EngineSupervisor(self.session_dir.parent, self.settings.model, self.settings.backend,
-                                               self)
-            self.supervisor.ready.connect(self._on_engine_address)
-            self.supervisor.failed.connect(self._on_engine_failed)
-            self.supervisor.start()
-        self._update_controls()
-
-    def restart_engine(self) -> None:
-        if self.job is not None:
-            self._end_job()
-        self.start_engine()
-
-    def _on_engine_address(self, host: str, port: int) -> None:
-        self.client.connect_to(host, port)
-        self.client.ping(timeout_ms=10000)
-
-    def _on_pong(self, version: str, model: str) -> None:
-        self.engine_model = model
-
-    def _on_models(self, model: str, stems: list, rate: int, backend: str) -> None:
-        if not stems:
-            return
-        self.engine_model, self.engine_rate = model, rate
+    # ---- lanes -------------------------------------------------------------------
+    def _on_model(self, stems: list) -> None:
+        """The engine's model has these stems: the lanes follow it."""
         if tuple(stems) != self.session.stems:
             self.session.set_stems(stems)
-            self._build_lanes()
-        where = "local" if self.supervisor is not None else f"{self.client.host}:{self.client.port}"
-        self.engine_label.setText(f"Engine ({where}): {model} · {', '.join(stems)} · {rate} Hz · {backend}")
-        self.engine_ready = True
+            self.lanes.set_names(self.session.lane_names)
+            self.refresh_lanes()
+
+    def refresh_lanes(self, fit: bool = False) -> None:
+        """The session changed: redraw the lanes, play what they hold, fit the ruler (a new song)."""
+        self.lanes.show_audio(self.session.audio)
+        self.transport.show_lanes(self.lanes.states, keep=self.session.undo_audio())
+        self.ruler.set_length(self.transport.length, fit)
         self._update_controls()
-
-    def _on_unanswered(self, where: str) -> None:
-        if self.engine_ready:
-            return
-        self.engine_label.setText(f"Engine: no answer from {where}")
-        if self.settings.engine_mode == "remote":
-            self.message(f"No MSDM engine answers at {where}. Start one there with `msdm serve`, check the host "
-                         "and port in Engine > Settings, or switch to the local engine.", "error")
-        else:
-            self.message("The local engine started but does not answer. Choose Engine > Restart.", "error")
-
-    def _on_engine_failed(self, text: str) -> None:
-        self.engine_ready = False
-        self.client.disconnect_engine()
-        self.engine_label.setText("Engine: stopped")
-        if self.job is not None:
-            kind = self.job.kind.capitalize()
-            self._end_job()
-            text = f"{kind} did not finish: {text[0].lower()}{text[1:]} Run {kind} again once it is back."
-        self.message(text, "error")
-        self._update_controls()
-
-    # =========================================================================
-    # Jobs
-    # =========================================================================
-    def _controls(self) -> TaskControls:
-        return TaskControls(steps=self.steps.value(), resamples=self.resamples.value(), seed=self.seed.value(),
-                            method=self.method.currentText(), likelihood=self.likelihood.currentText(),
-                            seconds=float(self.seconds.value()), separation=self.separation.currentText())
-
-    def _options(self, kind: str) -> dict:
-        return task_options(kind, self._controls())
 
     def given_stems(self) -> list[str]:
-        return [s for s in self.session.stems if self.lanes[s].given.isChecked() and self.session.audio.get(s)]
+        return self.lanes.given_stems()
+
+    # ---- jobs --------------------------------------------------------------------
+    def start_engine(self) -> None:
+        self.engine.start(self.settings, self.session_dir.parent)
+
+    def restart_engine(self) -> None:
+        self.engine.restart(self.settings, self.session_dir.parent)
 
     def run_task(self, kind: str, **extra) -> str | None:
         """Send Separate / Generate / Impute to the engine; returns the job id (None if it could not start)."""
-        if self.job is not None:
-            self.message(f"{self.job.kind.capitalize()} is still running: wait for it or press Cancel.")
+        if self.engine.job is not None:
+            self.message(f"{self.engine.job.kind.capitalize()} is still running: wait for it or press Cancel.")
             return None
-        if not self.engine_ready:
+        if self.loader.busy:
+            self.message("Files are still being read onto the lanes: try again in a moment.")
+            return None
+        if not self.engine.ready:
             self.message("The engine is not ready yet (see the status bar). Try again in a moment, or check "
                          "Engine > Settings.", "warning")
             return None
-        stems = self.session.stems
         self._jobs_run += 1
         job_id = new_job_id(kind)
         out_dir = self.session_dir / f"{self._jobs_run:02d}-{kind}"
         mix = self.session.audio.get(MIX)
         given = {s: str(self.session.audio[s].path) for s in self.given_stems()} if kind == "impute" else {}
         try:
-            expected, datagram = build_request(kind, job_id, out_dir, self._controls(), stems,
+            expected, datagram = build_request(kind, job_id, out_dir, self.task_bar.controls(), self.session.stems,
                                                mix=str(mix.path) if mix is not None else None, given=given,
                                                extra=extra)
         except JobRefused as refusal:
             self.message(str(refusal))
             return None
-        self.job = Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected))
-        self.client.send(datagram)
-        self.progress.setValue(0)
-        self._show_progress()
-        self._update_controls()
+        self.engine.submit(Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected)), datagram)
         return job_id
 
     def cancel_job(self) -> None:
-        if self.job is None:
-            return
-        self.job.cancelling = True
-        self.client.send(osc.cancel(self.job.id))
-        self._show_progress()
+        self.engine.cancel()
 
-    def _show_progress(self) -> None:
-        job = self.job
-        if job is None:
-            return
-        self.progress.setValue(int(job.fraction * 1000))
-        if job.cancelling:
-            text = "cancelling…"
-        elif job.fraction <= 0:
-            text = job.message
-        else:
-            text = format_left(job.seconds_left())
-        self.progress_label.setText(f"{job.kind.capitalize()}: {text}")
-        self.progress_label.setToolTip(job.message)
-
-    def _end_job(self) -> None:
-        self.last_job, self.job = self.job, None
-        self._update_controls()
-
-    def _on_accepted(self, job_id: str, position: int) -> None:
-        if self.job and job_id == self.job.id:
-            self.job.update(0.0, "starting" if position == 0 else f"queued ({position} ahead)")
-
-    def _on_progress(self, job_id: str, fraction: float, message: str) -> None:
-        if self.job and job_id == self.job.id:
-            self.job.update(fraction, message)
-            self._show_progress()
-
-    def _on_cancelled(self, job_id: str) -> None:
-        if self.job and job_id == self.job.id:
-            kind = self.job.kind.capitalize()
-            self._end_job()
-            self.progress.setValue(0)
-            self.progress_label.setText(f"{kind}: cancelled")
-            self.message(f"{kind} cancelled; your lanes are unchanged.")
-
-    def _on_error(self, job_id: str, code: str, text: str) -> None:
-        if self.job is not None and job_id in (self.job.id, ""):
-            kind = self.job.kind.capitalize()
-            self._end_job()
-            self.progress_label.setText(f"{kind}: failed")
-            hint = CODE_HINTS.get(code, "")
-            self.message(f"{kind} failed: {text}. {hint} Your lanes are unchanged.".replace("..", "."), "error")
-        elif job_id == "":
-            self.message(f"The engine says: {text}", "error")
-
-    def _on_done(self, job_id: str, files: dict) -> None:
-        if self.job is None or job_id != self.job.id:
-            return
-        job = self.job
+    def _on_answered(self, job: Job, files: dict) -> None:
+        """The engine finished: its files are read off the GUI thread; the job ends once they are on the lanes."""
         kind = job.kind.capitalize()
-        self._end_job()
         problems = check_result(job, files)
         if problems:
-            self.progress_label.setText(f"{kind}: bad result")
+            self.engine.end_job()
+            self.task_bar.show_outcome(f"{kind}: bad result")
             self.message(f"{kind} finished but its result cannot be used: {'; '.join(problems)}. "
                          "Your lanes are unchanged.", "error")
             return
-        result = {}
-        for stem, path in files.items():
-            if stem not in self.session.lane_names:
-                continue
-            audio = self._read(path)
-            if audio is None:
-                return
-            result[stem] = audio
-        try:
-            self.session.apply_result(result, kind)
-        except StemMismatchError as error:
-            self.message(str(error), "error")
+        paths = {stem: Path(path) for stem, path in files.items() if stem in self.session.lane_names}
+
+        def failed() -> None:
+            self.engine.end_job()
+            self.task_bar.show_outcome(f"{kind}: failed")
+
+        self._read(paths, lambda loaded: self._show_result(job, loaded), on_error=failed)
+
+    def _show_result(self, job: Job, loaded: Loaded) -> None:
+        kind = job.kind.capitalize()
+        self.engine.end_job()
+        if not self._apply(loaded.audio, kind):
             return
-        self.progress.setValue(1000)
         elapsed = time.monotonic() - job.started
-        self.progress_label.setText(f"{kind}: done in {elapsed:.0f} s")
+        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.0f} s", 1000)
         # The stems sum to the mix: play them, not both.
-        self._set_lane_flag(MIX, mute=True)
-        self._refresh_lanes(fit=self.session.audio.get(MIX) is None or kind == "Generate")
-        self.message(f"{kind} done in {elapsed:.1f} s: {len(result)} lanes filled (files in {job.out_dir}). "
+        self.lanes.set_flags(MIX, mute=True)
+        self.refresh_lanes(fit=self.session.audio.get(MIX) is None or kind == "Generate")
+        self.message(f"{kind} done in {elapsed:.1f} s: {len(loaded.audio)} lanes filled (files in {job.out_dir}). "
                      "Undo (Ctrl+Z) puts the previous lanes back.")
 
     def undo(self) -> None:
-        if self.job is not None:
+        if self.engine.job is not None:
             self.message("Wait for the running job to finish (or cancel it) before undoing.")
+            return
+        if self.loader.busy:
+            self.message("Files are still being read onto the lanes: undo once they are there.")
             return
         label = self.session.undo()
         if label:
-            self._refresh_lanes(fit=True)
+            self.refresh_lanes(fit=True)
             self.statusBar().showMessage(f"Undid {label}", 5000)
 
-    # =========================================================================
-    # Export, settings, state
-    # =========================================================================
+    # ---- export, settings, closing ------------------------------------------------
     def export_to(self, folder, fmt: str, bits: str, pattern: str, include_mix: bool = False) -> list[Path]:
         names = [n for n in self.session.lane_names if (include_mix or n != MIX) and self.session.audio.get(n)]
         lanes = {n: self.session.audio[n] for n in names}
@@ -819,35 +385,19 @@ class MainWindow(QMainWindow):
             self.restart_engine()
 
     def _update_controls(self) -> None:
-        running = self.job is not None
-        for button in (self.separate_button, self.generate_button, self.impute_button):
-            button.setEnabled(self.engine_ready and not running)
-        self.cancel_button.setEnabled(running)
-        self.undo_action.setEnabled(self.session.can_undo and not running)
+        job = self.engine.job
+        self.task_bar.set_state(self.engine.ready, job)
+        self.undo_action.setEnabled(self.session.can_undo and job is None)
         self.export_action.setEnabled(bool([n for n in self.session.filled() if n != MIX]))
 
     def closeEvent(self, event) -> None:
-        self.settings.steps = self.steps.value()
-        self.settings.resamples = self.resamples.value()
-        self.settings.seed = self.seed.value()
-        self.settings.likelihood = self.likelihood.currentText()
-        self.settings.method = self.method.currentText()
-        self.settings.separation = self.separation.currentText()
-        self.settings.seconds = self.seconds.value()
+        self.task_bar.store(self.settings)
         save_settings(self.settings)
         self.shutdown()
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Stop sound and the local engine (also used by tests and --screenshot)."""
-        self.timer.stop()
-        self.output.close()
-        if self.job is not None and self.client.connected:
-            self.client.send(osc.cancel(self.job.id))
-        if self.supervisor is not None:
-            self.supervisor.stop()
-
-
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(max(seconds, 0.0), 60)
-    return f"{int(minutes)}:{rest:04.1f}"
+        """Stop sound, file reading and the local engine (also used by tests and --screenshot)."""
+        self.transport.shutdown()
+        self.loader.stop()
+        self.engine.shutdown()

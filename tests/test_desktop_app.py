@@ -28,6 +28,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
+from desktop.jobs import task_options  # noqa: E402
 from desktop.session import MIX, LaneAudio  # noqa: E402
 from desktop.settings import AppSettings  # noqa: E402
 
@@ -75,33 +76,43 @@ def window(qapp, workdir, tiny_model_path):
     win = MainWindow(settings)
     win.show()
     bot = QtBot(None)
-    bot.waitUntil(lambda: win.engine_ready, timeout=ENGINE_START_S * 1000)
+    bot.waitUntil(lambda: win.engine.ready, timeout=ENGINE_START_S * 1000)
     yield win
     win.shutdown()
     win.close()
 
 
 def run_job(qtbot, window, kind: str, timeout_s: float = 60, **extra) -> list[int]:
-    """Start a task and wait for it to end; returns the progress bar values seen."""
+    """Start a task and wait for it to end (its files read onto the lanes); returns the progress bar values seen."""
     seen = []
-    window.progress.valueChanged.connect(seen.append)
+    progress = window.task_bar.progress
+    progress.valueChanged.connect(seen.append)
     assert window.run_task(kind, **extra) is not None, window.messages[-1]
-    wait(qtbot, lambda: window.job is None, timeout_s, f"{kind} to finish")
-    window.progress.valueChanged.disconnect(seen.append)
+    wait(qtbot, lambda: window.engine.job is None, timeout_s, f"{kind} to finish")
+    progress.valueChanged.disconnect(seen.append)
     return seen
+
+
+def opened(qtbot, window, open_files, *args) -> bool:
+    """Open files (window.open_mix, open_stems, drop_files) and wait until they are
+    read off the GUI thread and applied; True if they reached the lanes."""
+    with qtbot.waitSignal(window.loader.finished, timeout=30_000) as blocker:
+        open_files(*args)
+    return blocker.args[0].ok
 
 
 def test_open_separate_export_and_read_back(qtbot, window, workdir):
     mix = write_mix(workdir / "song.wav", 1.5)
-    assert window.open_mix(mix)
+    assert opened(qtbot, window, window.open_mix, mix)
     assert window.lanes[MIX].audio is window.session.audio[MIX]
     assert str(mix.resolve()) == window.settings.recent[0]
     # The few-step solver is the app's default sampler, and the choice travels with the job.
-    assert window.method.currentText() == "dpmpp2m"
-    assert window._options("separate")["method"] == "dpmpp2m"
-    window.method.setCurrentText("euler")
-    assert window._options("generate")["method"] == "euler"
-    window.method.setCurrentText("dpmpp2m")
+    method = window.task_bar.method
+    assert method.currentText() == "dpmpp2m"
+    assert task_options("separate", window.task_bar.controls())["method"] == "dpmpp2m"
+    method.setCurrentText("euler")
+    assert task_options("generate", window.task_bar.controls())["method"] == "euler"
+    method.setCurrentText("dpmpp2m")
     seen = run_job(qtbot, window, "separate")
     assert window.messages[-1][0] == "info", window.messages[-1]
     assert seen[-1] == 1000 and len(seen) >= 2  # progress moved, then reached 100%
@@ -109,8 +120,8 @@ def test_open_separate_export_and_read_back(qtbot, window, workdir):
         audio = window.session.audio[stem]
         assert audio is not None and window.lanes[stem].audio is audio
         assert audio.sample_rate == 44100 and audio.samples.shape == (2, int(1.5 * 44100))
-        assert audio.path.parent == window.last_job.out_dir
-        assert window.last_job.out_dir.parent == window.session_dir
+        assert audio.path.parent == window.engine.last_job.out_dir
+        assert window.engine.last_job.out_dir.parent == window.session_dir
     # Dirac likelihood: the stems sum to the mix (as read from the 16-bit file).
     total = sum(window.session.audio[s].samples for s in STEMS)
     np.testing.assert_allclose(total, window.session.audio[MIX].samples, atol=1e-4)
@@ -133,9 +144,9 @@ def test_open_separate_export_and_read_back(qtbot, window, workdir):
 
 
 def test_impute_with_one_given_lane(qtbot, window, workdir):
-    window.open_mix(write_mix(workdir / "impute-mix.wav", 1.0, rate=22050, channels=1))
+    assert opened(qtbot, window, window.open_mix, write_mix(workdir / "impute-mix.wav", 1.0, rate=22050, channels=1))
     drums = write_mix(workdir / "drums.wav", 1.0, rate=22050, channels=1)
-    assert window.open_stems([drums])
+    assert opened(qtbot, window, window.open_stems, [drums])
     given = window.session.audio["drums"]
     assert given is not None and all(window.session.audio[s] is None for s in ("bass", "guitar", "piano"))
     window.lanes["drums"].given.setChecked(True)
@@ -145,20 +156,20 @@ def test_impute_with_one_given_lane(qtbot, window, workdir):
     assert window.session.audio["drums"] is given  # the given stem is kept as it was
     for stem in ("bass", "guitar", "piano", MIX):
         audio = window.session.audio[stem]
-        assert audio.path.parent == window.last_job.out_dir and audio.frames == given.frames
+        assert audio.path.parent == window.engine.last_job.out_dir and audio.frames == given.frames
 
 
 def test_cancel_a_running_job_leaves_the_lanes(qtbot, window, workdir):
-    window.open_mix(write_mix(workdir / "long.wav", 30.0, rate=22050, channels=1))
+    assert opened(qtbot, window, window.open_mix, write_mix(workdir / "long.wav", 30.0, rate=22050, channels=1))
     before = dict(window.session.audio)
     assert window.run_task("separate", steps=400, resamples=2) is not None
-    wait(qtbot, lambda: window.job is not None and window.job.fraction > 0, 60, "progress")
-    assert window.cancel_button.isEnabled()
-    qtbot.mouseClick(window.cancel_button, qtbot_button())
-    wait(qtbot, lambda: window.job is None, 30, "the engine to confirm the cancel")
+    wait(qtbot, lambda: window.engine.job is not None and window.engine.job.fraction > 0, 60, "progress")
+    assert window.task_bar.cancel_button.isEnabled()
+    qtbot.mouseClick(window.task_bar.cancel_button, qtbot_button())
+    wait(qtbot, lambda: window.engine.job is None, 30, "the engine to confirm the cancel")
     assert "cancelled" in window.messages[-1][1]
     assert window.session.audio == before
-    out_dir = window.last_job.out_dir
+    out_dir = window.engine.last_job.out_dir
     assert not out_dir.exists() or not [p for p in out_dir.iterdir() if p.suffix == ".wav"]
 
 
@@ -169,17 +180,21 @@ def qtbot_button():
 
 
 def test_bad_input_gives_a_message_and_changes_nothing(qtbot, window, workdir):
-    window.open_mix(write_mix(workdir / "keep.wav", 0.5))
+    with qtbot.waitSignal(window.loader.finished, timeout=30_000) as blocker:
+        window.open_mix(write_mix(workdir / "keep.wav", 0.5))
+        # Read on the loader's thread: until it is on the lanes, no task runs on the old ones.
+        assert window.run_task("separate") is None and "still being read" in window.messages[-1][1]
+    assert blocker.args[0].ok and window.session.audio[MIX].path.name == "keep.wav"
     before = dict(window.session.audio)
     bad = workdir / "notes.wav"
     bad.write_text("this is not audio")
-    assert not window.open_mix(bad)
+    assert not opened(qtbot, window, window.open_mix, bad)
     level, text = window.messages[-1]
     assert level == "error" and "notes.wav" in text and "not changed" in text
     five = [write_mix(workdir / f"take{i}.wav", 0.2) for i in range(5)]
     assert not window.open_stems(five)
     assert "4 stems" in window.messages[-1][1] and "5 files" in window.messages[-1][1]
-    window.drop_files("bass", [str(bad)])
+    assert not opened(qtbot, window, window.drop_files, "bass", [str(bad)])
     assert window.messages[-1][0] == "error"
     assert window.session.audio == before
     window.session.set_lane("drums", None)
@@ -189,7 +204,7 @@ def test_bad_input_gives_a_message_and_changes_nothing(qtbot, window, workdir):
 
 def test_engine_error_mid_job_keeps_the_lanes(qtbot, window, workdir):
     path = write_mix(workdir / "changing.wav", 2.0, rate=22050, channels=1)
-    window.open_mix(path)
+    assert opened(qtbot, window, window.open_mix, path)
     before = dict(window.session.audio)
     # The file changes on disk after it was opened: NaNs near its end make the
     # engine fail once it reaches them, after it started and reported progress.
@@ -200,25 +215,25 @@ def test_engine_error_mid_job_keeps_the_lanes(qtbot, window, workdir):
     level, text = window.messages[-1]
     assert level == "error" and text.startswith("Separate failed") and "lanes are unchanged" in text, text
     assert max(seen) > 0  # it failed mid-job, not at the door
-    assert window.session.audio == before and window.separate_button.isEnabled()
+    assert window.session.audio == before and window.task_bar.separate_button.isEnabled()
 
 
 def test_engine_killed_mid_job_restarts_and_keeps_the_lanes(qtbot, window, workdir):
-    window.open_mix(write_mix(workdir / "kill.wav", 30.0, rate=22050, channels=1))
+    assert opened(qtbot, window, window.open_mix, write_mix(workdir / "kill.wav", 30.0, rate=22050, channels=1))
     window.lanes["bass"].solo.setChecked(True)
     before = dict(window.session.audio)
-    old_pid = window.supervisor.pid
+    old_pid = window.engine.supervisor.pid
     assert window.run_task("separate", steps=400, resamples=2) is not None
-    wait(qtbot, lambda: window.job is not None and window.job.fraction > 0, 60, "progress")
+    wait(qtbot, lambda: window.engine.job is not None and window.engine.job.fraction > 0, 60, "progress")
     os.kill(old_pid, signal.SIGKILL)
-    wait(qtbot, lambda: window.job is None, 20, "the app to notice the engine died")
+    wait(qtbot, lambda: window.engine.job is None, 20, "the app to notice the engine died")
     level, text = window.messages[-1]
     assert level == "error" and "Separate did not finish" in text and "lanes are kept" in text, text
     assert window.session.audio == before and window.lanes["bass"].solo.isChecked()
-    wait(qtbot, lambda: window.engine_ready, ENGINE_START_S, "the engine to come back")
-    assert window.supervisor.pid not in (0, old_pid)
+    wait(qtbot, lambda: window.engine.ready, ENGINE_START_S, "the engine to come back")
+    assert window.engine.supervisor.pid not in (0, old_pid)
     window.lanes["bass"].solo.setChecked(False)
-    window.open_mix(write_mix(workdir / "after.wav", 0.5))
+    assert opened(qtbot, window, window.open_mix, write_mix(workdir / "after.wav", 0.5))
     run_job(qtbot, window, "separate")
     assert window.messages[-1][0] == "info" and all(window.session.audio[s] is not None for s in STEMS)
 
@@ -234,8 +249,8 @@ def test_remote_engine_that_does_not_answer_is_reported(qtbot, workdir):
         win = MainWindow(AppSettings(engine_mode="remote", remote_port=port, output_root=str(workdir / "root")))
         qtbot.addWidget(win)
         wait(qtbot, lambda: any("No MSDM engine answers" in text for _, text in win.messages), 10, "the message")
-    assert f"127.0.0.1:{port}" in win.messages[-1][1] and not win.engine_ready
-    assert win.supervisor is None and not win.separate_button.isEnabled()
+    assert f"127.0.0.1:{port}" in win.messages[-1][1] and not win.engine.ready
+    assert win.engine.supervisor is None and not win.task_bar.separate_button.isEnabled()
     win.shutdown()
 
 
@@ -250,19 +265,20 @@ def player(qtbot, workdir):
     lanes = {name: LaneAudio(np.full((1, frames), value, np.float32), 22050, workdir / f"{name}.wav")
              for name, value in (("bass", 0.125), ("drums", 0.25), ("guitar", 0.0625), ("piano", 0.03125))}
     win.session.apply_result(lanes, "test")
-    win._refresh_lanes(fit=True)
+    win.refresh_lanes(fit=True)
     yield win
     win.shutdown()
 
 
 def play_through(qtbot, win) -> tuple[int, np.ndarray]:
     """Play from the current position to the end; returns (frames sent, per-channel sums)."""
-    assert win.output.available, win.output.problem
-    win.output.tap.reset(2)
-    win.play_pause()
-    assert win.mixer.playing or win.mixer.position == win.mixer.length
-    wait(qtbot, lambda: not win.mixer.playing and not win.output.active, 20, "playback to end")
-    frames, sums, _ = win.output.tap.snapshot()
+    transport = win.transport
+    assert transport.output.available, transport.output.problem
+    transport.output.tap.reset(2)
+    transport.play_pause()
+    assert transport.mixer.playing or transport.mixer.position == transport.mixer.length
+    wait(qtbot, lambda: not transport.mixer.playing and not transport.output.active, 20, "playback to end")
+    frames, sums, _ = transport.output.tap.snapshot()
     return frames, sums
 
 
@@ -272,36 +288,36 @@ def test_play_mute_solo_and_seek_change_what_reaches_the_device(qtbot, player):
     assert frames >= n
     np.testing.assert_array_equal(sums, [n * 0.46875] * 2)  # all four lanes, mono -> both channels
     player.lanes["drums"].mute.setChecked(True)
-    player.stop()
+    player.transport.stop()
     _, sums = play_through(qtbot, player)
     np.testing.assert_array_equal(sums, [n * 0.21875] * 2)
     player.lanes["guitar"].solo.setChecked(True)
     player.lanes["drums"].solo.setChecked(True)  # soloed but muted: silent
-    player.stop()
+    player.transport.stop()
     _, sums = play_through(qtbot, player)
     np.testing.assert_array_equal(sums, [n * 0.0625] * 2)
     player.lanes["drums"].mute.setChecked(False)
     player.lanes["guitar"].level.setValue(50)
-    player.seek(0.5)  # half the file is left
-    assert player.mixer.position == n // 2
+    player.transport.seek(0.5)  # half the file is left
+    assert player.transport.mixer.position == n // 2
     _, sums = play_through(qtbot, player)
     np.testing.assert_array_equal(sums, [(n - n // 2) * (0.25 + 0.03125)] * 2)
 
 
 def test_loop_plays_the_region_again(qtbot, player):
-    player.loop_item.setRegion((0.25, 0.5))
-    player.loop_action.setChecked(True)
-    assert player.mixer.loop == (int(0.25 * 22050), int(0.5 * 22050))
-    player.seek(0.3)
-    player.output.tap.reset(2)
-    player.play_pause()
-    wait(qtbot, lambda: player.output.tap.snapshot()[0] > 3 * 22050, 20, "several loops")
-    start, end = player.mixer.loop  # whole samples: position may sit exactly on int(0.25 s)
-    assert player.mixer.playing and start <= player.mixer.position <= end
-    player.stop()
-    assert player.mixer.position == int(0.25 * 22050)
-    player.loop_action.setChecked(False)
-    assert player.mixer.loop is None and not player.lanes["bass"].loop_region.isVisible()
+    player.ruler.loop_item.setRegion((0.25, 0.5))
+    player.transport.loop_action.setChecked(True)
+    assert player.transport.mixer.loop == (int(0.25 * 22050), int(0.5 * 22050))
+    player.transport.seek(0.3)
+    player.transport.output.tap.reset(2)
+    player.transport.play_pause()
+    wait(qtbot, lambda: player.transport.output.tap.snapshot()[0] > 3 * 22050, 20, "several loops")
+    start, end = player.transport.mixer.loop  # whole samples: position may sit exactly on int(0.25 s)
+    assert player.transport.mixer.playing and start <= player.transport.mixer.position <= end
+    player.transport.stop()
+    assert player.transport.mixer.position == int(0.25 * 22050)
+    player.transport.loop_action.setChecked(False)
+    assert player.transport.mixer.loop is None and not player.lanes["bass"].loop_region.isVisible()
 
 
 # ---- the command line ---------------------------------------------------------

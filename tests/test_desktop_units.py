@@ -1,5 +1,6 @@
-"""The desktop app's pure modules (no Qt, no device): mixer, session, export,
-spectrogram, waveform envelope, jobs and OSC messages, checked with exact numbers."""
+"""The desktop app's pure modules (no Qt, no device): mixer, session, lane
+states, export, spectrogram, waveform envelope, jobs and OSC messages, checked
+with exact numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import soundfile as sf
 from desktop import osc_messages as osc
 from desktop.export import ExportError, export_lanes, file_name
 from desktop.jobs import Job, check_result, format_left
+from desktop.lane_state import LaneState, PlaybackCache, given_stems, lane_states, mixer_tracks, playback_rate
 from desktop.mixer import Mixer, Track, audible, prepare_samples
 from desktop.session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
 from desktop.spectrogram import spectrogram_db
@@ -119,6 +121,7 @@ def test_session_results_and_undo():
     session.apply_result({MIX: mix}, "open")
     first = {s: lane(i) for i, s in enumerate(STEMS)}
     session.apply_result(first, "separate")
+    assert session.undo_audio() == [mix]  # what undo would put back stays ready to play
     assert session.filled() == [MIX, *STEMS]
     session.apply_result({"bass": lane(9.0), MIX: lane(1.0)}, "impute")
     assert session.undo() == "impute"
@@ -141,6 +144,51 @@ def test_assign_stem_files_by_name_then_in_order():
         assign_stem_files(["/a/drums.wav", "/b/drums.wav"], STEMS)
     with pytest.raises(StemMismatchError, match="No free lane"):
         assign_stem_files(["/a/x.wav", "/a/y.wav"], STEMS, free=["piano"])
+
+
+# ---- lane states -------------------------------------------------------------
+def test_lane_states_keep_their_settings_when_the_stems_change():
+    states = lane_states((MIX, *STEMS))
+    assert [s.name for s in states] == [MIX, *STEMS] and states[0].is_mix and not states[1].is_mix
+    bass, drums = states[1], states[2]
+    bass.mute, bass.gain, drums.given, drums.audio = True, 0.5, True, lane(0.1)
+    states[3].given = True  # ticked but empty: Impute cannot keep it
+    states[0].given, states[0].audio = True, lane(0.2)  # the mix is never a given stem
+    assert given_stems(states) == ["drums"]
+    changed = lane_states((MIX, "bass", "vocals"), states)
+    assert changed[1] is bass and (bass.mute, bass.gain) == (True, 0.5)
+    assert changed[2] == LaneState("vocals")  # a new lane starts plain: level 1, not muted, not given
+
+
+def test_playback_rate_is_the_mix_rate_else_the_first_filled_lane():
+    assert playback_rate({MIX: None, "bass": None}) is None
+    assert playback_rate({MIX: None, "bass": lane(0.1, rate=300), "drums": lane(0.1, rate=200)}) == 300
+    assert playback_rate({MIX: lane(0.1, rate=100), "bass": lane(0.1, rate=300)}) == 100
+
+
+def test_mixer_tracks_resample_to_the_playback_rate_once():
+    from engine.audio.files import resample
+
+    t = np.arange(400) / 400
+    bass_audio = LaneAudio(np.stack([np.sin(2 * np.pi * 5 * t), np.cos(2 * np.pi * 3 * t)]).astype(np.float32),
+                           400, Path("bass.wav"))
+    states = [LaneState(MIX, lane(0.5, frames=200, rate=200)), LaneState("bass", bass_audio, gain=0.25, solo=True),
+              LaneState("drums")]
+    cache = PlaybackCache()
+    tracks = mixer_tracks(states, 200, cache)
+    assert list(tracks) == [MIX, "bass"]  # empty lanes have no track
+    np.testing.assert_array_equal(tracks[MIX].samples, np.full((200, 1), 0.5, np.float32))
+    np.testing.assert_array_equal(tracks["bass"].samples, resample(bass_audio.samples, 400, 200).T)
+    assert tracks["bass"].samples.shape == (200, 2) and tracks["bass"].samples.flags.c_contiguous
+    assert (tracks["bass"].gain, tracks["bass"].mute, tracks["bass"].solo) == (0.25, False, True)
+    states[1].mute = True
+    again = mixer_tracks(states, 200, cache)
+    assert again["bass"].samples is tracks["bass"].samples and again["bass"].mute  # cached, settings fresh
+    assert len(cache) == 2
+    copy = LaneAudio(bass_audio.samples, 400, Path("bass.wav"))  # equal audio, another object: not a hit
+    assert cache.get(copy, 200) is None and cache.get(bass_audio, 100) is None
+    cache.keep_only([bass_audio, None])
+    assert len(cache) == 1 and cache.get(states[0].audio, 200) is None
 
 
 # ---- export ----------------------------------------------------------------
@@ -231,6 +279,22 @@ def test_osc_messages_round_trip_through_python_osc():
     assert osc.pairs(["bass", "/b", "mix", "/m", "odd"]) == {"bass": "/b", "mix": "/m"}
     assert osc.parse(b"garbage") is None
     assert osc.parse(osc.build("/other/thing", [1])) is None
+
+
+def test_pure_modules_load_without_qt():
+    """The modules the window builds on that hold logic (jobs, lanes, mixing,
+    export) are plain python: they import, and so run and test, with no Qt."""
+    import subprocess
+    import sys
+
+    pure = ("jobs", "lane_state", "session", "mixer", "export", "osc_messages", "spectrogram", "waveform")
+    code = (f"import sys\nfor name in {pure!r}: __import__('desktop.' + name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')))")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 # ---- the Linux installer ---------------------------------------------------------
