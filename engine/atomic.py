@@ -8,10 +8,14 @@ the rename survives a crash. Readers see the old file or the whole new one,
 never half of one. On any exception, Ctrl-C included, the temp file is removed
 and the destination is left as it was.
 
-`AtomicFile` is the writer (several files can be committed together by their
-caller); `write_atomic` is the one-call form. `AtomicFile.commit` is the one
-place where the rename happens: a check of the destination at write time
-belongs there.
+`AtomicFile` is the writer and `write_atomic` its one-call form. A job's
+outputs go through `AtomicFiles`: all files of the job in one output folder
+held open (engine.output_folder), written to temp files first and renamed only
+when all are complete and every destination has been checked again at that
+moment (the folder is still the one opened, no folder or input is in a file's
+place), so either all of them appear or none does and nothing of the user's is
+touched before. This module is the one place where renames happen: a check of
+the destination at write time belongs here.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ import contextlib
 import os
 import secrets
 import stat
-from pathlib import Path
-from typing import IO, Callable
+from pathlib import Path, PurePath
+from typing import IO, Callable, Iterable, Mapping
+
+from engine.errors import OutputError
+from engine.output_folder import OutputFolder
 
 
 class CommitOnExit:
@@ -49,17 +56,31 @@ class AtomicFile(CommitOnExit):
     library that writes by path), then `commit()` or `abort()`; as a context manager it
     commits when the block succeeds and aborts when it raises."""
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = True, dir_fd: int | None = None) -> None:
+        """`dir_fd`: the folder, held open (engine.output_folder), that `path`'s
+        file name is taken relative to; the path is then used for messages
+        only. Without it the path itself is used and its folders are made."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite and self.path.exists():
+        self._dir_fd = dir_fd
+        if dir_fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._name = self._local(self.path)
+        if not overwrite and _lexists(self._name, dir_fd):
             raise FileExistsError(f"Refusing to overwrite existing file '{self.path}' (overwrite=False).")
-        self.tmp, self._fd = _create_temp(self.path)
+        self.tmp, self._fd = _create_temp(self.path, dir_fd)
+        self._tmp_name = self._local(self.tmp)
         self._file: IO | None = None
         # The permissions the temp file was made with (0o666 less the umask):
         # a library writing by name may replace the file with its own (safetensors
         # makes 0o600), so they are put back before the rename.
         self._mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
+        # For AtomicFiles' undo: a hard link to the file this one replaces.
+        self._old: str | None = None
+        self._existed = self._replaced = False
+
+    def _local(self, path: Path) -> str:
+        """How the system calls name `path`: relative to the folder held open, or the path itself."""
+        return path.name if self._dir_fd is not None else str(path)
 
     def open(self, mode: str = "wb", **kwargs) -> IO:
         """The temp file as a Python file object (once; binary or text mode)."""
@@ -80,20 +101,65 @@ class AtomicFile(CommitOnExit):
     def commit(self) -> Path:
         """fsync the data, rename over the destination, fsync the folder."""
         try:
-            self._close(sync=True)
-            os.chmod(self.tmp, self._mode)
-            os.replace(self.tmp, self.path)
+            self.prepare()
+            self.replace()
         except BaseException:
             self.abort()
             raise
-        _fsync_dir(self.path.parent)
+        _fsync_dir(self.path.parent, self._dir_fd)
         return self.path
+
+    def prepare(self) -> None:
+        """fsync the data and give it a plain new file's permissions: ready to be renamed."""
+        self._close(sync=True)
+        os.chmod(self._tmp_name, self._mode, dir_fd=self._dir_fd)
+
+    def replace(self) -> None:
+        os.replace(self._tmp_name, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        self._replaced = True
+
+    def keep_old(self) -> None:
+        """Before a group's renames: hard-link the file about to be replaced to
+        a hidden name, so `undo` can put it back. On a file system without hard
+        links (FAT) that file cannot be put back; the checks before the renames
+        are then the only guard."""
+        try:
+            os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        self._existed = True
+        old = self._local(self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.old"))
+        with contextlib.suppress(OSError):
+            os.link(self._name, old, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd, follow_symlinks=False)
+            self._old = old
+
+    def undo(self) -> None:
+        """After a group's rename failed: put back what this file replaced, or
+        remove it where nothing was there. A backup that cannot be put back is
+        left where it is (the user's file, under its hidden name)."""
+        if self._replaced:
+            try:
+                if self._old is not None:
+                    os.replace(self._old, self._name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+                    self._old = None
+                elif not self._existed:
+                    os.unlink(self._name, dir_fd=self._dir_fd)
+            except OSError:
+                return
+            self._replaced = False
+        self.forget_old()
+
+    def forget_old(self) -> None:
+        if self._old is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._old, dir_fd=self._dir_fd)
+            self._old = None
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._close(sync=False)
         with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+            os.unlink(self._tmp_name, dir_fd=self._dir_fd)
 
     def _close(self, sync: bool) -> None:
         if self._file is not None and not self._file.closed:
@@ -106,7 +172,7 @@ class AtomicFile(CommitOnExit):
             os.close(fd)
         if sync and self._file is None:
             # Written by path (safetensors, torch.onnx, matplotlib): sync what they wrote.
-            fd = os.open(self.tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
+            fd = os.open(self._tmp_name, os.O_RDWR | getattr(os, "O_BINARY", 0), dir_fd=self._dir_fd)
             try:
                 os.fsync(fd)
             finally:
@@ -127,25 +193,147 @@ def write_atomic(path: str | os.PathLike, content: str | bytes | Callable[[Path]
     return target.path
 
 
-def _create_temp(path: Path) -> tuple[Path, int]:
+class AtomicFiles(CommitOnExit):
+    """Several files in one output folder that appear together or not at all:
+    one job's stems. `targets` maps a key to a path relative to `folder`;
+    `files[key]` is its AtomicFile, `paths[key]` where it goes.
+
+    Before anything is written, and again right before the renames, every
+    destination is checked: a folder or a non-regular file where a file must
+    go, or one of the job's `inputs` (the same file by any path: a hard link or
+    a symbolic link too), is refused with one OutputError naming them all;
+    with `overwrite` off, existing files with FileExistsError. Then every
+    rename runs; should one fail anyway, those done are undone (the files they
+    replaced come back from hard links made just before)."""
+
+    def __init__(self, folder: OutputFolder, targets: Mapping[str, str | os.PathLike], *, overwrite: bool = True,
+                 inputs: Iterable[str | os.PathLike] = ()) -> None:
+        self.folder = folder
+        self.overwrite = overwrite
+        self.relative = {key: _inside(target) for key, target in targets.items()}
+        self.paths = {key: folder.path / relative for key, relative in self.relative.items()}
+        self.files: dict[str, AtomicFile] = {}
+        self._inputs = _identities(inputs)
+        try:
+            self._check_targets()
+            for key, relative in self.relative.items():
+                self.files[key] = AtomicFile(self.paths[key], dir_fd=folder.subfolder(relative.parent))
+        except BaseException as error:
+            self.abort()
+            if isinstance(error, OSError) and not isinstance(error, FileExistsError):
+                raise OutputError(f"cannot write in the output folder '{folder.path}': {error.strerror or error}; "
+                                  f"choose a folder you can write to") from None
+            raise
+
+    def __getitem__(self, key: str) -> AtomicFile:
+        return self.files[key]
+
+    def commit(self) -> dict[str, Path]:
+        files = list(self.files.values())
+        try:
+            for file in files:
+                file.prepare()
+            # The moment of writing: the folder is the one opened when the job
+            # started, and every destination may still be replaced.
+            self.folder.check_unchanged()
+            self._check_targets()
+            for file in files:
+                file.keep_old()
+            for file in files:
+                file.replace()
+        except BaseException:
+            for file in files:
+                file.undo()
+            self.abort()
+            raise
+        for file in files:
+            file.forget_old()
+        for fd in {file._dir_fd for file in files}:
+            _fsync_dir(self.folder.path, fd)
+        return dict(self.paths)
+
+    def abort(self) -> None:
+        for file in self.files.values():
+            file.abort()
+
+    def _check_targets(self) -> None:
+        problems, taken = [], []
+        for key, relative in self.relative.items():
+            dir_fd = self.folder.subfolder(relative.parent)
+            name = relative.name if dir_fd is not None else str(self.paths[key])
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            path = self.paths[key]
+            if stat.S_ISDIR(info.st_mode):
+                problems.append(f"'{path}' is a folder")
+            elif not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+                problems.append(f"'{path}' is not a regular file")
+            elif _identity(name, dir_fd) in self._inputs:
+                problems.append(f"'{path}' is the input '{self._inputs[_identity(name, dir_fd)]}', "
+                                f"which the output would replace")
+            elif not self.overwrite:
+                taken.append(f"'{path}'")
+        if problems:
+            raise OutputError(f"cannot write the outputs: {'; '.join(problems)}. Nothing was written: "
+                              f"choose another output folder (or move what is in the way)")
+        if taken:
+            raise FileExistsError(f"Refusing to overwrite existing file(s) {', '.join(taken)} (overwrite=False).")
+
+
+def _inside(target: str | os.PathLike) -> PurePath:
+    relative = PurePath(target)
+    if relative.is_absolute() or ".." in relative.parts or not relative.name:
+        raise ValueError(f"{target!r} is not a file name inside the output folder")
+    return relative
+
+
+def _identity(name: str, dir_fd: int | None) -> tuple[int, int] | None:
+    """(device, inode) of the file `name` leads to: equal for every path and hard link of one file."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _identities(paths: Iterable[str | os.PathLike]) -> dict[tuple[int, int], str]:
+    found = {}
+    for path in paths:
+        identity = _identity(os.fspath(path), None)
+        if identity is not None:
+            found[identity] = os.fspath(path)
+    return found
+
+
+def _lexists(name: str, dir_fd: int | None) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _create_temp(path: Path, dir_fd: int | None = None) -> tuple[Path, int]:
     """A hidden, unique temp file next to `path`: (path, fd). Created with mode
     0o666 so the umask applies, as for any new file the user makes."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
-            return tmp, os.open(tmp, flags, 0o666)
+            return tmp, os.open(tmp.name if dir_fd is not None else tmp, flags, 0o666, dir_fd=dir_fd)
         except FileExistsError:
             continue
     raise FileExistsError(f"Could not create a unique temporary file next to '{path}'")
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: Path, dir_fd: int | None = None) -> None:
     """Persist the rename itself (POSIX); best effort, a failure here loses no data."""
     if os.name != "posix":
         return
     with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
+        dfd = os.open("." if dir_fd is not None else directory, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
         try:
             os.fsync(dfd)
         finally:

@@ -22,3 +22,9 @@ class InputError(UserError, ValueError):
 
 class ModelFileError(UserError, ValueError):
     """A model file that is missing, of another format, or inconsistent."""
+
+
+class OutputError(UserError):
+    """An output that cannot go where asked: a folder that cannot be made or
+    written, a folder or the input itself in a file's place, an output folder
+    moved or replaced while the job ran. Nothing of the user's was changed."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import UserError
+from engine.errors import OutputError, UserError
 
 from . import protocol
 from .paths import contained_output_dir
@@ -186,8 +186,9 @@ class JobQueue:
 
             try:
                 self._progress(job, 0.0, "starting", force=True)
-                # The folder may have been swapped for a symlink since the job was accepted.
-                contained_output_dir(str(job.out_dir), self.output_root, job.id, create=True)
+                # The folder may have been swapped for a symlink since the job was accepted;
+                # from here on the job writes into the folder it opens (engine.output_folder).
+                contained_output_dir(str(job.out_dir), self.output_root, job.id)
                 paths = self.execute(job, progress)
                 if job.cancel.is_set():  # cancelled after the last sampler step: drop nothing already written
                     log.info("job %s: cancel arrived after the files were written", job.id)
@@ -225,6 +226,8 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 
     if isinstance(error, AudioInputError):
         return protocol.BAD_INPUT, str(error)
+    if isinstance(error, OutputError):
+        return protocol.BAD_PATH, str(error)
     if isinstance(error, FileExistsError):
         return protocol.EXISTS, f"{error} Send overwrite 1 to replace it, or choose another out_dir."
     if isinstance(error, MemoryError):
@@ -236,12 +239,14 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
     return protocol.ENGINE, f"the engine failed: {type(error).__name__}: {error}; see the server's log"
 
 
-def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], max_seconds: float | None) -> dict:
+def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], max_seconds: float | None,
+                output_root: Path | None = None) -> dict:
     """Run one accepted job on the engine (called on the worker thread only), on
-    the one path every front end takes (engine.jobs.run)."""
+    the one path every front end takes (engine.jobs.run), its folder opened
+    from `output_root` down without following links."""
     from engine.jobs.run import Job as EngineJob, run_job
 
     request = job.request
     return run_job(models, EngineJob(request.kind, job.out_dir, request.options, mix=request.mix_path,
                                      seconds=request.seconds, given=request.given),
-                   progress=progress, max_seconds=max_seconds)
+                   progress=progress, max_seconds=max_seconds, output_root=output_root)

@@ -3,14 +3,15 @@
 Every output folder a request names must lie inside the server's output root.
 The check compares *resolved* real paths (symlinks followed, ".." removed), so
 neither "root/../elsewhere" nor a symlink inside the root that points out of
-it gets through. It runs when a job is accepted and again just before the job
-writes, because a folder may be swapped for a symlink in between.
+it gets through. It runs when a job is accepted and again when it starts;
+from then on the job writes into the folder it opened, walked down from the
+root without following links (engine.output_folder), so a symlink swapped in
+for the folder during the job redirects nothing.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -69,22 +70,16 @@ def check_outputs_free(out_dir: Path, names: Iterable[str], extension: str, over
 
 
 def check_input_file(path: str, what: str, job_id: str = "") -> Path:
-    """An input must be an absolute path to an existing regular file we can read.
-    Regular files only: opening a FIFO or a device could block the server."""
+    """An input must be an absolute path to an existing, readable regular file:
+    opening a FIFO or a device could block the server. The file checks are the
+    engine's (engine.audio.files.check_input_file), which the CLI and bounce run too."""
+    from engine.audio.files import AudioInputError, check_input_file as check_audio_file
+
     raw = Path(path)
     if not raw.is_absolute():
         raise ProtocolError(BAD_PATH, f"{what} must be an absolute path, got {path!r}", job_id)
     try:
-        info = os.stat(raw)
-    except FileNotFoundError:
-        raise ProtocolError(BAD_INPUT, f"{what} not found: {path!r}; check the path and that the file "
-                                       f"has not been moved", job_id) from None
-    except OSError as error:
-        raise ProtocolError(BAD_INPUT, f"cannot open {what} {path!r}: {error.strerror}", job_id) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ProtocolError(BAD_INPUT, f"{what} {path!r} is a folder; give the path of one audio file", job_id)
-    if not stat.S_ISREG(info.st_mode):
-        raise ProtocolError(BAD_INPUT, f"{what} {path!r} is not a regular file", job_id)
-    if not os.access(raw, os.R_OK):
-        raise ProtocolError(BAD_INPUT, f"{what} {path!r} is not readable (permissions)", job_id)
+        check_audio_file(raw)
+    except AudioInputError as error:
+        raise ProtocolError(BAD_INPUT, f"{what}: {error}", job_id) from None
     return raw

@@ -95,7 +95,8 @@ class OscServer:
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.jobs = JobQueue(lambda job, progress: execute_job(models, job, progress, self.max_seconds),
+        self.jobs = JobQueue(lambda job, progress: execute_job(models, job, progress, self.max_seconds,
+                                                               self.output_root),
                              self.send, self.output_root, max_queued)
 
     # ---- lifecycle ------------------------------------------------------- #

@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.atomic import AtomicFile, write_atomic
+from engine.atomic import AtomicFile, AtomicFiles, write_atomic
+from engine.errors import OutputError
+from engine.output_folder import OutputFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +69,80 @@ def test_no_overwrite_refuses_before_writing(tmp_path):
     with pytest.raises(FileExistsError):
         write_atomic(target, "new", overwrite=False)
     assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def _write_group(folder: OutputFolder, names, text: str, **options) -> dict:
+    with AtomicFiles(folder, {name: name for name in names}, **options) as files:
+        for name in names:
+            files[name].open("w").write(text)
+    return files.paths
+
+
+def test_a_group_appears_together_and_a_failed_rename_is_undone(tmp_path, monkeypatch):
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("old")
+    with OutputFolder(tmp_path) as folder:
+        paths = _write_group(folder, ["a.txt", "new/b.txt"], "new")
+    assert paths == {"a.txt": tmp_path / "a.txt", "new/b.txt": tmp_path / "new" / "b.txt"}
+    assert (tmp_path / "new" / "b.txt").read_text() == "new"
+
+    real_replace = os.replace
+
+    def fail_on_c(src, dst, **kwargs):  # the third rename fails, after a and b were replaced
+        if dst == "c.txt" and src.endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", fail_on_c)
+    with OutputFolder(tmp_path) as folder, pytest.raises(OSError, match="No space"):
+        _write_group(folder, ["a.txt", "b.txt", "c.txt"], "newer")
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "new"]  # no temp, no backup, no c
+
+
+def test_a_group_refuses_every_bad_destination_before_writing(tmp_path):
+    source = tmp_path / "source.wav"
+    source.write_text("input")
+    (tmp_path / "folder.txt").mkdir()
+    os.link(source, tmp_path / "hard.txt")
+    (tmp_path / "taken.txt").write_text("mine")
+    with OutputFolder(tmp_path) as folder:
+        with pytest.raises(OutputError) as error:
+            AtomicFiles(folder, {n: n for n in ("folder.txt", "hard.txt", "fresh.txt")}, inputs=[source])
+        assert "folder.txt' is a folder" in str(error.value) and "hard.txt' is the input" in str(error.value)
+        with pytest.raises(FileExistsError, match="taken.txt"):
+            AtomicFiles(folder, {"taken.txt": "taken.txt"}, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.txt", "hard.txt", "source.wav", "taken.txt"]
+
+
+def test_an_output_folder_is_walked_without_links_and_only_what_it_made_is_removed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "kept").mkdir(parents=True)
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    for path in (root / "link" / "x", tmp_path / "elsewhere"):
+        with pytest.raises(OutputError):
+            OutputFolder(path, inside=root)
+    assert os.listdir(outside) == []
+
+    with pytest.raises(RuntimeError), OutputFolder(root / "kept" / "a" / "b", inside=root) as folder:
+        folder.subfolder("c/d")
+        assert (root / "kept" / "a" / "b" / "c" / "d").is_dir()
+        raise RuntimeError("the job failed")
+    assert os.listdir(root / "kept") == []  # what it made is gone, the folder that was there stays
+
+
+def test_a_folder_moved_or_swapped_for_a_link_is_noticed_before_the_renames(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with OutputFolder(out) as folder:
+        files = AtomicFiles(folder, {"x": "sub/x.txt"})
+        files["x"].open("w").write("data")
+        (out / "sub").rename(tmp_path / "moved")
+        (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+        with pytest.raises(OutputError, match="moved or replaced"):
+            files.commit()
+    assert os.listdir(elsewhere) == [] and os.listdir(tmp_path / "moved") == []
 
 
 def test_nothing_else_in_the_product_renames_files_into_place():

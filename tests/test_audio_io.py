@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from engine.audio.files import (
     to_mono,
     write_audio,
 )
+from support.special_files import write_streamed_flac
 
 SR = 44100
 
@@ -227,6 +230,39 @@ def test_directory(tmp_path):
     assert "stems.wav" in str(exc.value)
 
 
+def _unblock_later(fifo) -> threading.Timer:
+    """Code that opens the FIFO would wait for a writer forever: after a while
+    this opens it for writing and closes it, so such code fails instead of hanging."""
+    def unblock() -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(10, unblock)
+    timer.start()
+    return timer
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_fifo_or_a_device_is_refused_without_being_opened(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    timer = _unblock_later(fifo)
+    try:
+        with pytest.raises(AudioInputError, match=r"pipe.wav' is a named pipe \(FIFO\), not a regular file"):
+            read_audio(fifo)
+    finally:
+        timer.cancel()
+    with pytest.raises(AudioInputError, match="character device"):
+        read_audio("/dev/null")
+
+
+def test_a_streamed_flac_without_a_length_is_refused_from_its_header(tmp_path):
+    """soundfile reports 2**63 - 1 frames for it; decoding that fails late or never."""
+    path = write_streamed_flac(tmp_path / "streamed.flac")
+    with pytest.raises(AudioInputError, match="streamed.flac' does not say how long it is"):
+        read_audio(path)
+
+
 def test_text_file_with_wav_extension(tmp_path):
     path = tmp_path / "x.wav"
     path.write_text("this is not audio, just some text\n" * 10)
@@ -389,7 +425,7 @@ def test_failure_during_replace_cleans_up(tmp_path, monkeypatch):
     write_audio(target, stereo(0.2), SR)
     before = target.read_bytes()
 
-    def boom(src, dst):
+    def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", boom)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 
 import numpy as np
@@ -92,6 +94,35 @@ def test_bounce_writes_a_folder_per_song_and_a_manifest(tmp_path, songs, tiny_mo
     bad = records["broken"]
     assert bad["status"] == "failed" and "broken.wav" in bad["error"] and bad["outputs"] == {}
     assert not leftovers(out)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_fifo_among_the_songs_is_reported_not_waited_for(tmp_path, tiny_model_path):
+    """Issue 14: opening a FIFO waits for a writer; the batch must report it and go on."""
+    songs = write_songs(tmp_path / "in", {"one.wav": SONGS["three.wav"]})
+    os.mkfifo(songs / "pipe.wav")
+
+    def unblock() -> None:  # on code that opens the FIFO, the test fails instead of hanging
+        with contextlib.suppress(OSError):
+            os.close(os.open(songs / "pipe.wav", os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(10, unblock)
+    timer.start()
+    try:
+        rc = main(["bounce", str(songs), "-o", str(tmp_path / "out"), "--model", str(tiny_model_path), *FAST])
+    finally:
+        timer.cancel()
+    records = {r["track"]: r for r in read_records([tmp_path / "out" / "manifest.jsonl"])}
+    assert rc == 1 and records["one"]["status"] == "done"
+    assert records["pipe"]["status"] == "failed" and "named pipe" in records["pipe"]["error"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, songs, tiny_model_path, capsys):
+    rc = main(["bounce", str(songs), "-o", "/proc/msdm-no-such-folder/out", "--model", str(tiny_model_path), *FAST])
+    assert rc == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "msdm bounce: error: cannot write the manifest '/proc/msdm-no-such-folder/out/manifest.jsonl': "
+        "No such file or directory; choose an output folder you can write to"]
 
 
 def test_progress_bar_and_summary(tmp_path, songs, tiny_model_path, capsys):

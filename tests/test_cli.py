@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from engine.cli import main
+from support.special_files import run_msdm, write_streamed_flac
 
 FAST = ["--steps", "4", "--resamples", "1", "--method", "dpmpp2m", "-q"]
 
@@ -272,3 +274,147 @@ def test_a_bug_keeps_its_traceback_a_user_error_is_one_line(monkeypatch, tmp_pat
     assert main(["impute", "-o", str(tmp_path / "i"), "--given", "drums", "--model", str(tiny_model_path), *FAST]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "msdm impute: error: --given 'drums': write it as STEM=FILE, e.g. drums=drums.wav"]
+
+
+# --------------------------------------------------------------------------- #
+# Where outputs may go, and inputs that cannot be read (issue 14): a real
+# `msdm` process, real files, a real FIFO; each case exits 2 with one line.
+# --------------------------------------------------------------------------- #
+
+def _one_line_error(done, *words: str) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    return lines[0]
+
+
+def _tree(folder) -> list[str]:
+    """Everything under `folder`, hidden temp files included."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, tiny_model_path):
+    """Finding 8: `msdm separate song/bass.wav -o song` replaced the input with the bass stem."""
+    song = tmp_path / "song"
+    song.mkdir()
+    mix = song / "bass.wav"
+    sf.write(mix, np.full((3000, 1), 0.1, np.float32), 22050)
+    before = mix.read_bytes()
+    done = run_msdm("separate", mix, "-o", song, "--model", tiny_model_path, *FAST)
+    _one_line_error(done, "bass.wav", "input")
+    assert mix.read_bytes() == before and _tree(song) == ["bass.wav"]  # and no other stem appeared
+
+
+@pytest.mark.parametrize("link", ["hard link", "symbolic link"])
+def test_an_output_that_is_the_input_by_another_name_is_refused(tmp_path, tiny_model_path, mix_file, link, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (os.link if link == "hard link" else os.symlink)(mix_file, out / "drums.wav")
+    before = mix_file.read_bytes()
+    assert main(["separate", str(mix_file), "-o", str(out), "--model", str(tiny_model_path), *FAST]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert mix_file.read_bytes() == before and _tree(out) == ["drums.wav"]
+
+
+def test_a_folder_where_a_stem_goes_stops_the_job_before_anything_is_written(tmp_path, tiny_model_path, mix_file):
+    """Finding 9: bass.wav was replaced, then an IsADirectoryError traceback, no other stems."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bass.wav").write_bytes(b"the user's own bass")
+    (out / "drums.wav").mkdir()
+    done = run_msdm("separate", mix_file, "-o", out, "--model", tiny_model_path, *FAST)
+    _one_line_error(done, "drums.wav", "folder")
+    assert (out / "bass.wav").read_bytes() == b"the user's own bass"
+    assert _tree(out) == ["bass.wav", "drums.wav"]
+
+
+def test_a_folder_in_the_way_of_a_generated_file_leaves_the_others_untouched(tmp_path, tiny_model_path, capsys):
+    """The same for generate, whose files used to be opened only after sampling."""
+    out = tmp_path / "gen"
+    out.mkdir()
+    (out / "piano.wav").write_bytes(b"keep")
+    (out / "mix.wav").mkdir()
+    assert main(["generate", "-o", str(out), "--seconds", "0.1", "--model", str(tiny_model_path), *FAST]) == 2
+    assert "mix.wav" in capsys.readouterr().err
+    assert (out / "piano.wav").read_bytes() == b"keep" and _tree(out) == ["mix.wav", "piano.wav"]
+
+
+@pytest.mark.parametrize("where", ["under /proc", "/proc itself", "under a file"])
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, tiny_model_path, mix_file, where):
+    """Finding 10: -o under /proc (or a read-only place) was a traceback and exit 1."""
+    out = {"under /proc": "/proc/msdm-no-such-folder/out", "/proc itself": "/proc",
+           "under a file": mix_file / "stems"}[where]
+    done = run_msdm("separate", mix_file, "-o", out, "--model", tiny_model_path, *FAST)
+    _one_line_error(done, str(out) if where != "under a file" else "stems")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_a_read_only_output_folder_is_one_line(tmp_path, tiny_model_path, mix_file, capsys):
+    out = tmp_path / "read-only"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert main(["separate", str(mix_file), "-o", str(out), "--model", str(tiny_model_path), *FAST]) == 2
+    finally:
+        out.chmod(0o755)
+    assert "read-only" in capsys.readouterr().err and _tree(out) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("task", ["separate", "impute"])
+def test_a_fifo_as_input_is_refused_at_once(tmp_path, tiny_model_path, task):
+    """Finding 10: a FIFO as input hung the CLI (opening it waits for a writer)."""
+    fifo = tmp_path / "mix.wav"
+    os.mkfifo(fifo)
+    inputs = [fifo] if task == "separate" else ["--given", f"drums={fifo}"]
+    done = run_msdm(task, *inputs, "-o", tmp_path / "out", "--model", tiny_model_path, *FAST, timeout=60)
+    _one_line_error(done, "mix.wav", "named pipe")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("task", ["separate", "impute"])
+def test_a_streamed_flac_without_a_length_is_refused(tmp_path, tiny_model_path, task):
+    """Finding 10: a FLAC streamed with no length was read as 2**63 frames, then failed
+    (separate after decoding it, impute with a traceback), leaving the -o folder."""
+    flac = write_streamed_flac(tmp_path / "streamed.flac")
+    inputs = [flac] if task == "separate" else ["--given", f"drums={flac}"]
+    done = run_msdm(task, *inputs, "-o", tmp_path / "new" / "out", "--model", tiny_model_path, *FAST)
+    _one_line_error(done, "streamed.flac", "does not say how long")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_removes_the_folders_it_made_and_only_those(tmp_path, tiny_model_path, capsys):
+    """Finding 10: a failed run left the empty -o folder it created. This mix
+    fails mid-job (a NaN after the header was read and the writers opened)."""
+    mix = bad_files(tmp_path)["nan"]
+    made = tmp_path / "new" / "deeper"
+    assert main(["separate", str(mix), "-o", str(made), "--model", str(tiny_model_path), *FAST]) == 2
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "was-there"
+    kept.mkdir()
+    assert main(["separate", str(mix), "-o", str(kept / "sub"), "--model", str(tiny_model_path), *FAST]) == 2
+    assert kept.is_dir() and _tree(kept) == []
+    assert capsys.readouterr().err.count("invalid sample") == 2
+
+
+def test_a_link_swapped_in_for_the_output_folder_during_the_job_redirects_nothing(
+        tmp_path, tiny_model_path, monkeypatch, capsys):
+    """Finding 3: the folder was checked when the job started, not when it wrote:
+    a symlink put in its place during the job sent every file through it."""
+    import engine.audio.pipeline as pipeline
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    real_generate = pipeline.generate_stems
+
+    def swap_then_generate(*args, **kwargs):
+        out.rename(tmp_path / "out.moved")
+        out.symlink_to(elsewhere, target_is_directory=True)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_stems", swap_then_generate)
+    assert main(["generate", "-o", str(out), "--seconds", "0.1", "--model", str(tiny_model_path), *FAST]) == 2
+    assert "moved or replaced" in capsys.readouterr().err
+    assert _tree(elsewhere) == [] and _tree(tmp_path / "out.moved") == []

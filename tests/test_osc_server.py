@@ -210,7 +210,7 @@ def test_cancel_running_job_progress_every_second(server, client, root):
     times = [t for t, _, _ in replies]
     assert max(np.diff(times)) < 1.5, np.diff(times)  # heard from at least once a second
     assert [a for _, a, _ in replies].count("/msdm/cancelled") == 1 and replies[-1][1] == "/msdm/cancelled"
-    assert os.listdir(root / "long1") == []  # no partial or temp files
+    assert not (root / "long1").exists()  # no partial or temp files, nor the folder the job made
     assert client.request("/msdm/cancel", "long1")[1][1] == "unknown_job"
 
 
@@ -245,6 +245,38 @@ def test_twenty_queued_jobs_finish_or_cancel_cleanly(server, client, root):
     # Cancel requests that overtook a job still queued removed it; at most one was already running.
     assert sum(1 for j in cancelled if [a for _, a, _ in collector.of_job(j)][-1] == "/msdm/cancelled") >= 5
     assert client.request("/msdm/status")[1] == ["idle", "", 0.0, 0]
+
+
+def test_a_link_swapped_in_for_out_dir_during_a_job_sends_nothing_outside(server, client, root, tmp_path,
+                                                                           monkeypatch):
+    """Issue 14, finding 3: out_dir was checked when the job started; a symlink put
+    in its place while the job ran sent every file outside the output root."""
+    import engine.audio.pipeline as pipeline
+
+    target = tmp_path / "outside_target"
+    target.mkdir()
+    folder = root / "swapped"
+    real_generate = pipeline.generate_stems
+
+    def swap_then_generate(*args, **kwargs):
+        folder.rename(root / "swapped.moved")
+        folder.symlink_to(target, target_is_directory=True)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_stems", swap_then_generate)
+    final, _ = run(client, "/msdm/generate", "swap", str(folder), 0.1, *STEPS)
+    assert final[0] == "/msdm/error" and final[1][1] == "bad_path" and "moved or replaced" in final[1][2], final
+    assert os.listdir(target) == [] and os.listdir(root / "swapped.moved") == []
+
+
+def test_a_folder_where_a_stem_goes_is_refused_before_anything_is_replaced(server, client, outside, root):
+    folder = root / "in_the_way"
+    folder.mkdir()
+    (folder / "bass.wav").write_bytes(b"keep")
+    (folder / "drums.wav").mkdir()
+    final, _ = run(client, "/msdm/separate", "way", str(outside / "mix.wav"), str(folder), *STEPS, "overwrite", 1)
+    assert final[0] == "/msdm/error" and final[1][1] == "bad_path" and "drums.wav' is a folder" in final[1][2], final
+    assert (folder / "bass.wav").read_bytes() == b"keep" and sorted(os.listdir(folder)) == ["bass.wav", "drums.wav"]
 
 
 def test_queue_full(tiny_models, tmp_path):

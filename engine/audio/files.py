@@ -20,15 +20,18 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from engine.atomic import AtomicFile, CommitOnExit
+from engine.atomic import AtomicFile, AtomicFiles, CommitOnExit
 from engine.errors import InputError
+from engine.output_folder import OutputFolder
 
 __all__ = [
     "Audio",
@@ -38,7 +41,9 @@ __all__ = [
     "to_mono",
     "write_audio",
     "AudioWriter",
+    "AudioWriters",
     "AudioReader",
+    "check_input_file",
     "inspect_audio",
 ]
 
@@ -50,6 +55,12 @@ _SOUNDFILE_ERRORS = (getattr(sf, "SoundFileError", RuntimeError), RuntimeError)
 _WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 # ``bits`` argument -> libsndfile subtype.
 _SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+# libsndfile's frame count for a file whose header does not give its length
+# (a FLAC written as a stream, to a pipe): SF_COUNT_MAX, not a real length.
+_UNKNOWN_LENGTH = 2**63 - 1
+# What a path can be besides a regular file, for the message that refuses it.
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 class AudioInputError(InputError):
@@ -132,15 +143,7 @@ def inspect_audio(path: str | os.PathLike, *, max_seconds: float | None = None) 
     path = Path(path)
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds!r}")
-    if not path.exists():
-        raise AudioInputError(
-            f"Audio file not found: '{path}'. Check the path and that the file has not been moved or deleted."
-        )
-    if path.is_dir():
-        raise AudioInputError(
-            f"Expected an audio file but '{path}' is a directory. Pass the path of a single audio file."
-        )
-
+    check_input_file(path)
     try:
         info = sf.info(str(path))
     except _SOUNDFILE_ERRORS as exc:
@@ -149,6 +152,12 @@ def inspect_audio(path: str | os.PathLike, *, max_seconds: float | None = None) 
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioInputError(
             f"Audio file '{path}' contains no audio (0 frames). Export the file again and check it plays."
+        )
+    if info.frames >= _UNKNOWN_LENGTH:
+        raise AudioInputError(
+            f"Audio file '{path}' does not say how long it is (it was written as a stream, e.g. to a pipe), "
+            f"so it cannot be read in windows. Convert it to WAV, or re-encode it to a file "
+            f"(e.g. ffmpeg -i IN.flac OUT.flac), and try again."
         )
 
     duration = info.frames / info.samplerate
@@ -159,6 +168,31 @@ def inspect_audio(path: str | os.PathLike, *, max_seconds: float | None = None) 
         )
 
     return info
+
+
+def check_input_file(path: str | os.PathLike) -> None:
+    """Refuse what is not an existing, readable regular file before anything
+    opens it: opening a FIFO waits until something writes to it, and a device
+    may never end. The CLI, bounce and the OSC server (osc_bridge.paths) all
+    check their inputs here."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise AudioInputError(
+            f"Audio file not found: '{path}'. Check the path and that the file has not been moved or deleted."
+        ) from None
+    except OSError as error:
+        raise AudioInputError(f"Cannot open '{path}': {error.strerror}. Check the path and its permissions.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioInputError(
+            f"Expected an audio file but '{path}' is a folder (directory). Pass the path of a single audio file."
+        )
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), "a special file")
+        raise AudioInputError(f"'{path}' is {kind}, not a regular file: reading it could wait forever. "
+                              f"Save the audio to a file and pass that file.")
+    if not os.access(path, os.R_OK):
+        raise AudioInputError(f"Audio file '{path}' is not readable (permissions). Check who owns it.")
 
 
 def check_finite(path: str | os.PathLike, samples: np.ndarray, sample_rate: int, offset: int = 0) -> None:
@@ -346,7 +380,9 @@ class AudioWriter(CommitOnExit):
     """
 
     def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, *,
-                 bits: str = "32f", overwrite: bool = True) -> None:
+                 bits: str = "32f", overwrite: bool = True, target: AtomicFile | None = None) -> None:
+        """`target`: the AtomicFile to write into (one of AudioWriters' group);
+        by default one is made for `path`."""
         path = Path(path)
         fmt = _WRITE_FORMATS.get(path.suffix.lower())
         if fmt is None:
@@ -366,7 +402,7 @@ class AudioWriter(CommitOnExit):
         self.sample_rate = _positive_int(sample_rate, "sample_rate")
         self.channels = _positive_int(channels, "channels")
         self.clip = subtype != "FLOAT"
-        self._target = AtomicFile(path, overwrite=overwrite)
+        self._target = target or AtomicFile(path, overwrite=overwrite)
         self.tmp = self._target.tmp
         try:
             self._file = self._target.open("wb")
@@ -395,12 +431,16 @@ class AudioWriter(CommitOnExit):
         self._sound.write(frames_first)
         self.frames += x.shape[1]
 
-    def commit(self) -> Path:
+    def finish(self) -> None:
+        """Complete the file (libsndfile writes its header on close); `commit` renames it."""
         try:
             self._sound.close()
         except BaseException:
             self.abort()
             raise
+
+    def commit(self) -> Path:
+        self.finish()
         return self._target.commit()
 
     def abort(self) -> None:
@@ -409,3 +449,42 @@ class AudioWriter(CommitOnExit):
             with contextlib.suppress(Exception):
                 sound.close()
         self._target.abort()
+
+
+class AudioWriters(CommitOnExit):
+    """The audio files of one job, written together into one output folder held
+    open: all of them appear, or none does (engine.atomic.AtomicFiles, which
+    also refuses a destination that is a folder or one of the job's `inputs`).
+    `targets` maps a name to its path inside `folder`; `channels` gives each
+    name's channel count."""
+
+    def __init__(self, folder: OutputFolder, targets: Mapping[str, str | os.PathLike], channels: Mapping[str, int],
+                 sample_rate: int, *, bits: str = "32f", overwrite: bool = True,
+                 inputs: Iterable[str | os.PathLike] = ()) -> None:
+        self._files = AtomicFiles(folder, targets, overwrite=overwrite, inputs=inputs)
+        self.paths = self._files.paths
+        self.writers: dict[str, AudioWriter] = {}
+        try:
+            for name, count in channels.items():
+                self.writers[name] = AudioWriter(self.paths[name], sample_rate, count, bits=bits,
+                                                 target=self._files[name])
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, block: np.ndarray) -> None:
+        self.writers[name].write(block)
+
+    def commit(self) -> dict[str, Path]:
+        try:
+            for writer in self.writers.values():
+                writer.finish()
+        except BaseException:
+            self.abort()
+            raise
+        return self._files.commit()
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+        self._files.abort()

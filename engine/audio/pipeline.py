@@ -18,16 +18,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from engine.audio.files import AudioInputError, AudioReader, AudioWriter, read_audio, resample, to_mono
+from engine.audio.files import AudioInputError, AudioReader, AudioWriters, read_audio, resample, to_mono
 from engine.audio.windows import OverlapAdd, WindowPlan
 from engine.core.diffusion import seed_for
 from engine.core.tasks import (
@@ -41,6 +42,7 @@ from engine.core.tasks import (
     separation_settings,
 )
 from engine.errors import CommandError, InputError
+from engine.output_folder import OutputFolder
 from engine.storage.model import ModelSet
 
 ProgressFn = Callable[[float, str], None]
@@ -69,21 +71,25 @@ def _window_progress(progress: ProgressFn | None, index: int, count: int, label:
     return callback
 
 
-def _open_writers(out_dir: Path, channels: Mapping[str, int], sample_rate: int, fmt: OutputFormat):
-    writers = {}
-    try:
-        for name, count in channels.items():
-            writers[name] = AudioWriter(fmt.path(out_dir, name), sample_rate, count,
-                                        bits=fmt.bits, overwrite=fmt.overwrite)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
-    return writers
+@contextlib.contextmanager
+def _output_folder(out_dir: str | os.PathLike | OutputFolder):
+    """The job's output folder, held open while it runs (engine.output_folder):
+    engine.jobs.run opens it when the job starts; a direct call opens it here."""
+    if isinstance(out_dir, OutputFolder):
+        yield out_dir
+    else:
+        with OutputFolder(out_dir) as folder:
+            yield folder
 
 
-def _commit_all(writers: Mapping[str, AudioWriter]) -> dict[str, Path]:
-    return {name: writer.commit() for name, writer in writers.items()}
+def _open_writers(folder: OutputFolder, channels: Mapping[str, int], sample_rate: int, fmt: OutputFormat,
+                  inputs: Iterable[str | os.PathLike] = ()) -> AudioWriters:
+    """One writer per name, all committed together; opened before the work, so
+    a destination that cannot be written is refused before any sampling."""
+    # `fmt` names each file by a path under the folder (bounce's --pattern may add subfolders).
+    targets = {name: fmt.path(folder.path, name).relative_to(folder.path) for name in channels}
+    return AudioWriters(folder, targets, channels, sample_rate, bits=fmt.bits, overwrite=fmt.overwrite,
+                        inputs=inputs)
 
 
 def distribute_residual(stems: np.ndarray, residual: np.ndarray, frame: int = ENERGY_FRAME) -> np.ndarray:
@@ -199,7 +205,7 @@ def separate_array(models: ModelSet, mix: np.ndarray, sample_rate: int, **option
 def separate_file(
     models: ModelSet,
     mix_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | OutputFolder,
     *,
     output: OutputFormat = OutputFormat(),
     max_seconds: float | None = None,
@@ -210,16 +216,13 @@ def separate_file(
     streaming to disk (options as separate_blocks)."""
     reader = AudioReader(mix_path, max_seconds=max_seconds)
     channels = 1 if mono else reader.channels
-    writers = _open_writers(Path(out_dir), {stem: channels for stem in models.stems}, reader.sample_rate, output)
-    try:
+    with _output_folder(out_dir) as folder, \
+            _open_writers(folder, {stem: channels for stem in models.stems}, reader.sample_rate, output,
+                          inputs=[mix_path]) as writers:
         for block in separate_blocks(models, reader, mono=mono, **options):
             for n, stem in enumerate(models.stems):
-                writers[stem].write(block[n])
-        return _commit_all(writers)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
+                writers.write(stem, block[n])
+    return writers.paths
 
 
 def _require_joint(models: ModelSet, task: str) -> None:
@@ -271,7 +274,7 @@ def generate_stems(
 
 def generate_file(
     models: ModelSet,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | OutputFolder,
     seconds: float,
     *,
     seed: int = 0,
@@ -282,11 +285,15 @@ def generate_file(
 ) -> dict[str, Path]:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise InputError(f"--seconds must be a positive number, got {seconds}")
+    _require_joint(models, "generation")
     frames = max(1, round(seconds * models.sample_rate))
-    stems = generate_stems(models, frames, seed=seed, settings=settings, overlap=overlap, progress=progress)
-    named = {stem: stems[n:n + 1] for n, stem in enumerate(models.stems)}
-    named["mix"] = stems.sum(0, keepdims=True)
-    return _write_all(Path(out_dir), named, models.sample_rate, output)
+    with _output_folder(out_dir) as folder, \
+            _open_writers(folder, dict.fromkeys((*models.stems, "mix"), 1), models.sample_rate, output) as writers:
+        stems = generate_stems(models, frames, seed=seed, settings=settings, overlap=overlap, progress=progress)
+        for n, stem in enumerate(models.stems):
+            writers.write(stem, stems[n:n + 1])
+        writers.write("mix", stems.sum(0, keepdims=True))
+    return writers.paths
 
 
 def read_given_stems(models: ModelSet, given: Mapping[str, str | os.PathLike], max_seconds: float | None = None):
@@ -313,7 +320,7 @@ def read_given_stems(models: ModelSet, given: Mapping[str, str | os.PathLike], m
 def impute_file(
     models: ModelSet,
     given: Mapping[str, str | os.PathLike],
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | OutputFolder,
     *,
     seed: int = 0,
     settings: SamplerSettings = IMPUTE,
@@ -334,30 +341,19 @@ def impute_file(
     for name, a in audio.items():
         given_model[models.stems.index(name)] = resample(to_mono(a.samples), rate_in, models.sample_rate,
                                                          length=frames_model)[0]
-    stems = generate_stems(models, frames_model, seed=seed, settings=settings, given=given_model,
-                           given_stems=indices, overlap=overlap, progress=progress)
-    named = {}
-    mix = np.zeros((channels, frames_in), dtype=np.float32)
-    for name, a in audio.items():
-        mix += np.broadcast_to(a.samples, (channels, frames_in))
-    for n, stem in enumerate(models.stems):
-        if n in indices:
-            continue
-        back = resample(stems[n:n + 1], models.sample_rate, rate_in, length=frames_in)
-        named[stem] = np.repeat(back, channels, axis=0)
-        mix += named[stem]
-    named["mix"] = mix
-    return _write_all(Path(out_dir), named, rate_in, output)
-
-
-def _write_all(out_dir: Path, named: Mapping[str, np.ndarray], rate: int, output: OutputFormat) -> dict[str, Path]:
-    """Write several files so that either all of them appear or none does."""
-    writers = _open_writers(out_dir, {name: x.shape[0] for name, x in named.items()}, rate, output)
-    try:
-        for name, samples in named.items():
-            writers[name].write(samples)
-        return _commit_all(writers)
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        raise
+    missing = [stem for stem in models.stems if stem not in audio]
+    with _output_folder(out_dir) as folder, \
+            _open_writers(folder, dict.fromkeys((*missing, "mix"), channels), rate_in, output,
+                          inputs=given.values()) as writers:
+        stems = generate_stems(models, frames_model, seed=seed, settings=settings, given=given_model,
+                               given_stems=indices, overlap=overlap, progress=progress)
+        mix = np.zeros((channels, frames_in), dtype=np.float32)
+        for name, a in audio.items():
+            mix += np.broadcast_to(a.samples, (channels, frames_in))
+        for stem in missing:
+            n = models.stems.index(stem)
+            back = np.repeat(resample(stems[n:n + 1], models.sample_rate, rate_in, length=frames_in), channels, axis=0)
+            writers.write(stem, back)
+            mix += back
+        writers.write("mix", mix)
+    return writers.paths

@@ -208,19 +208,6 @@ class Bouncer:
             record["error"] = error
         return record
 
-    def _tidy(self, song: Song) -> None:
-        """After a failure or a cancel: remove the folders the song's writers made
-        and left empty, so the output holds finished songs only."""
-        output = self.job.output(song.track)
-        for name in (*self.models.stems, "mix"):
-            folder = output.path(self.out_dir, name).parent
-            while folder != self.out_dir and self.out_dir in folder.parents:
-                try:
-                    folder.rmdir()  # only succeeds on an empty folder
-                except OSError:
-                    break
-                folder = folder.parent
-
     # -- the batch --------------------------------------------------------
     def plan(self, songs: list[Song]) -> tuple[list[Song], list[Song]]:
         """(this rank's songs still to do, this rank's songs already done)."""
@@ -277,16 +264,11 @@ class Bouncer:
 
             try:
                 outputs = self._bounce_one(models, song, seed, report)
-            except Cancelled:
-                self._tidy(song)
+            except Cancelled:  # its writers removed their temp files and the folders they made
                 with lock:
                     summary.cancelled += 1
                 return
-            except KeyboardInterrupt:
-                self._tidy(song)
-                raise
             except Exception as error:  # one bad song is reported; the batch goes on
-                self._tidy(song)
                 fail(song, seed, seconds, t0, error)
                 progress.finish(song.track, seconds)
                 return

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from engine.errors import OutputError
+
 SINGLE_NAME = "manifest.jsonl"
 PART_GLOB = "manifest.rank*.jsonl"
 
@@ -42,8 +44,12 @@ class ManifestWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as error:  # -o under /proc, a file or a read-only folder: before any song
+            raise OutputError(f"cannot write the manifest '{self.path}': {error.strerror or error}; "
+                              f"choose an output folder you can write to") from None
         # A run killed mid-line left no newline: start on a line of our own so
         # the cut line stays the only unreadable one.
         size = os.fstat(self._fd).st_size

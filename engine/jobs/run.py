@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from engine.errors import CommandError
 from engine.jobs.options import TASKS, JobOptions
+from engine.output_folder import OutputFolder
 
 ProgressFn = Callable[[float, str], None]
 
@@ -48,12 +49,13 @@ def parse_given(items: list[str]) -> dict[str, str]:
 
 
 def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_seconds: float | None = None,
-            output: Any = None, settings: Any = None) -> dict[str, Path]:
+            output: Any = None, settings: Any = None, output_root: str | os.PathLike | None = None) -> dict[str, Path]:
     """Run `job` on `models` (a ModelSet, or anything that looks like one) and
     return {stem or "mix": file written}. `output` replaces the OutputFormat the
     options give (bounce names files by a pattern); `settings` replaces the
     SamplerSettings they give (bounce resolves them once for its manifest);
-    `max_seconds` refuses longer inputs (the OSC server's limit).
+    `max_seconds` refuses longer inputs and `output_root` outputs outside it
+    (the OSC server's limits).
 
     Every job of every front end passes here: a check that must hold for all
     of them (which inputs may be read, where outputs may go) belongs here,
@@ -64,14 +66,18 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
     output = output or options.output_format()
     settings = settings or options.sampler_settings(job.task, models.is_isdm, num_stems=len(models.stems),
                                                     first_guess=getattr(models, "separator", None) is not None)
-    if job.task == "separate":
-        return pipeline.separate_file(models, job.mix, job.out_dir, likelihood=options.likelihood,
-                                      settings=settings, seed=options.seed, mono=options.mono,
-                                      overlap=options.overlap, output=output, max_seconds=max_seconds,
-                                      progress=progress)
-    if job.task == "generate":
-        return pipeline.generate_file(models, job.out_dir, job.seconds, seed=options.seed, settings=settings,
-                                      overlap=options.overlap, output=output, progress=progress)
-    return pipeline.impute_file(models, job.given, job.out_dir, seed=options.seed, settings=settings,
-                                overlap=options.overlap, output=output, max_seconds=max_seconds,
-                                progress=progress)
+    # The output folder is opened once, now, and every file of the job is
+    # written relative to it (engine.output_folder): a link swapped in for it
+    # later cannot redirect the files. A job that fails removes the folders it made.
+    with OutputFolder(job.out_dir, inside=output_root) as folder:
+        if job.task == "separate":
+            return pipeline.separate_file(models, job.mix, folder, likelihood=options.likelihood,
+                                          settings=settings, seed=options.seed, mono=options.mono,
+                                          overlap=options.overlap, output=output, max_seconds=max_seconds,
+                                          progress=progress)
+        if job.task == "generate":
+            return pipeline.generate_file(models, folder, job.seconds, seed=options.seed, settings=settings,
+                                          overlap=options.overlap, output=output, progress=progress)
+        return pipeline.impute_file(models, job.given, folder, seed=options.seed, settings=settings,
+                                    overlap=options.overlap, output=output, max_seconds=max_seconds,
+                                    progress=progress)

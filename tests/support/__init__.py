@@ -1,2 +1,3 @@
 """Test helpers the tests import (they do not ship in the package): a closed-form
-Gaussian prior (gaussian_prior) and an OSC reply collector (osc_replies)."""
+Gaussian prior (gaussian_prior), an OSC reply collector (osc_replies), special
+input files and `msdm` as a process (special_files)."""
