@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
 from engine.errors import CommandError
 from engine.jobs.options import add_model_options, load_models_for
+from engine.jobs.signals import StopSignals, Stopped, exit_now
 
 from .codec import DEFAULT_MAX_BUNDLE_MESSAGES
 from .protocol import DEFAULT_MAX_EVALUATIONS, DEFAULT_PORT
@@ -27,7 +27,9 @@ def register(commands) -> None:
                     "outputs are written under --output-root (made private: 0700, files 0600). Every request "
                     "must be signed with the secret in --secret-file, which only this user can read: the "
                     "server works for the user who runs it. Prints 'msdm serve: listening on HOST:PORT' "
-                    "once ready; stops cleanly on Ctrl-C or SIGTERM.")
+                    "once ready. Ctrl-C or SIGTERM: the running job stops at its next sampler step, every "
+                    "job is answered /msdm/cancelled, and the exit status is 130 (SIGINT) or 143 (SIGTERM); "
+                    "a second signal stops at once.")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this computer only)")
     serve.add_argument("--allow-remote", action="store_true",
@@ -122,36 +124,36 @@ def _serve(args: argparse.Namespace, log: logging.Logger) -> int:
     except OSError as error:
         raise CommandError(f"cannot make the secret file {secret_file}: {error.strerror or error}; choose "
                            f"another with --secret-file") from None
+    server = None
 
-    import torch
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    models = load_models_for(args)
-    try:
-        server = OscServer(models, host=args.host, port=args.port, output_root=args.output_root,
-                           max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend,
-                           max_evaluations=args.max_evaluations, max_bundle_messages=args.max_bundle,
-                           secret=secret)
-    except OSError as error:
-        raise CommandError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error} "
-                           f"(is another msdm serve running? try --port 0)") from None
-
-    def stop(signum, frame):
+    def stop(signum: int) -> None:
+        if server is None:
+            raise Stopped(signum)  # still loading the model: nothing to wait for
+        log.info("stopping on %s: the running job stops at its next sampler step (%s again stops at once)",
+                 stops.name, stops.name)
         server.shutdown()  # on this (the serving) thread: only sets a flag
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    host = f"[{server.host}]" if ":" in server.host else server.host
-    log.info("model %s (%s), output root %s, requests signed with the secret in %s", models.describe(),
-             args.backend, server.output_root, secret_file)
-    print(f"msdm serve: listening on {host}:{server.port}", flush=True)
-    try:
+    with StopSignals(on_stop=stop, on_force=exit_now) as stops:
+        import torch
+
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        models = load_models_for(args)
+        try:
+            server = OscServer(models, host=args.host, port=args.port, output_root=args.output_root,
+                               max_seconds=args.max_seconds, max_queued=args.queue, backend=args.backend,
+                               max_evaluations=args.max_evaluations, max_bundle_messages=args.max_bundle,
+                               secret=secret)
+        except OSError as error:
+            raise CommandError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error} "
+                               f"(is another msdm serve running? try --port 0)") from None
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        log.info("model %s (%s), output root %s, requests signed with the secret in %s", models.describe(),
+                 args.backend, server.output_root, secret_file)
+        print(f"msdm serve: listening on {host}:{server.port}", flush=True)
         server.serve_forever()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     print("msdm serve: stopped", flush=True)
-    return 0
+    return stops.exit_code
 
 
 def run_osc_send(args: argparse.Namespace) -> int:

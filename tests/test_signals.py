@@ -1,6 +1,7 @@
-"""SIGTERM and SIGINT stop `msdm separate` alike (issue 14, finding 6;
-`msdm bounce`: tests/test_bounce.py): the running job stops, no temp file is
-left, and the exit status is 128 + the signal (engine/jobs/signals.py).
+"""SIGTERM and SIGINT stop `msdm serve` and `msdm separate` alike (issue 14,
+finding 6; `msdm bounce`: tests/test_bounce.py): the running job stops at its
+next sampler step, `/msdm/cancelled` goes out, no temp file is left, and the
+exit status is 128 + the signal (engine/jobs/signals.py), never an abort.
 Real processes, with one sampler step made slow (tests/support/slow_msdm.py),
 as a big model on a CPU makes it."""
 
@@ -17,6 +18,9 @@ import numpy as np
 import pytest
 
 from engine.audio.files import write_audio
+from osc_bridge.client import OscClient
+from support.osc_replies import ReplyCollector
+from support.processes import start_serve
 
 SLOW_MSDM = [sys.executable, str(Path(__file__).resolve().parent / "support" / "slow_msdm.py")]
 
@@ -46,6 +50,33 @@ def mix(tmp_path) -> Path:
     path = tmp_path / "mix.wav"
     write_audio(path, (0.1 * np.random.default_rng(0).standard_normal((1, 8000))).astype(np.float32), 22050)
     return path
+
+
+def test_sigterm_during_a_slow_step_cancels_the_job_and_serve_exits_143(tiny_model_path, tmp_path, mix):
+    """A step of 11 s: longer than the 10 s serve used to wait for its worker before
+    exiting under it (no /msdm/cancelled, the stems' temp files left, or SIGABRT)."""
+    root = tmp_path / "root"
+    env, marker = slow_env(tmp_path, call=3, seconds=11)
+    serve, port, lines = start_serve(["--model", str(tiny_model_path), "--output-root", str(root), "--quiet",
+                                      "--threads", "1"], command=SLOW_MSDM, env=env)
+    try:
+        with OscClient("127.0.0.1", port) as client:
+            collector = ReplyCollector(client)
+            client.send("/msdm/separate", "slow", str(mix), str(root / "slow"), "steps", 20, "method", "dpmpp2m")
+            wait_for_file(marker, serve, 60)
+            assert files_under(root / "slow")  # the stems are being written (hidden temp files)
+            serve.send_signal(signal.SIGTERM)
+            status = serve.wait(timeout=90)
+            collector.wait_for(lambda rs: any(a == "/msdm/cancelled" for _, a, _ in rs), 5)
+            collector.stop()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    ends = [a for _, a, _ in collector.of_job("slow") if a in ("/msdm/done", "/msdm/error", "/msdm/cancelled")]
+    # Exit status 128 + SIGTERM (-6 would be SIGABRT), the job answered, its temp files gone.
+    assert (status, ends, files_under(root / "slow")) == (143, ["/msdm/cancelled"], [])
+    assert lines.wait_for(lambda line: True, 5) == "msdm serve: stopped"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
