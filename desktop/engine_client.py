@@ -2,12 +2,19 @@
 requests and turns reply datagrams into Qt signals on the GUI thread.
 
 No thread of its own: QUdpSocket's readyRead arrives through the event loop,
-so every signal is emitted on the thread that owns the client (the GUI)."""
+so every signal is emitted on the thread that owns the client (the GUI).
+
+Every request is signed with the user's secret file (osc_bridge.auth), which
+the engine the app starts makes on its first start: `msdm serve` answers only
+the user who runs it. The file is read again on each connect, so a new secret
+(the file deleted, the engine restarted) is picked up."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtNetwork import QHostAddress, QUdpSocket
+
+from osc_bridge import auth
 
 from . import osc_messages as osc
 
@@ -27,6 +34,7 @@ class EngineClient(QObject):
         super().__init__(parent)
         self.host = ""
         self.port = 0
+        self._secret: bytes | None = None
         self.socket = QUdpSocket(self)
         # Any free local port; replies come back to it (reply-to-sender rule).
         self.socket.bind(QHostAddress(QHostAddress.SpecialAddress.AnyIPv4), 0)
@@ -42,6 +50,7 @@ class EngineClient(QObject):
 
     def connect_to(self, host: str, port: int) -> None:
         self.host, self.port = host, int(port)
+        self._secret = None  # read again: the engine may have made a new one
 
     def disconnect_engine(self) -> None:
         self.host, self.port = "", 0
@@ -50,6 +59,10 @@ class EngineClient(QObject):
     def send(self, datagram: bytes) -> None:
         if not self.connected:
             return
+        if self._secret is None:
+            self._secret = auth.secret_if_present()
+        if self._secret is not None:  # without one the engine answers "unauthorized", which the window shows
+            datagram = auth.sign_datagram(self._secret, datagram)
         self.socket.writeDatagram(datagram, QHostAddress(self.host), self.port)
 
     def ping(self, timeout_ms: int = 3000) -> None:

@@ -24,6 +24,7 @@ class EngineSupervisor(QObject):
     START_TIMEOUT_MS = 120_000     # loading a model (or exporting ONNX) may take a while
     MAX_RESTARTS = 3               # within RESTART_WINDOW_S, then give up and say so
     RESTART_WINDOW_S = 120.0
+    STOP_TIMEOUT_MS = 10_000       # SIGTERM, then this long for the running job's step, then SIGKILL
 
     def __init__(self, output_root: Path, model: str = "", backend: str = "torch",
                  parent: QObject | None = None) -> None:
@@ -86,8 +87,10 @@ class EngineSupervisor(QObject):
         self._start_timer.stop()
         process, self.process = self.process, None
         if process is not None and process.state() != QProcess.ProcessState.NotRunning:
+            # SIGTERM: a running job stops at its next sampler step and removes its partial
+            # files (docs/osc.md); give it the time of a slow step before killing it.
             process.terminate()
-            if not process.waitForFinished(3000):
+            if not process.waitForFinished(self.STOP_TIMEOUT_MS):
                 process.kill()
                 process.waitForFinished(2000)
         if process is not None:

@@ -4,6 +4,7 @@ the other commands register themselves from their own front end (COMMAND_MODULES
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from engine.errors import UserError
 from engine.jobs.options import add_job_options, add_model_options, job_options_from_args, load_models_for
 from engine.jobs.progress import ProgressBar
 from engine.jobs.run import Job, parse_given, run_job
+from engine.jobs.signals import StopSignals, exit_status
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -143,11 +145,15 @@ def _run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
+    # SIGTERM stops this file's commands as Ctrl-C does (exit 128 + the signal: engine/jobs/signals.py);
+    # registered commands (serve, bounce, app...) handle signals themselves.
+    stop = StopSignals() if getattr(args, "handler", None) is None else contextlib.nullcontext()
     try:
-        return _run(args)
-    except KeyboardInterrupt:
+        with stop:
+            return _run(args)
+    except KeyboardInterrupt as interrupt:
         print("msdm: cancelled; no partial files were left", file=sys.stderr)
-        return EXIT_CANCELLED
+        return exit_status(interrupt)
     except (UserError, FileExistsError) as error:  # what the user can fix: one line; anything else is a bug
         print(f"msdm {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,8 @@
 """A small OSC client for `msdm serve`: send one request, wait for its replies
 on a bound port. Used by `msdm osc-send` (so a DAW script needs nothing but a
 command line) and by the tests (a real client over a real socket; tests/support/osc_replies.py
-collects its replies on a thread)."""
+collects its replies on a thread). Every message it sends is signed with the
+user's secret (osc_bridge.auth), as the server requires."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import time
 from typing import Any, Callable, Sequence
 
+from . import auth
 from .codec import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
 from .protocol import DEFAULT_PORT
 
@@ -50,10 +52,13 @@ def infer_args(texts: Sequence[str], types: str | None = None) -> list:
 
 class OscClient:
     """One UDP socket bound on loopback (or `bind_host`): requests leave from it
-    and replies come back to it."""
+    and replies come back to it. `secret` signs them (default: the user's
+    secret file when there is one; without a secret they go unsigned and the
+    server refuses them, saying why)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, reply_port: int = 0,
-                 bind_host: str | None = None) -> None:
+                 bind_host: str | None = None, secret: bytes | None = None) -> None:
+        self.secret = secret if secret is not None else auth.secret_if_present()
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.server = address
         self.socket = socket.socket(family, kind, proto)
@@ -74,9 +79,13 @@ class OscClient:
         self.close()
 
     def send(self, address: str, *args: Any) -> None:
-        self.socket.sendto(encode_message(address, args), self.server)
+        self.send_raw(encode_message(address, args))
 
-    def send_raw(self, data: bytes) -> None:
+    def send_raw(self, data: bytes, sign: bool = True) -> None:
+        """Send a datagram as it is, with each of its messages signed unless `sign` is off
+        (bytes that are not OSC are never signed)."""
+        if sign and self.secret is not None:
+            data = auth.sign_datagram(self.secret, data)
         self.socket.sendto(data, self.server)
 
     def receive(self, timeout: float) -> tuple[str, list] | None:

@@ -27,22 +27,24 @@ _BUNDLE = b"#bundle\x00"
 TYPE_TAGS = frozenset("ifdsbhrmtTFN[]")
 
 
-def decode_datagram(data: bytes, max_messages: int | None = None) -> list[tuple[str, list]]:
+def decode_datagram(data: bytes, max_messages: int | None = None, *, with_bytes: bool = False) -> list[tuple]:
     """A datagram -> [(address, args)]; bundles are flattened and run at once
     (time tags are ignored: nothing here is time-critical). Raises ValueError
     with a short reason (never quoting the datagram) for anything that is not
     a well-formed OSC packet, and for a bundle of more than `max_messages`
-    messages."""
+    messages. `with_bytes`: [(address, args, the message's bytes)] (the server
+    checks each message's signature over its bytes, osc_bridge.auth)."""
     if not data:
         raise ValueError("empty datagram")
     try:
         if data.startswith(_BUNDLE):
-            out: list[tuple[str, list]] = []
+            out: list[tuple[str, list, bytes]] = []
             _bundle(bytes(data), 0, out, max_messages)
             if not out:
                 raise ValueError("the bundle holds no messages")
-            return out
-        return [_message(bytes(data))]
+        else:
+            out = [_message(bytes(data))]
+        return out if with_bytes else [(address, args) for address, args, _ in out]
     except ValueError:
         raise
     except Exception as error:  # python-osc raises ParseError, IndexError, struct.error... on bad bytes
@@ -78,7 +80,7 @@ def _bundle(dgram: bytes, depth: int, out: list, max_messages: int | None) -> No
                              f"max_bundle_messages); send fewer per bundle")
 
 
-def _message(dgram: bytes) -> tuple[str, list]:
+def _message(dgram: bytes) -> tuple[str, list, bytes]:
     if not dgram.startswith(b"/"):
         raise ValueError("not an OSC message (an OSC address starts with '/')")
     end = dgram.find(b"\x00")
@@ -91,7 +93,7 @@ def _message(dgram: bytes) -> tuple[str, list]:
         if tags.startswith(",") and not set(tags[1:]) <= TYPE_TAGS:
             raise ValueError(f"unsupported OSC type tag (supported: {' '.join(sorted(TYPE_TAGS))})")
     message = OscMessage(dgram)
-    return message.address, list(message.params)
+    return message.address, list(message.params), dgram
 
 
 def encode_message(address: str, args: Iterable[Any]) -> bytes:

@@ -122,8 +122,14 @@ class JobQueue:
             return (running is not None, running.id if running else "",
                     running.fraction if running else 0.0, len(self._queue))
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything and wait for the worker to let go of the model."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancel everything and wait for the worker to let go of the model.
+
+        The running job stops at its next sampler step, which may take long
+        (a big model on a CPU), so by default this waits as long as it takes:
+        the job then answers /msdm/cancelled and removes its temp files. A
+        process that exited while the worker still ran inside torch would
+        leave both undone, or abort (SIGABRT)."""
         with self._lock:
             self._stopping = True
             while self._queue:

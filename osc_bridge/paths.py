@@ -11,11 +11,14 @@ for the folder during the job redirects nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
 
 from .protocol import BAD_INPUT, BAD_PATH, EXISTS, ProtocolError
+
+log = logging.getLogger("msdm.serve")
 
 
 def default_output_root() -> Path:
@@ -23,10 +26,24 @@ def default_output_root() -> Path:
 
 
 def prepare_output_root(root: str | os.PathLike) -> Path:
-    """Create the root if needed and return its resolved real path."""
+    """Create the root if needed and return its resolved real path. Only its
+    owner may enter it (0700): what the server writes there is this user's
+    audio. A root others can enter (made before, or by hand) is made private,
+    with a warning in the log; one that cannot be (another user's, a file
+    system without permissions) is used with a warning."""
     path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path.resolve(strict=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    resolved = path.resolve(strict=True)
+    mode = stat.S_IMODE(os.stat(resolved).st_mode)
+    if os.name == "posix" and mode & 0o077:
+        try:
+            os.chmod(resolved, mode & 0o700)
+            log.warning("made the output root %s private (mode %04o -> %04o): only its owner can enter it",
+                        resolved, mode, mode & 0o700)
+        except OSError as error:
+            log.warning("the output root %s can be entered by other users (mode %04o) and could not be made "
+                        "private (%s): they may read what is written there", resolved, mode, error.strerror)
+    return resolved
 
 
 def _is_inside(path: Path, root: Path) -> bool:

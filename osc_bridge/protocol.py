@@ -33,8 +33,9 @@ QUEUE_FULL = "queue_full"
 DUPLICATE_JOB = "duplicate_job"
 UNKNOWN_JOB = "unknown_job"
 ENGINE = "engine"
+UNAUTHORIZED = "unauthorized"  # not signed with the secret of the user who runs the server (osc_bridge.auth)
 ERROR_CODES = (BAD_REQUEST, UNKNOWN_ADDRESS, BAD_INPUT, BAD_PATH, EXISTS, QUEUE_FULL,
-               DUPLICATE_JOB, UNKNOWN_JOB, ENGINE)
+               DUPLICATE_JOB, UNKNOWN_JOB, ENGINE, UNAUTHORIZED)
 
 MAX_JOB_ID = 128      # characters; job ids come back in every reply
 MAX_PATH = 4096       # characters (PATH_MAX on Linux)

@@ -10,6 +10,11 @@ socket thread, so one datagram could stall the server. Here every datagram is
 read whole (up to the UDP maximum), decoded inside a guard, looked up exactly,
 and every failure is answered with /msdm/error, never a dead server.
 
+Who is served: the user who runs the server. Every request must be signed
+with that user's secret (osc_bridge.auth; the file only they can read); any
+other is answered with /msdm/error "unauthorized" and goes no further, so an
+unsigned request neither runs nor learns anything but that it was refused.
+
 Limits (constructor arguments; docs/osc.md "Security"): messages per bundle
 (`max_bundle_messages`), network evaluations per window a job may ask for
 (`max_evaluations`), the input/generation length (`max_seconds`), waiting
@@ -31,7 +36,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import auth, protocol
 from .codec import MAX_DATAGRAM, MAX_REPLY, RECEIVE_BUFFER, decode_datagram, encode_message  # noqa: F401
 from .codec import DEFAULT_MAX_BUNDLE_MESSAGES, encode_reply
 from .jobs import Job, JobQueue, execute_job
@@ -59,14 +64,19 @@ class OscServer:
     Limits a client cannot exceed: `max_seconds` of input or generation,
     `max_queued` waiting jobs, `max_evaluations` network evaluations per window
     (steps x resamples), `max_bundle_messages` messages per datagram; replies
-    are cut to `max_reply_bytes`."""
+    are cut to `max_reply_bytes`.
+
+    `secret`: the key requests are signed with (default: the user's secret
+    file, made on first use, osc_bridge.auth.load_or_create_secret). The
+    output root is made private (0700); `msdm serve` also sets the umask to
+    077, so the files it writes are 0600."""
 
     def __init__(self, models: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  output_root: str | os.PathLike | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
                  max_queued: int = 16, backend: str = "torch", version: str | None = None,
                  max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
                  max_bundle_messages: int = DEFAULT_MAX_BUNDLE_MESSAGES,
-                 max_reply_bytes: int = MAX_REPLY) -> None:
+                 max_reply_bytes: int = MAX_REPLY, secret: bytes | None = None) -> None:
         from engine import __version__
         from .paths import default_output_root
 
@@ -82,6 +92,7 @@ class OscServer:
         self.backend = backend
         self.version = version or __version__
         self.max_seconds = float(max_seconds)
+        self.verifier = auth.Verifier(secret if secret is not None else auth.load_or_create_secret())
         self.output_root = prepare_output_root(output_root or default_output_root())
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.socket = socket.socket(family, kind, proto)
@@ -156,17 +167,29 @@ class OscServer:
         if (sender[1] == self.port and is_loopback(sender[0])) or sender[:2] == (self.host, self.port):
             return  # our own reply, sent to ourselves through a reply_port: answering would loop forever
         try:
-            messages = decode_datagram(data, self.max_bundle_messages)
+            messages = decode_datagram(data, self.max_bundle_messages, with_bytes=True)
         except ValueError as error:  # its reason quotes nothing of the datagram
             self.send(sender, protocol.error("", protocol.BAD_REQUEST, f"could not decode the datagram: {error}"))
             return
-        for address, args in messages:
+        for address, args, raw in messages:
             if address in protocol.REPLY_ONLY_ADDRESSES:
                 # A reply arriving here (another server's, misdirected): answering it with an
                 # error could start an endless exchange between two servers, so it is ignored.
                 log.debug("ignored a reply sent to the server: %s", address)
                 continue
-            self.handle_message(address, args, sender)
+            refused = self.verifier.check(raw, args)
+            if refused is not None:
+                self.refuse(address, auth.strip_auth(args), sender, refused)
+                continue
+            self.handle_message(address, args[:-2], sender)
+
+    def refuse(self, address: str, args: list, sender: tuple, reason: str) -> None:
+        """An unsigned (or wrongly signed) request: nothing of it is parsed or
+        run; the error goes where an error of that request would go."""
+        port = protocol.best_effort_reply_port(address, args)
+        reply_to = sender if port is None else (sender[0], port) + tuple(sender[2:])
+        self.send(reply_to, protocol.error(protocol.best_effort_job_id(address, args), protocol.UNAUTHORIZED,
+                                           reason))
 
     def handle_message(self, address: str, args: list, sender: tuple) -> None:
         reply_to = sender

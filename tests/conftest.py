@@ -4,10 +4,19 @@ pipeline as a network."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import pytest
 import torch
+
+# msdm serve's secret file (osc_bridge.auth) goes to a folder of this test run, never the
+# user's own: set before any test starts a server, and inherited by every process a test starts.
+os.environ["MSDM_CONFIG_DIR"] = tempfile.mkdtemp(prefix="msdm-test-config-")
+atexit.register(shutil.rmtree, os.environ["MSDM_CONFIG_DIR"], ignore_errors=True)
 
 from engine.core.config import TINY
 from support.gaussian_prior import GaussianStemPrior, band_spectrum, flat_spectrum

@@ -315,8 +315,10 @@ def _cli_env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model_path, jobs):
+@pytest.mark.parametrize("jobs, signum", [("1", "SIGINT"), ("2", "SIGINT"), ("2", "SIGTERM")])
+def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model_path, jobs, signum):
+    """Ctrl-C and SIGTERM alike: songs in flight stop at their next step, worker threads
+    are waited for (no SIGABRT), the summary is printed, exit status 128 + the signal."""
     import signal
     import subprocess
     import sys
@@ -338,9 +340,10 @@ def test_ctrl_c_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, tiny_model
     while time.time() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 1):
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and "cancelled; no partial files" in err
+    process.send_signal(getattr(signal, signum))
+    out_text, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + getattr(signal, signum), (process.returncode, err)
+    assert "cancelled; no partial files" in err and "bounced " in out_text
 
     assert not leftovers(out)
     done = {r["track"] for r in read_records([manifest])}

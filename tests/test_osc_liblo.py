@@ -1,84 +1,45 @@
 """`msdm serve` as a real child process, driven by an independent OSC
 implementation: liblo's oscsend (which exits right after sending) and oscdump
-listening on an explicit reply port. Also how the desktop app starts it:
---port 0, the "listening on" line, a clean exit on SIGTERM."""
+listening on an explicit reply port, each message signed with a token from
+`msdm osc-send --auth-token` (docs/osc.md, Security). Also how the desktop
+app starts it: --port 0, the "listening on" line, a clean exit on SIGTERM."""
 
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from engine.audio.files import read_audio, write_audio
+from support.processes import MSDM, Lines, free_udp_port, start_serve
 
 pytestmark = pytest.mark.skipif(not (shutil.which("oscsend") and shutil.which("oscdump")),
                                 reason="liblo-tools (oscsend, oscdump) not installed: apt-get install liblo-tools")
 
 
-# `python -m engine.cli` would load engine.cli twice (as __main__ too), and a CommandError raised
-# by a registered command would then not be the one main() catches: call main() like the script does.
-MSDM = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))"]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Lines:
-    """A child process's stdout, line by line, read on a thread."""
-
-    def __init__(self, process: subprocess.Popen, strip_time: bool = False) -> None:
-        self.strip_time = strip_time  # oscdump starts each line with the message's time tag
-        self.queue: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, args=(process.stdout,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            if self.strip_time and not line.startswith("/"):
-                line = line.partition(" ")[2]
-            self.queue.put(line)
-
-    def wait_for(self, predicate, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.queue.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if predicate(line):
-                return line
-        raise AssertionError(f"no matching line within {timeout} s; got {self.seen}")
-
-
 @pytest.fixture
 def served(tiny_model_path, tmp_path):
     root = tmp_path / "root"
-    serve = subprocess.Popen([*MSDM, "serve", "--port", "0", "--model",
-                              str(tiny_model_path), "--output-root", str(root), "--quiet", "--threads", "1"],
-                             stdout=subprocess.PIPE, text=True)
-    lines = Lines(serve)
+    serve, port, lines = start_serve(["--model", str(tiny_model_path), "--output-root", str(root), "--quiet",
+                                      "--threads", "1"])
     try:
-        first = lines.wait_for(lambda line: True, 60)
-        assert first.startswith("msdm serve: listening on 127.0.0.1:"), first
-        yield serve, int(first.rsplit(":", 1)[1]), root, lines
+        yield serve, port, root, lines
     finally:
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def oscsend(port: int, address: str, types: str, *args: str) -> None:
+    """liblo's oscsend, the message signed: `auth <token>` appended, the token from msdm osc-send."""
+    token = subprocess.run([*MSDM, "osc-send", "--auth-token", "--types", types, address, *args],
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    subprocess.run(["oscsend", "127.0.0.1", str(port), address, types + "ss", *args, "auth", token], check=True)
 
 
 def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
@@ -89,14 +50,17 @@ def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
     try:
         time.sleep(0.3)  # oscdump binds its port
         subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/ping", "i", str(dump_port)], check=True)
+        unsigned = dumped.wait_for(lambda line: line.startswith("/msdm/error"), 10)
+        assert unsigned.startswith('/msdm/error sss "" "unauthorized"'), unsigned
+        oscsend(port, "/msdm/ping", "i", str(dump_port))
         pong = dumped.wait_for(lambda line: line.startswith("/msdm/pong"), 10)
         assert pong.split()[1:] == ["ss", '"0.1.0"', '"tiny.safetensors"']
 
         mix = tmp_path / "mix.wav"
         write_audio(mix, (0.1 * np.random.default_rng(0).standard_normal((1, 5000))).astype(np.float32), 22050)
         out = root / "from liblo"
-        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/separate", "ssssisssi", "job-1", str(mix),
-                        str(out), "steps", "4", "method", "dpmpp2m", "reply_port", str(dump_port)], check=True)
+        oscsend(port, "/msdm/separate", "ssssisssi", "job-1", str(mix), str(out), "steps", "4", "method", "dpmpp2m",
+                "reply_port", str(dump_port))
         done = dumped.wait_for(lambda line: line.startswith(("/msdm/done", "/msdm/error")), 60)
         assert done.startswith("/msdm/done " + "s" * 9 + " "), done  # job id + 4 x (stem, path)
         accepted = [line for line in dumped.seen if line.startswith("/msdm/accepted")]
@@ -108,7 +72,7 @@ def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
         scale = sum(np.abs(s).max() for s in stems)  # the tiny model's stems are huge: float32 rounding
         np.testing.assert_allclose(sum(stems), read_audio(mix).samples, atol=4 * np.finfo(np.float32).eps * scale)
 
-        subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/cancel", "si", "nojob", str(dump_port)], check=True)
+        oscsend(port, "/msdm/cancel", "si", "nojob", str(dump_port))
         error = dumped.wait_for(lambda line: line.startswith("/msdm/error"), 10)
         assert error.startswith('/msdm/error sss "nojob" "unknown_job"')
     finally:
@@ -122,7 +86,7 @@ def test_sigterm_stops_the_server_cleanly_and_osc_send_reports(served):
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and status.stdout == "/msdm/status\tidle\t\t0\t0\n"
     serve.send_signal(signal.SIGTERM)
-    assert serve.wait(timeout=15) == 0
+    assert serve.wait(timeout=15) == 143  # 128 + SIGTERM (engine/jobs/signals.py)
     assert lines.wait_for(lambda line: True, 5) == "msdm serve: stopped"
     gone = subprocess.run([*MSDM, "osc-send", "--port", str(port), "--timeout", "0.5",
                            "/msdm/ping"], capture_output=True, text=True, timeout=60)

@@ -6,6 +6,7 @@ installer lays the files out for REAPER."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,9 @@ show(address, args, "/tmp/log")
 show(osc.generate_request("gen-1", "/out/gen", 8, {{seed = 3}}))
 show(osc.impute_request("imp-1", "/out/imp", {{{{"drums", "/r/1.wav"}}, {{"bass", "/r/2.wav"}}}}, {{seed = 7, churn = 2.5}}))
 show(osc.cancel_request("42"))
+config.secret_file = "/home/me/.config/msdm-studio/osc-secret"
+show(osc.cancel_request("43"))
+print(table.concat(osc.serve_argv(config), "|"))
 """)
     assert [line.split("|") for line in lines] == [
         ["/opt/msdm venv/bin/msdm", "osc-send", "--host", "127.0.0.1", "--port", "9123", "--timeout", "20",
@@ -85,6 +89,11 @@ show(osc.cancel_request("42"))
          "churn", "2.5", "seed", "7"],
         ["/opt/msdm venv/bin/msdm", "osc-send", "--host", "127.0.0.1", "--port", "9123", "--timeout", "20",
          "--types", "s", "/msdm/cancel", "42"],
+        # The secret's file, never the secret: a command line is visible to every user (ps).
+        ["/opt/msdm venv/bin/msdm", "osc-send", "--host", "127.0.0.1", "--port", "9123", "--timeout", "20",
+         "--secret-file", "/home/me/.config/msdm-studio/osc-secret", "--types", "s", "/msdm/cancel", "43"],
+        ["/opt/msdm venv/bin/msdm", "serve", "--host", "127.0.0.1", "--port", "9123", "--quiet",
+         "--secret-file", "/home/me/.config/msdm-studio/osc-secret"],
     ]
 
 
@@ -101,13 +110,18 @@ def test_lua_quoting_matches_the_shell_and_windows_rules():
 
 @needs_lua
 def test_lua_command_runs_a_job_and_lua_reads_the_replies(tiny_models, tmp_path):
+    from osc_bridge.auth import load_or_create_secret
+
     root = tmp_path / "root"
     mix = tmp_path / "my mix's take.wav"
     write_audio(mix, (0.1 * np.random.default_rng(0).standard_normal((1, 4000))).astype(np.float32), 22050)
-    server = OscServer(tiny_models, port=0, output_root=root).start()
+    # A secret file of its own (as install.py writes its path into msdm_config.lua): osc-send must sign
+    # with the file the configuration names, not with the default one.
+    secret_file = tmp_path / "config dir" / "osc-secret"
+    server = OscServer(tiny_models, port=0, output_root=root, secret=load_or_create_secret(secret_file)).start()
     try:
         log = tmp_path / "replies.log"
-        config = {"msdm": MSDM, "port": server.port, "timeout": 30}
+        config = {"msdm": MSDM, "port": server.port, "timeout": 30, "secret_file": str(secret_file)}
         command = run_lua(f"""
 local address, args = osc.separate_request("sep-7", {lua_value(str(mix))}, {lua_value(str(root / 'sep 7'))},
                                            {{steps = 4, seed = 5, method = "dpmpp2m"}})
@@ -188,9 +202,11 @@ def test_installer_copies_scripts_writes_config_and_registers_actions_once(tmp_p
     ]
     if LUA:
         config = subprocess.run([LUA, "-e", f"local c = dofile({json.dumps(str(target / 'msdm_config.lua'))}) "
-                                            "print(c.msdm[1], c.host, c.port, c.auto_start)"],
+                                            "print(c.msdm[1], c.host, c.port, c.auto_start, c.secret_file)"],
                                 capture_output=True, text=True).stdout
-        assert config == "/opt/my env/bin/msdm\t127.0.0.1\t9011\ttrue\n"
+        # The path of the secret file msdm serve makes (here the test run's MSDM_CONFIG_DIR), not the secret.
+        secret_file = os.path.join(os.environ["MSDM_CONFIG_DIR"], "osc-secret")
+        assert config == f"/opt/my env/bin/msdm\t127.0.0.1\t9011\ttrue\t{secret_file}\n"
     missing = subprocess.run([sys.executable, str(REAPER / "install.py"), "--reaper-dir", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "Show REAPER resource path" in missing.stderr

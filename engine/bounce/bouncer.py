@@ -242,6 +242,8 @@ class Bouncer:
         # files that cannot even be opened are reported before any work.
         ready: list[tuple[Song, int, float]] = []
         for song in todo:
+            if self.cancel.is_set():
+                break
             seed = song_seed(self.job.seed, song.track)
             try:
                 info = inspect_audio(song.path, max_seconds=self.max_seconds)
@@ -281,6 +283,8 @@ class Bouncer:
         try:
             if jobs <= 1:
                 for song, seed, seconds in ready:
+                    if self.cancel.is_set():
+                        break
                     bounce(self.models, song, seed, seconds)
             else:
                 self._run_batched(ready, jobs, bounce)

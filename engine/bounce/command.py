@@ -4,12 +4,14 @@ COMMAND_MODULES; torch is imported only when it runs."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from engine.bounce.bouncer import TASKS, BounceJob, Bouncer, gather_summaries, rank_and_world
 from engine.bounce.inputs import DEFAULT_PATTERN, InputError, check_pattern, find_songs
 from engine.errors import CommandError
 from engine.jobs.options import add_job_options, add_model_options, job_options_from_args, load_models_for
+from engine.jobs.signals import StopSignals, Stopped, exit_now
 
 
 def register(commands) -> None:
@@ -18,7 +20,9 @@ def register(commands) -> None:
         description="Writes one folder of stems per input song into OUT (see --pattern) and a manifest "
                     "(OUT/manifest.jsonl, one JSON line per finished song): run the same command again to "
                     "skip the finished songs and retry the failed ones. Under torchrun every rank bounces "
-                    "its share of the songs into OUT/manifest.rankR.jsonl.")
+                    "its share of the songs into OUT/manifest.rankR.jsonl. Ctrl-C or SIGTERM: the songs in "
+                    "flight stop at their next sampler step and leave no file, the summary is printed and "
+                    "the exit status is 130 (SIGINT) or 143 (SIGTERM); a second signal stops at once.")
     bounce.add_argument("inputs", nargs="+", metavar="IN",
                         help="audio files, folders (searched recursively) or list files (.txt/.m3u: one path a line)")
     bounce.add_argument("--task", choices=TASKS, default="separate",
@@ -79,15 +83,26 @@ def run_command(args) -> int:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(hours=12))
         if args.device == "cuda":
             args.device = f"cuda:{local_rank}"  # one GPU per rank
+    bouncer = None
+
+    def stop(signum: int) -> None:
+        if bouncer is None:
+            raise Stopped(signum)  # nothing bounced yet
+        bouncer.cancel.set()  # songs in flight stop at their next sampler step; the workers are waited for
+
+    # A second signal: with worker threads, leave at once (an exception must not reach the
+    # main thread while it joins them, engine/jobs/signals.py); one song runs on this thread and unwinds.
+    stops = StopSignals(on_stop=stop, **({"on_force": exit_now} if args.jobs > 1 else {}))
     try:
-        models = load_models_for(args)
-        job = _job_from_args(args, options, models, output)
-        bouncer = Bouncer(models, job, args.out, rank=rank, world_size=world, overwrite=output.overwrite,
-                          max_seconds=args.max_seconds)
-        try:
-            summary = bouncer.run(songs, jobs=args.jobs, quiet=args.quiet or rank > 0)
-        except InputError as error:
-            raise CommandError(str(error)) from None
+        with stops:
+            models = load_models_for(args)
+            job = _job_from_args(args, options, models, output)
+            bouncer = Bouncer(models, job, args.out, rank=rank, world_size=world, overwrite=output.overwrite,
+                              max_seconds=args.max_seconds)
+            try:
+                summary = bouncer.run(songs, jobs=args.jobs, quiet=args.quiet or rank > 0)
+            except InputError as error:
+                raise CommandError(str(error)) from None
         total = gather_summaries(summary, world) if distributed else summary
     finally:
         if distributed:
@@ -100,4 +115,8 @@ def run_command(args) -> int:
         return 0
     parts = "manifest.jsonl" if world == 1 else f"manifest.rank0..{world - 1}.jsonl"
     print("\n".join(total.lines() + [f"manifest: {Path(args.out) / parts}"]), flush=True)
+    if stops.signum is not None:
+        print(f"msdm bounce: {stops.name}: the songs in flight were cancelled; no partial files were left. "
+              f"Run the same command again to bounce the rest.", file=sys.stderr, flush=True)
+        return stops.exit_code
     return 1 if total.failed else 0

@@ -6,6 +6,12 @@
 -- and appends each one to a log file as a tab-separated line:
 --   /msdm/progress <TAB> job <TAB> 0.5 <TAB> separating window 1/2
 -- The REAPER side polls that file in a reaper.defer loop (docs/daw.md).
+--
+-- `msdm serve` answers only the user who runs it: each request must be signed
+-- with that user's secret file (docs/osc.md, Security). osc-send reads the file
+-- and signs; the scripts only tell it where the file is (config.secret_file,
+-- written by install.py). The secret never appears on a command line, which
+-- every user of the computer can read (ps, /proc).
 
 local M = {}
 
@@ -70,6 +76,10 @@ function M.osc_send_argv(config, address, args, log_path)
                           "--timeout", tostring(config.timeout or 30) }) do
     argv[#argv + 1] = word
   end
+  if config.secret_file then
+    argv[#argv + 1] = "--secret-file"
+    argv[#argv + 1] = config.secret_file
+  end
   if log_path then
     argv[#argv + 1] = "--log"
     argv[#argv + 1] = log_path
@@ -95,6 +105,21 @@ function M.quote(word, windows)
   end
   if word ~= "" and not word:find("[^%w%-%._/:=@%%+,]") then return word end
   return "'" .. word:gsub("'", "'\\''") .. "'"
+end
+
+-- The argument vector that starts `msdm serve` in the background.
+function M.serve_argv(config)
+  local argv = {}
+  for _, word in ipairs(config.msdm) do argv[#argv + 1] = word end
+  for _, word in ipairs({ "serve", "--host", config.host or "127.0.0.1", "--port", tostring(config.port or 9010),
+                          "--quiet" }) do
+    argv[#argv + 1] = word
+  end
+  if config.secret_file then
+    argv[#argv + 1] = "--secret-file"
+    argv[#argv + 1] = config.secret_file
+  end
+  return argv
 end
 
 function M.command_line(argv, windows)

@@ -11,6 +11,7 @@ local ok, user = pcall(dofile, here .. "msdm_config.lua")  -- written by install
 local config = {
   msdm = { "msdm" },                 -- the msdm program (install.py writes its full path)
   host = "127.0.0.1", port = 9010,   -- where `msdm serve` listens
+  secret_file = nil,                 -- the secret requests are signed with (nil: msdm's default; install.py writes it)
   output_root = nil,                 -- nil: ask the server (/msdm/root)
   options = {},                      -- e.g. { steps = 50 } for quicker, rougher results
   auto_start = true,                 -- start `msdm serve` in the background when it is not running
@@ -29,7 +30,8 @@ end
 -- Run `msdm osc-send` and wait for it (short queries only: REAPER waits meanwhile,
 -- so the client gives up after 2 s of silence): returns ok, output.
 local function query(address, args)
-  local quick = { msdm = config.msdm, host = config.host, port = config.port, timeout = 2 }
+  local quick = { msdm = config.msdm, host = config.host, port = config.port, timeout = 2,
+                  secret_file = config.secret_file }
   local line = osc.command_line(osc.osc_send_argv(quick, address, args or {}), WINDOWS)
   if not WINDOWS then
     -- The line is quoted for POSIX sh (osc.quote). reaper.ExecProcess is not documented to use
@@ -79,12 +81,7 @@ local function with_server(after)
   if not config.auto_start then
     return message("msdm serve is not running.\n\nStart it in a terminal with:  msdm serve\n\n" .. (output or ""))
   end
-  local serve = {}
-  for _, word in ipairs(config.msdm) do serve[#serve + 1] = word end
-  for _, word in ipairs({ "serve", "--host", config.host, "--port", tostring(config.port), "--quiet" }) do
-    serve[#serve + 1] = word
-  end
-  local line = osc.command_line(serve, WINDOWS)
+  local line = osc.command_line(osc.serve_argv(config), WINDOWS)
   if WINDOWS then reaper.ExecProcess(line, -1) else os.execute(line .. " >/dev/null 2>&1 &") end
   local started, last = reaper.time_precise(), 0
   local function wait()
