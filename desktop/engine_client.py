@@ -25,6 +25,7 @@ class EngineClient(QObject):
     status = Signal(str, str, float, int)   # state, running job, progress, queued
     accepted = Signal(str, int)             # job, queue position
     progress = Signal(str, float, str)      # job, fraction, message
+    firstGuess = Signal(str, dict)          # job, {stem: path}: a refined separation's guess; the job goes on
     done = Signal(str, dict)                # job, {stem: path}
     error = Signal(str, str, str)           # job ("" if none), code, message
     cancelled = Signal(str)                 # job
@@ -92,6 +93,8 @@ class EngineClient(QObject):
                 self.accepted.emit(str(a[0]), int(a[1]))
             elif reply.name == "progress":
                 self.progress.emit(str(a[0]), float(a[1]), str(a[2]) if len(a) > 2 else "")
+            elif reply.name == "first_guess":
+                self.firstGuess.emit(str(a[0]), osc.pairs(a[1:]))
             elif reply.name == "done":
                 self.done.emit(str(a[0]), osc.pairs(a[1:]))
             elif reply.name == "error":

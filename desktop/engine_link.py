@@ -35,6 +35,7 @@ class EngineLink(QObject):
     progressed = Signal(object)       # the running Job moved
     ended = Signal(str, object)       # the job ended without a result: label text, progress (0..1000 or None)
     answered = Signal(object, dict)   # the engine finished a Job: {lane: file}; the app reads them
+    firstGuess = Signal(object, dict) # a refined separation's first guess, while the refinement runs
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -51,6 +52,7 @@ class EngineLink(QObject):
         c.models.connect(self._on_models)
         c.accepted.connect(self._on_accepted)
         c.progress.connect(self._on_progress)
+        c.firstGuess.connect(self._on_first_guess)
         c.done.connect(self._on_done)
         c.error.connect(self._on_error)
         c.cancelled.connect(self._on_cancelled)
@@ -170,7 +172,7 @@ class EngineLink(QObject):
             kind = job.kind.capitalize()
             self.end_job()
             self.ended.emit(f"{kind}: cancelled", 0)
-            self.message.emit(f"{kind} cancelled; your lanes are unchanged.", "info")
+            self.message.emit(f"{kind} cancelled. {self._unchanged(job)}", "info")
 
     def _on_error(self, job_id: str, code: str, text: str) -> None:
         job = self._running(self.job.id if self.job is not None and job_id == "" else job_id)
@@ -179,9 +181,20 @@ class EngineLink(QObject):
             self.end_job()
             self.ended.emit(f"{kind}: failed", None)
             hint = CODE_HINTS.get(code, "")
-            self.message.emit(f"{kind} failed: {text}. {hint} Your lanes are unchanged.".replace("..", "."), "error")
+            self.message.emit(f"{kind} failed: {text}. {hint} {self._unchanged(job)}".replace("..", "."), "error")
         elif job_id == "":
             self.message.emit(f"The engine says: {text}", "error")
+
+    def _on_first_guess(self, job_id: str, files: dict) -> None:
+        job = self._running(job_id)
+        if job is not None:
+            self.firstGuess.emit(job, files)
+
+    def _unchanged(self, job: Job) -> str:
+        """What a job that ends without a result left on the lanes."""
+        if job.first_guess_shown:
+            return "The first guess stays on the lanes (Undo puts back what was there before)."
+        return "Your lanes are unchanged."
 
     def _on_done(self, job_id: str, files: dict) -> None:
         job = self._running(job_id)

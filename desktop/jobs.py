@@ -94,6 +94,7 @@ class Job:
     last_heard: float = field(default_factory=time.monotonic)
     cancelling: bool = False
     answered: bool = False             # the engine is done; the app reads the result's files
+    first_guess_shown: bool = False    # a refined separation's first guess is on the lanes already
     first_report: tuple[float, float] | None = None   # (time, fraction) of the first progress > 0
 
     def update(self, fraction: float, message: str, now: float | None = None) -> None:

@@ -67,6 +67,15 @@ class Session:
         self.undo_label = label
         self.audio.update(result)
 
+    def refine_result(self, result: Mapping[str, LaneAudio]) -> None:
+        """Replace a first guess already on the lanes by the refined result of the
+        same job: one job, one undo step (undo goes back to before the guess)."""
+        unknown = [name for name in result if name not in self.lane_names]
+        if unknown:
+            raise StemMismatchError(f"The engine returned lanes {', '.join(unknown)} that this session does not "
+                                    f"have ({', '.join(self.lane_names)}).")
+        self.audio.update(result)
+
     @property
     def can_undo(self) -> bool:
         return bool(self._undo)

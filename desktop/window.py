@@ -136,6 +136,7 @@ class MainWindow(QMainWindow):
         engine.progressed.connect(self.task_bar.show_job)
         engine.ended.connect(self.task_bar.show_outcome)
         engine.answered.connect(self._on_answered)
+        engine.firstGuess.connect(self._on_first_guess)
         self.task_bar.taskRequested.connect(self.run_task)
         self.task_bar.cancelRequested.connect(engine.cancel)
         transport.message.connect(self.message)
@@ -327,10 +328,35 @@ class MainWindow(QMainWindow):
 
         self._read(paths, lambda loaded: self._show_result(job, loaded), on_error=failed)
 
+    def _on_first_guess(self, job: Job, files: dict) -> None:
+        """A refined separation sent its first guess: put it on the lanes now
+        (read off the GUI thread), while the engine refines it; the refined
+        stems replace it in the same undo step."""
+        if check_result(job, files):
+            return  # not usable: wait for the refined result, which is checked and reported
+        paths = {stem: Path(path) for stem, path in files.items() if stem in self.session.lane_names}
+
+        def show(loaded: Loaded) -> None:
+            if self.engine.job is not job or job.answered or not self._apply(loaded.audio, job.kind.capitalize()):
+                return  # the job ended (or its result came) while the guess was read
+            job.first_guess_shown = True
+            self.lanes.set_flags(MIX, mute=True)
+            self.refresh_lanes()
+            self.message("First guess on the lanes: listen while the model refines it; the refined stems "
+                         "replace it when ready.")
+
+        self._read(paths, show)
+
     def _show_result(self, job: Job, loaded: Loaded) -> None:
         kind = job.kind.capitalize()
         self.engine.end_job()
-        if not self._apply(loaded.audio, kind):
+        if job.first_guess_shown:
+            try:
+                self.session.refine_result(loaded.audio)
+            except StemMismatchError as error:
+                self.message(str(error), "error")
+                return
+        elif not self._apply(loaded.audio, kind):
             return
         elapsed = time.monotonic() - job.started
         self.task_bar.show_outcome(f"{kind}: done in {elapsed:.0f} s", 1000)

@@ -60,10 +60,12 @@ class Job:
 class JobQueue:
     """A bounded FIFO of jobs and the worker that runs them, one at a time.
 
-    `execute(job, progress)` runs a job and returns {name: path}; it may raise
-    ProtocolError, engine errors, or engine.core.diffusion.Cancelled."""
+    `execute(job, progress, first_guess)` runs a job and returns {name: path};
+    it may call `first_guess({name: path})` once, before it ends, when a
+    refined separation's first guess is written; it may raise ProtocolError,
+    engine errors, or engine.core.diffusion.Cancelled."""
 
-    def __init__(self, execute: Callable[[Job, Callable[[float, str], None]], dict],
+    def __init__(self, execute: Callable[[Job, Callable[[float, str], None], Callable[[dict], None]], dict],
                  send: Send, output_root: Path, max_queued: int = 16) -> None:
         self.execute = execute
         self.send = send
@@ -165,6 +167,13 @@ class JobQueue:
             for target in [job.reply_to] + job.watchers:
                 self.send(target, reply)
 
+    def _first_guess(self, job: Job, paths: dict) -> None:
+        """The first guess's files, to the job's reply address and its watchers."""
+        with job.lock:
+            if not job.finished:
+                for target in [job.reply_to] + job.watchers:
+                    self.send(target, protocol.first_guess(job.id, paths))
+
     def _progress(self, job: Job, fraction: float, message: str, force: bool = False) -> None:
         with job.lock:
             job.fraction, job.message = max(job.fraction, fraction), message
@@ -195,7 +204,7 @@ class JobQueue:
                 # The folder may have been swapped for a symlink since the job was accepted;
                 # from here on the job writes into the folder it opens (engine.output_folder).
                 contained_output_dir(str(job.out_dir), self.output_root, job.id)
-                paths = self.execute(job, progress)
+                paths = self.execute(job, progress, lambda guess: self._first_guess(job, guess))
                 if job.cancel.is_set():  # cancelled after the last sampler step: drop nothing already written
                     log.info("job %s: cancel arrived after the files were written", job.id)
                 self._progress(job, 1.0, "done", force=True)
@@ -246,7 +255,7 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 
 
 def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], max_seconds: float | None,
-                output_root: Path | None = None) -> dict:
+                output_root: Path | None = None, first_guess: Callable[[dict], None] | None = None) -> dict:
     """Run one accepted job on the engine (called on the worker thread only), on
     the one path every front end takes (engine.jobs.run), its folder opened
     from `output_root` down without following links."""
@@ -255,4 +264,5 @@ def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], m
     request = job.request
     return run_job(models, EngineJob(request.kind, job.out_dir, request.options, mix=request.mix_path,
                                      seconds=request.seconds, given=request.given),
-                   progress=progress, max_seconds=max_seconds, output_root=output_root)
+                   progress=progress, max_seconds=max_seconds, output_root=output_root,
+                   on_first_guess=first_guess)

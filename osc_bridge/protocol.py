@@ -347,7 +347,8 @@ ADDRESSES: tuple[Address, ...] = (
             "/msdm/status <idle|busy> <running_job> <progress> <queued>"),
     Address("/msdm/root", _query_parser("root"), "[reply_port]", "/msdm/root <output_root> <max_seconds>"),
     Address("/msdm/separate", parse_separate, "<job_id> <mix_path> <out_dir> [key value ...]",
-            "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ..."),
+            "/msdm/accepted, /msdm/progress..., [/msdm/first_guess <job_id> <stem> <path> ...], "
+            "/msdm/done <job_id> <stem> <path> ..."),
     Address("/msdm/generate", parse_generate, "<job_id> <out_dir> <seconds> [key value ...]",
             "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ... mix <path>"),
     Address("/msdm/impute", parse_impute, "<job_id> <out_dir> <stem> <path> [...] [key value ...]",
@@ -356,8 +357,8 @@ ADDRESSES: tuple[Address, ...] = (
 )
 ADDRESS_TABLE = {entry.address: entry for entry in ADDRESSES}
 # Addresses that only ever travel from the server to a client; the server ignores them.
-REPLY_ONLY_ADDRESSES = frozenset({"/msdm/pong", "/msdm/accepted", "/msdm/progress", "/msdm/done",
-                                  "/msdm/error", "/msdm/cancelled"})
+REPLY_ONLY_ADDRESSES = frozenset({"/msdm/pong", "/msdm/accepted", "/msdm/progress", "/msdm/first_guess",
+                                  "/msdm/done", "/msdm/error", "/msdm/cancelled"})
 
 
 def parse_request(address: str, args: Sequence[Any], stems: Sequence[str], *,
@@ -461,6 +462,12 @@ def done(job_id: str, paths: dict[str, Any]) -> Reply:
     for stem, path in paths.items():
         args += [stem, str(path)]
     return "/msdm/done", args
+
+
+def first_guess(job_id: str, paths: dict[str, Any]) -> Reply:
+    """A refined separation's first guess, finished before the refinement
+    starts (the job goes on; /msdm/done follows with the refined stems)."""
+    return "/msdm/first_guess", done(job_id, paths)[1]
 
 
 def error(job_id: str, code: str, message: str) -> Reply:

@@ -106,8 +106,8 @@ class OscServer:
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.jobs = JobQueue(lambda job, progress: execute_job(models, job, progress, self.max_seconds,
-                                                               self.output_root),
+        self.jobs = JobQueue(lambda job, progress, first_guess: execute_job(models, job, progress, self.max_seconds,
+                                                                            self.output_root, first_guess),
                              self.send, self.output_root, max_queued)
 
     # ---- lifecycle ------------------------------------------------------- #

@@ -159,6 +159,47 @@ def test_impute_with_one_given_lane(qtbot, window, workdir):
         assert audio.path.parent == window.engine.last_job.out_dir and audio.frames == given.frames
 
 
+@pytest.fixture(scope="module")
+def guess_window(qapp, workdir, tiny_packed_path):
+    """A window whose engine runs the tiny model with a first-guess separator, set to "refined guess"."""
+    from pytestqt.qtbot import QtBot
+
+    from desktop.window import MainWindow
+
+    settings = AppSettings(model=str(tiny_packed_path), output_root=str(workdir / "root-guess"), steps=10,
+                           export_folder=str(workdir / "export"), separation="refined guess")
+    win = MainWindow(settings)
+    win.show()
+    QtBot(None).waitUntil(lambda: win.engine.ready, timeout=ENGINE_START_S * 1000)
+    yield win
+    win.shutdown()
+    win.close()
+
+
+def test_refined_guess_shows_the_guess_first_then_replaces_it(qtbot, guess_window, workdir):
+    """The first guess reaches the lanes while the refinement runs; the refined
+    stems replace it; one Undo goes back to before the separation."""
+    window = guess_window
+    assert opened(qtbot, window, window.open_mix, write_mix(workdir / "guess.wav", 6.0, rate=22050, channels=1))
+    assert window.run_task("separate") is not None
+    wait(qtbot, lambda: window.engine.job is None or window.engine.job.first_guess_shown, 60, "the first guess")
+    job = window.engine.job
+    assert job is not None and not job.answered, "the refinement ended before the guess was shown"
+    mix = window.session.audio[MIX].samples
+    for stem in STEMS:
+        assert window.session.audio[stem].path.parent == job.out_dir / "first-guess"
+        assert window.lanes[stem].audio is window.session.audio[stem]
+    np.testing.assert_allclose(sum(window.session.audio[s].samples for s in STEMS), mix, atol=1e-4)
+    assert "First guess" in window.messages[-1][1]
+    wait(qtbot, lambda: window.engine.job is None, 240, "the refined stems")
+    assert window.messages[-1][0] == "info" and "done" in window.messages[-1][1], window.messages[-1]
+    for stem in STEMS:
+        assert window.session.audio[stem].path.parent == job.out_dir
+    np.testing.assert_allclose(sum(window.session.audio[s].samples for s in STEMS), mix, atol=1e-4)
+    window.undo()
+    assert all(window.session.audio[s] is None for s in STEMS)
+
+
 def test_cancel_a_running_job_leaves_the_lanes(qtbot, window, workdir):
     assert opened(qtbot, window, window.open_mix, write_mix(workdir / "long.wav", 30.0, rate=22050, channels=1))
     before = dict(window.session.audio)

@@ -55,9 +55,10 @@ class OutputFormat:
     extension: str = "wav"
     bits: str = "32f"
     overwrite: bool = True
+    subfolder: str = ""  # e.g. a refinement's first guess: engine.jobs.run.FIRST_GUESS_FOLDER
 
     def path(self, out_dir: Path, name: str) -> Path:
-        return out_dir / f"{name}.{self.extension}"
+        return out_dir / self.subfolder / f"{name}.{self.extension}"
 
 
 def _window_progress(progress: ProgressFn | None, index: int, count: int, label: str):

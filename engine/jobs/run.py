@@ -7,6 +7,7 @@ written once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,13 @@ from engine.jobs.options import TASKS, JobOptions
 from engine.output_folder import OutputFolder
 
 ProgressFn = Callable[[float, str], None]
+FirstGuessFn = Callable[[dict[str, Path]], None]
+
+# Where a refined separation delivers its first guess before the refinement,
+# inside the job's folder, and the share of the progress bar the guess takes
+# (one separator pass per window against N prior evaluations per window).
+FIRST_GUESS_FOLDER = "first-guess"
+FIRST_GUESS_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,21 @@ def parse_given(items: list[str]) -> dict[str, str]:
 
 
 def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_seconds: float | None = None,
-            output: Any = None, settings: Any = None, output_root: str | os.PathLike | None = None) -> dict[str, Path]:
+            output: Any = None, settings: Any = None, output_root: str | os.PathLike | None = None,
+            on_first_guess: FirstGuessFn | None = None) -> dict[str, Path]:
     """Run `job` on `models` (a ModelSet, or anything that looks like one) and
     return {stem or "mix": file written}. `output` replaces the OutputFormat the
     options give (bounce names files by a pattern); `settings` replaces the
     SamplerSettings they give (bounce resolves them once for its manifest);
     `max_seconds` refuses longer inputs and `output_root` outputs outside it
     (the OSC server's limits).
+
+    `on_first_guess`: for a separation that refines the model's first guess
+    (start guess, steps > 0), write the guess alone first, into
+    `FIRST_GUESS_FOLDER` under the job's folder, and call this with its files
+    before the refinement starts: a musician hears stems within a second or
+    two and the refined ones replace them when ready (issue 13). The guess
+    files stay: they are finished results (a cancelled refinement keeps them).
 
     Every job of every front end passes here: a check that must hold for all
     of them (which inputs may be read, where outputs may go) belongs here,
@@ -71,6 +87,15 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
     # later cannot redirect the files. A job that fails removes the folders it made.
     with OutputFolder(job.out_dir, inside=output_root) as folder:
         if job.task == "separate":
+            if on_first_guess is not None and settings.warm_start and settings.steps > 0:
+                guess = pipeline.separate_file(models, job.mix, folder, likelihood=options.likelihood,
+                                               settings=settings.override(steps=0), seed=options.seed,
+                                               mono=options.mono, overlap=options.overlap,
+                                               output=dataclasses.replace(output, subfolder=FIRST_GUESS_FOLDER),
+                                               max_seconds=max_seconds,
+                                               progress=_part(progress, 0.0, FIRST_GUESS_SHARE, "first guess: "))
+                on_first_guess(guess)
+                progress = _part(progress, FIRST_GUESS_SHARE, 1.0, "refining: ")
             return pipeline.separate_file(models, job.mix, folder, likelihood=options.likelihood,
                                           settings=settings, seed=options.seed, mono=options.mono,
                                           overlap=options.overlap, output=output, max_seconds=max_seconds,
@@ -81,3 +106,11 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
         return pipeline.impute_file(models, job.given, folder, seed=options.seed, settings=settings,
                                     overlap=options.overlap, output=output, max_seconds=max_seconds,
                                     progress=progress)
+
+
+
+def _part(progress: ProgressFn | None, begin: float, end: float, label: str) -> ProgressFn | None:
+    """A progress callback for one part of a job: its 0..1 mapped to begin..end."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(begin + (end - begin) * fraction, label + message)
