@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from engine.cli import main
-from support.special_files import run_msdm, write_streamed_flac
+from support.special_files import run_msdm, swap_in_a_link_when_sampling_starts, write_streamed_flac
 
 FAST = ["--steps", "4", "--resamples", "1", "--method", "dpmpp2m", "-q"]
 
@@ -402,19 +402,10 @@ def test_a_link_swapped_in_for_the_output_folder_during_the_job_redirects_nothin
         tmp_path, tiny_model_path, monkeypatch, capsys):
     """Finding 3: the folder was checked when the job started, not when it wrote:
     a symlink put in its place during the job sent every file through it."""
-    import engine.audio.pipeline as pipeline
-
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
-    real_generate = pipeline.generate_stems
-
-    def swap_then_generate(*args, **kwargs):
-        out.rename(tmp_path / "out.moved")
-        out.symlink_to(elsewhere, target_is_directory=True)
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "generate_stems", swap_then_generate)
+    swap_in_a_link_when_sampling_starts(monkeypatch, out, elsewhere, tmp_path / "out.moved")
     assert main(["generate", "-o", str(out), "--seconds", "0.1", "--model", str(tiny_model_path), *FAST]) == 2
     assert "moved or replaced" in capsys.readouterr().err
     assert _tree(elsewhere) == [] and _tree(tmp_path / "out.moved") == []

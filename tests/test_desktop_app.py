@@ -66,17 +66,21 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def window(qapp, workdir, tiny_model_path):
     """One window and one engine process for the module (the engine takes seconds to start)."""
+    # The tiny test model has no first-guess separator: separate with the diffusion sampler.
+    yield from _window_with_engine(AppSettings(model=str(tiny_model_path), output_root=str(workdir / "root"),
+                                               steps=4, export_folder=str(workdir / "export"),
+                                               separation="from noise"))
+
+
+def _window_with_engine(settings: AppSettings):
+    """A shown window whose engine answered; shut down when the generator closes."""
     from pytestqt.qtbot import QtBot
 
     from desktop.window import MainWindow
 
-    # The tiny test model has no first-guess separator: separate with the diffusion sampler.
-    settings = AppSettings(model=str(tiny_model_path), output_root=str(workdir / "root"), steps=4,
-                           export_folder=str(workdir / "export"), separation="from noise")
     win = MainWindow(settings)
     win.show()
-    bot = QtBot(None)
-    bot.waitUntil(lambda: win.engine.ready, timeout=ENGINE_START_S * 1000)
+    QtBot(None).waitUntil(lambda: win.engine.ready, timeout=ENGINE_START_S * 1000)
     yield win
     win.shutdown()
     win.close()
@@ -162,18 +166,9 @@ def test_impute_with_one_given_lane(qtbot, window, workdir):
 @pytest.fixture(scope="module")
 def guess_window(qapp, workdir, tiny_packed_path):
     """A window whose engine runs the tiny model with a first-guess separator, set to "refined guess"."""
-    from pytestqt.qtbot import QtBot
-
-    from desktop.window import MainWindow
-
-    settings = AppSettings(model=str(tiny_packed_path), output_root=str(workdir / "root-guess"), steps=10,
-                           export_folder=str(workdir / "export"), separation="refined guess")
-    win = MainWindow(settings)
-    win.show()
-    QtBot(None).waitUntil(lambda: win.engine.ready, timeout=ENGINE_START_S * 1000)
-    yield win
-    win.shutdown()
-    win.close()
+    yield from _window_with_engine(AppSettings(model=str(tiny_packed_path), output_root=str(workdir / "root-guess"),
+                                               steps=10, export_folder=str(workdir / "export"),
+                                               separation="refined guess"))
 
 
 def test_refined_guess_shows_the_guess_first_then_replaces_it(qtbot, guess_window, workdir):

@@ -14,6 +14,7 @@ from engine.audio.files import read_audio, write_audio
 from osc_bridge.client import OscClient, done_paths
 from osc_bridge.server import OscServer
 from support.osc_replies import ReplyCollector
+from support.special_files import swap_in_a_link_when_sampling_starts
 
 STEPS = ["steps", 4, "method", "dpmpp2m"]
 
@@ -251,19 +252,10 @@ def test_a_link_swapped_in_for_out_dir_during_a_job_sends_nothing_outside(server
                                                                            monkeypatch):
     """Issue 14, finding 3: out_dir was checked when the job started; a symlink put
     in its place while the job ran sent every file outside the output root."""
-    import engine.audio.pipeline as pipeline
-
     target = tmp_path / "outside_target"
     target.mkdir()
     folder = root / "swapped"
-    real_generate = pipeline.generate_stems
-
-    def swap_then_generate(*args, **kwargs):
-        folder.rename(root / "swapped.moved")
-        folder.symlink_to(target, target_is_directory=True)
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "generate_stems", swap_then_generate)
+    swap_in_a_link_when_sampling_starts(monkeypatch, folder, target, root / "swapped.moved")
     final, _ = run(client, "/msdm/generate", "swap", str(folder), 0.1, *STEPS)
     assert final[0] == "/msdm/error" and final[1][1] == "bad_path" and "moved or replaced" in final[1][2], final
     assert os.listdir(target) == [] and os.listdir(root / "swapped.moved") == []

@@ -67,19 +67,26 @@ end
 
 -- The argument vector for `msdm osc-send` (config.msdm is a list: the program
 -- and any leading arguments, e.g. { "/home/me/.venv/bin/msdm" }).
-function M.osc_send_argv(config, address, args, log_path)
+-- `msdm <command> --host H --port P [extra...] [--secret-file F]`: what every
+-- command the scripts run starts with (the secret file's path, never the secret).
+local function msdm_argv(config, command, extra)
   local argv = {}
   for _, word in ipairs(config.msdm) do argv[#argv + 1] = word end
-  local types = {}
-  for i, value in ipairs(args) do types[i] = osc_type(value) end
-  for _, word in ipairs({ "osc-send", "--host", config.host or "127.0.0.1", "--port", tostring(config.port or 9010),
-                          "--timeout", tostring(config.timeout or 30) }) do
+  for _, word in ipairs({ command, "--host", config.host or "127.0.0.1", "--port", tostring(config.port or 9010) }) do
     argv[#argv + 1] = word
   end
+  for _, word in ipairs(extra) do argv[#argv + 1] = word end
   if config.secret_file then
     argv[#argv + 1] = "--secret-file"
     argv[#argv + 1] = config.secret_file
   end
+  return argv
+end
+
+function M.osc_send_argv(config, address, args, log_path)
+  local types = {}
+  for i, value in ipairs(args) do types[i] = osc_type(value) end
+  local argv = msdm_argv(config, "osc-send", { "--timeout", tostring(config.timeout or 30) })
   if log_path then
     argv[#argv + 1] = "--log"
     argv[#argv + 1] = log_path
@@ -109,17 +116,7 @@ end
 
 -- The argument vector that starts `msdm serve` in the background.
 function M.serve_argv(config)
-  local argv = {}
-  for _, word in ipairs(config.msdm) do argv[#argv + 1] = word end
-  for _, word in ipairs({ "serve", "--host", config.host or "127.0.0.1", "--port", tostring(config.port or 9010),
-                          "--quiet" }) do
-    argv[#argv + 1] = word
-  end
-  if config.secret_file then
-    argv[#argv + 1] = "--secret-file"
-    argv[#argv + 1] = config.secret_file
-  end
-  return argv
+  return msdm_argv(config, "serve", { "--quiet" })
 end
 
 function M.command_line(argv, windows)

@@ -45,3 +45,18 @@ def run_msdm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def swap_in_a_link_when_sampling_starts(monkeypatch, folder: Path, target: Path, moved: Path) -> None:
+    """Issue 14, finding 3: once a job is under way (its generation starts),
+    move `folder` to `moved` and put a symbolic link to `target` in its place."""
+    import engine.audio.pipeline as pipeline
+
+    real_generate = pipeline.generate_stems
+
+    def swap_then_generate(*args, **kwargs):
+        folder.rename(moved)
+        folder.symlink_to(target, target_is_directory=True)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "generate_stems", swap_then_generate)
