@@ -62,12 +62,23 @@ class AtomicFile(CommitOnExit):
         only. Without it the path itself is used and its folders are made."""
         self.path = Path(path)
         self._dir_fd = dir_fd
-        if dir_fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._name = self._local(self.path)
+        try:
+            if dir_fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = ("a file is where its folder must be" if isinstance(error, (FileExistsError, NotADirectoryError))
+                      else error.strerror or str(error))
+            raise OutputError(f"cannot write '{self.path}': {reason}; choose a folder you can write to") from None
         if not overwrite and _lexists(self._name, dir_fd):
             raise FileExistsError(f"Refusing to overwrite existing file '{self.path}' (overwrite=False).")
-        self.tmp, self._fd = _create_temp(self.path, dir_fd)
+        try:
+            self.tmp, self._fd = _create_temp(self.path, dir_fd)
+        except OSError as error:
+            # Nothing was written yet: a folder that cannot be made or written
+            # (read-only, /proc, a file in the path) is the user's to fix.
+            raise OutputError(f"cannot write '{self.path}': {error.strerror or error}; "
+                              f"choose a folder you can write to") from None
         self._tmp_name = self._local(self.tmp)
         self._file: IO | None = None
         # The permissions the temp file was made with (0o666 less the umask):

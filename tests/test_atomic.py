@@ -71,6 +71,18 @@ def test_no_overwrite_refuses_before_writing(tmp_path):
     assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.parametrize("where", ["proc", "under_a_file"])
+def test_a_single_file_that_cannot_be_written_is_a_user_error(tmp_path, where):
+    """Issue 14, finding 10, for the writers outside jobs (export-onnx -o,
+    import-checkpoint -o, training files): one OutputError, not a traceback."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("mine")
+    target = Path("/proc/msdm-no-such/out.onnx") if where == "proc" else plain / "out.onnx"
+    with pytest.raises(OutputError, match="cannot write .*choose a folder you can write to"):
+        write_atomic(target, b"data")
+    assert plain.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt"]
+
+
 def _write_group(folder: OutputFolder, names, text: str, **options) -> dict:
     with AtomicFiles(folder, {name: name for name in names}, **options) as files:
         for name in names:

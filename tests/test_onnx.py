@@ -78,6 +78,9 @@ def test_cli_export_and_separate_with_onnx(tmp_path, tiny_model_path, exported, 
     out = tmp_path / "tiny.onnx"
     assert main(["export-onnx", "--model", str(tiny_model_path), "-o", str(out)]) == 0
     assert "parity" in capsys.readouterr().out and out.is_file()
+    # An -o that cannot be written: one line, exit 2 (issue 14, finding 10).
+    assert main(["export-onnx", "--model", str(tiny_model_path), "-o", str(out / "inside-a-file.onnx")]) == 2
+    assert "cannot write" in capsys.readouterr().err
     mix = tmp_path / "mix.wav"
     sf.write(mix, (0.1 * np.random.default_rng(0).standard_normal((5000, 2))).astype(np.float32), 44100)
     stems = {}

@@ -83,7 +83,6 @@ def export_onnx(model: MSDMModel, out_path: str | os.PathLike, *, opset: int = O
     import onnx
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     module = PaddedDenoiser(KarrasDenoiser(model.network.cpu().eval(), cfg.diffusion.sigma_data),
                             cfg.unet.downsampling_factor).eval()
