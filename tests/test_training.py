@@ -176,6 +176,24 @@ def test_figures_are_drawn(tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_separator_curves_are_drawn_where_each_run_started(tmp_path):
+    from PIL import Image
+
+    from training.figures import plot_separator_curve, plot_separator_runs
+
+    header = "step,minutes,lr,train_loss,bass,drums,guitar,piano,All\n"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(header + "200,4.0,0.001,12.0,6,8,5,5,6.0\n400,8.0,0.0005,11.0,9,11,8,8,9.0\n")
+    second.write_text(header + "200,4.0,0.0004,10.5,10,12,9,9,10.0\n")
+    one = plot_separator_curve(first, tmp_path / "one.png", references={"oracle": 16.9})
+    both = plot_separator_runs({"from scratch": (first, 0.0), "continued": (second, 8.0)}, tmp_path / "both.png",
+                               references={"oracle": 16.9})
+    for png in (one, both):
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size == (840, 420)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both.png", "first.csv", "one.png", "second.csv"]
+
+
 def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
     from training.showcase import main as showcase
 

@@ -102,6 +102,32 @@ def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike,
     ax.legend(ncol=5, fontsize=8, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out_png)
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out_png: str | os.PathLike,
+                        title: str = "", references: Mapping[str, float] | None = None) -> Path:
+    """Several training.train_separator runs' valid "All" on one time axis:
+    {label: (log.csv, minutes trained before this run started)}, so a run
+    continued from another's weights is drawn where that one ended."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    for index, (label, (log_csv, offset)) in enumerate(runs.items()):
+        with open(log_csv, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        minutes = [offset + float(r["minutes"]) for r in rows]
+        ax.plot(minutes, [float(r["All"]) for r in rows], "o-", color=f"C{index}", lw=1.5, ms=3, label=label)
+    for label, value in (references or {}).items():
+        ax.axhline(value, color="0.5", ls="--", lw=1)
+        ax.text(0, value, f" {label} {value:.1f}", va="bottom", fontsize=8, color="0.3")
+    ax.set_xlabel("training time (minutes, 1 CPU thread)")
+    ax.set_ylabel('valid SI-SNRi "All" (dB)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
     plt.close(fig)
     return Path(out_png)
