@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -212,3 +214,31 @@ def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
     for kind in ("generation", "imputation"):
         assert (tmp_path / "docs" / "audio" / kind / "spectrogram.png").stat().st_size > 1000
         assert (tmp_path / "docs" / "audio" / kind / "mix.flac").is_file()
+    separated = tmp_path / "docs" / "audio" / "separation"
+    assert (separated / "spectrogram.png").stat().st_size > 1000
+    mix = sum(stems.values())[:11025]
+    written = np.stack([sf.read(separated / f"{name}.flac", dtype="float32")[0] for name in stems])
+    # Dirac: they sum to the mix (four 16-bit files), except where the random
+    # tiny model's stems went past full scale and the files clipped them.
+    inside = np.all(np.abs(written) < 0.999, axis=0)
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(written.sum(0)[inside], mix[inside], atol=4e-4)
+
+
+def test_showcase_separation_alone_with_the_first_guess(tmp_path, tiny_packed_path, capsys):
+    from training.showcase import main as showcase
+
+    track = tmp_path / "data" / "test" / "Track00001"
+    track.mkdir(parents=True)
+    stems = {s: tone(1.0, 22050, f) for s, f in (("bass", 55), ("drums", 200), ("guitar", 330), ("piano", 440))}
+    for name, data in stems.items():
+        sf.write(track / f"{name}.wav", data, 22050, subtype="FLOAT")
+    sf.write(track / "mix.wav", sum(stems.values()), 22050, subtype="FLOAT")
+    assert showcase(["--model", str(tiny_packed_path), "--data", str(tmp_path / "data"), "--docs",
+                     str(tmp_path / "docs"), "--examples", str(tmp_path / "ex"), "--seconds", "0.5",
+                     "--only", "separation"]) == 0
+    assert not (tmp_path / "ex").exists() and sorted(p.name for p in (tmp_path / "docs" / "audio").iterdir()) == \
+        ["separation"]
+    printed = capsys.readouterr().out
+    assert re.fullmatch(r"separation SI-SNRi \(dB\): bass [+-]\d+\.\d\d, drums [+-]\d+\.\d\d, guitar [+-]\d+\.\d\d, "
+                        r"piano [+-]\d+\.\d\d\n", printed), printed

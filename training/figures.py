@@ -81,6 +81,32 @@ def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png
     return Path(out_png)
 
 
+def plot_separation(reference: Mapping[str, np.ndarray], estimate: Mapping[str, np.ndarray], sample_rate: int,
+                    out_png: str | os.PathLike, scores: Mapping[str, float] | None = None, title: str = "") -> Path:
+    """Reference stems (left) beside separated ones (right), one row per stem,
+    with each stem's SI-SNRi over the excerpt when `scores` are given."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(reference), 2, figsize=(10, 1.6 * len(reference)), dpi=110, sharex=True,
+                             sharey=True, squeeze=False)
+    for row, name in enumerate(reference):
+        for col, (audio, label) in enumerate(((reference[name], "reference"), (estimate[name], "separated"))):
+            ax = axes[row, col]
+            ax.specgram(np.asarray(audio, dtype=np.float64) + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=768,
+                        cmap="magma", vmin=-140)
+            ax.set_ylim(0, sample_rate / 2)
+            note = f" ({scores[name]:+.1f} dB SI-SNRi)" if col == 1 and scores and name in scores else ""
+            ax.set_title(f"{name}: {label}{note}", fontsize=9)
+        axes[row, 0].set_ylabel("Hz")
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
+    plt.close(fig)
+    return Path(out_png)
+
+
 def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike, title: str = "",
                          references: Mapping[str, float] | None = None) -> Path:
     """training.train_separator's log.csv -> valid SI-SNRi per stem and "All"

@@ -1,5 +1,6 @@
-"""Listening material for the docs: the README's example mix, a generated piece
-and an imputation (drums given, the rest generated), each with a spectrogram.
+"""Listening material for the docs: the README's example mix, a generated piece,
+an imputation (drums given, the rest generated) and the example mix separated
+by the model's default, each with a spectrogram.
 
     python -m training.showcase --model engine/models/default.safetensors \
         --data data/synth --docs docs --examples examples
@@ -18,12 +19,15 @@ import numpy as np
 
 from engine.atomic import write_atomic
 from engine.audio.files import read_audio, write_audio
-from engine.audio.pipeline import generate_stems
-from engine.core.tasks import GENERATE, IMPUTE, SamplerSettings
+from engine.audio.pipeline import generate_stems, separate_array
+from engine.core.tasks import GENERATE, IMPUTE, SamplerSettings, separation_settings
 from engine.storage.loading import load_models
 from engine.storage.model import ModelSet
 
-from .figures import plot_spectrograms
+from .evaluate import si_snr
+from .figures import plot_separation, plot_spectrograms
+
+PARTS = ("example", "generation", "imputation", "separation")
 
 
 def pick_track(data_dir: Path, split: str = "test", min_seconds: float = 12.0) -> Path:
@@ -75,6 +79,27 @@ def imputation_example(models: ModelSet, track: Path, out: Path, seconds: float,
     return named
 
 
+def separation_example(models: ModelSet, track: Path, out: Path, seconds: float, seed: int,
+                       steps: int | None = None) -> dict[str, float]:
+    """The track's first `seconds` separated as `msdm separate` does by default
+    (the first guess, for a model that has a separator); returns SI-SNRi per stem."""
+    frames = int(seconds * models.sample_rate)
+    truth = {stem: read_audio(track / f"{stem}.wav").samples[0, :frames] for stem in models.stems}
+    mix = sum(truth.values())
+    settings = separation_settings("dirac", num_stems=len(models.stems), isdm=models.is_isdm,
+                                   has_first_guess=getattr(models, "separator", None) is not None, steps=steps,
+                                   method=None if steps is None else "dpmpp2m")  # few steps: the stable solver
+    stems = separate_array(models, mix[None], models.sample_rate, settings=settings, seed=seed)[:, 0]
+    named = {stem: stems[n] for n, stem in enumerate(models.stems)}
+    scores = {stem: float(si_snr(named[stem], truth[stem]) - si_snr(mix, truth[stem])) for stem in models.stems}
+    _write_set(out, named, models.sample_rate)
+    how = ("the first guess" if settings.warm_start and settings.steps == 0
+           else f"{settings.nfe} network evaluations")
+    plot_separation(truth, named, models.sample_rate, out / "spectrogram.png", scores,
+                    title=f"{track.name}, first {seconds:g} s: separated by {how}")
+    return scores
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="model file (default: the shipped model)")
@@ -83,18 +108,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--examples", type=Path, default=Path("examples"), help="where the example mix goes")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of every example")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--steps", type=int, help="sampler steps for generation and imputation (default: paper's)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the paper's for generation and "
+                                                   "imputation, the model's default for separation)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="make only these (default: all)")
     args = parser.parse_args(argv)
     models = load_models(args.model)
     track = pick_track(args.data, min_seconds=args.seconds)
-    example_mix(track, args.examples / "example_mix.flac", args.seconds)
-    generation_example(models, args.docs / "audio" / "generation", args.seconds, args.seed,
-                       GENERATE.override(steps=args.steps))
-    imputation_example(models, track, args.docs / "audio" / "imputation", args.seconds, args.seed,
-                       settings=IMPUTE.override(steps=args.steps))
-    write_atomic(args.examples / "example_mix.json", json.dumps(
-        {"track": track.name, "split": "test", "seconds": args.seconds,
-         "source": "msdm dataset synth --tracks 400 --seed 0 (test split)"}, indent=2) + "\n")
+    if "example" in args.only:
+        example_mix(track, args.examples / "example_mix.flac", args.seconds)
+        write_atomic(args.examples / "example_mix.json", json.dumps(
+            {"track": track.name, "split": "test", "seconds": args.seconds,
+             "source": "msdm dataset synth --tracks 400 --seed 0 (test split)"}, indent=2) + "\n")
+    if "generation" in args.only:
+        generation_example(models, args.docs / "audio" / "generation", args.seconds, args.seed,
+                           GENERATE.override(steps=args.steps))
+    if "imputation" in args.only:
+        imputation_example(models, track, args.docs / "audio" / "imputation", args.seconds, args.seed,
+                           settings=IMPUTE.override(steps=args.steps))
+    if "separation" in args.only:
+        scores = separation_example(models, track, args.docs / "audio" / "separation", args.seconds, args.seed,
+                                    steps=args.steps)
+        print("separation SI-SNRi (dB): " + ", ".join(f"{stem} {value:+.2f}" for stem, value in scores.items()))
     return 0
 
 
