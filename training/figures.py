@@ -91,8 +91,9 @@ def plot_separation(reference: Mapping[str, np.ndarray], estimate: Mapping[str, 
     for row, name in enumerate(reference):
         for col, (audio, label) in enumerate(((reference[name], "reference"), (estimate[name], "separated"))):
             ax = axes[row, col]
-            ax.specgram(np.asarray(audio, dtype=np.float64) + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=768,
-                        cmap="magma", vmin=-140)
+            with np.errstate(divide="ignore"):  # an exactly silent frame is -inf dB: drawn as the floor
+                ax.specgram(np.asarray(audio, dtype=np.float64) + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=768,
+                            cmap="magma", vmin=-140)
             ax.set_ylim(0, sample_rate / 2)
             note = f" ({scores[name]:+.1f} dB SI-SNRi)" if col == 1 and scores and name in scores else ""
             ax.set_title(f"{name}: {label}{note}", fontsize=9)
