@@ -196,15 +196,20 @@ def test_separator_curves_are_drawn_where_each_run_started(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["both.png", "first.csv", "one.png", "second.csv"]
 
 
-def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
-    from training.showcase import main as showcase
-
-    track = tmp_path / "data" / "test" / "Track00003"
+def _tone_track(track):
+    """A 1 s test track of four steady tones and their mix: {stem: samples}."""
     track.mkdir(parents=True)
     stems = {s: tone(1.0, 22050, f) for s, f in (("bass", 55), ("drums", 200), ("guitar", 330), ("piano", 440))}
     for name, data in stems.items():
         sf.write(track / f"{name}.wav", data, 22050, subtype="FLOAT")
     sf.write(track / "mix.wav", sum(stems.values()), 22050, subtype="FLOAT")
+    return stems
+
+
+def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
+    from training.showcase import main as showcase
+
+    stems = _tone_track(tmp_path / "data" / "test" / "Track00003")
     assert showcase(["--model", str(tiny_model_path), "--data", str(tmp_path / "data"), "--docs",
                      str(tmp_path / "docs"), "--examples", str(tmp_path / "ex"), "--seconds", "0.5",
                      "--steps", "3"]) == 0
@@ -228,12 +233,7 @@ def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
 def test_showcase_separation_alone_with_the_first_guess(tmp_path, tiny_packed_path, capsys):
     from training.showcase import main as showcase
 
-    track = tmp_path / "data" / "test" / "Track00001"
-    track.mkdir(parents=True)
-    stems = {s: tone(1.0, 22050, f) for s, f in (("bass", 55), ("drums", 200), ("guitar", 330), ("piano", 440))}
-    for name, data in stems.items():
-        sf.write(track / f"{name}.wav", data, 22050, subtype="FLOAT")
-    sf.write(track / "mix.wav", sum(stems.values()), 22050, subtype="FLOAT")
+    _tone_track(tmp_path / "data" / "test" / "Track00001")
     assert showcase(["--model", str(tiny_packed_path), "--data", str(tmp_path / "data"), "--docs",
                      str(tmp_path / "docs"), "--examples", str(tmp_path / "ex"), "--seconds", "0.5",
                      "--only", "separation"]) == 0
