@@ -74,7 +74,6 @@ from engine.storage.pickle_allowlist import (  # noqa: F401 - re-exported
     _describe,
     short_repr,
     _check_keys,
-    MAX_KEY_VALUES,
 )
 
 class UnsafeCheckpointError(ModelFileError):
