@@ -95,9 +95,9 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
                                                max_seconds=max_seconds,
                                                progress=_part(progress, 0.0, FIRST_GUESS_SHARE, "first guess: "))
                 on_first_guess(guess)
-                # The refinement runs the separator again per window (a pass is
-                # ~1 % of a refinement step's cost): simpler than keeping every
-                # window's guess in memory for a whole song.
+                # The refinement runs the separator again per window (a pass costs
+                # about a tenth of one prior evaluation, docs/models.md): simpler
+                # than keeping every window's guess in memory for a whole song.
                 progress = _part(progress, FIRST_GUESS_SHARE, 1.0, "refining: ")
             return pipeline.separate_file(models, job.mix, folder, likelihood=options.likelihood,
                                           settings=settings, seed=options.seed, mono=options.mono,
