@@ -57,12 +57,7 @@ class Session:
     # ---- results and undo -----------------------------------------------------
     def apply_result(self, result: Mapping[str, LaneAudio], label: str) -> None:
         """Put an engine result on its lanes, remembering what was there (undo)."""
-        unknown = [name for name in result if name not in self.lane_names]
-        if unknown:
-            raise StemMismatchError(
-                f"The engine returned lanes {', '.join(unknown)} that this session does not have "
-                f"({', '.join(self.lane_names)}): the server runs a different model than the app expects. "
-                "Reconnect to the engine so the lanes follow its model.")
+        self._check_lanes(result)
         self._undo = [dict(self.audio)]
         self.undo_label = label
         self.audio.update(result)
@@ -70,11 +65,16 @@ class Session:
     def refine_result(self, result: Mapping[str, LaneAudio]) -> None:
         """Replace a first guess already on the lanes by the refined result of the
         same job: one job, one undo step (undo goes back to before the guess)."""
+        self._check_lanes(result)
+        self.audio.update(result)
+
+    def _check_lanes(self, result: Mapping[str, LaneAudio]) -> None:
         unknown = [name for name in result if name not in self.lane_names]
         if unknown:
-            raise StemMismatchError(f"The engine returned lanes {', '.join(unknown)} that this session does not "
-                                    f"have ({', '.join(self.lane_names)}).")
-        self.audio.update(result)
+            raise StemMismatchError(
+                f"The engine returned lanes {', '.join(unknown)} that this session does not have "
+                f"({', '.join(self.lane_names)}): the server runs a different model than the app expects. "
+                "Reconnect to the engine so the lanes follow its model.")
 
     @property
     def can_undo(self) -> bool:

@@ -236,9 +236,14 @@ class MainWindow(QMainWindow):
 
         self.loader.submit(request, done)
 
-    def _apply(self, result: Mapping[str, LaneAudio | None], label: str) -> bool:
+    def _apply(self, result: Mapping[str, LaneAudio | None], label: str, refine: bool = False) -> bool:
+        """Put a result on the lanes (a new undo step, or with `refine` in the
+        step of the first guess it replaces); a mismatch is a message."""
         try:
-            self.session.apply_result(result, label)
+            if refine:
+                self.session.refine_result(result)
+            else:
+                self.session.apply_result(result, label)
         except StemMismatchError as error:
             self.message(str(error), "error")
             return False
@@ -350,13 +355,7 @@ class MainWindow(QMainWindow):
     def _show_result(self, job: Job, loaded: Loaded) -> None:
         kind = job.kind.capitalize()
         self.engine.end_job()
-        if job.first_guess_shown:
-            try:
-                self.session.refine_result(loaded.audio)
-            except StemMismatchError as error:
-                self.message(str(error), "error")
-                return
-        elif not self._apply(loaded.audio, kind):
+        if not self._apply(loaded.audio, kind, refine=job.first_guess_shown):
             return
         elapsed = time.monotonic() - job.started
         self.task_bar.show_outcome(f"{kind}: done in {elapsed:.0f} s", 1000)
