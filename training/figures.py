@@ -21,6 +21,27 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out_png: str | os.PathLike) -> Path:
+    """Write the figure atomically, in the format its name says, and free it."""
+    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
+    plt.close(fig)
+    return Path(out_png)
+
+
+def _specgram(ax, audio: np.ndarray, sample_rate: int) -> None:
+    """The docs' log-magnitude spectrogram (1024-point, 75 % overlap, floor -140 dB)."""
+    with np.errstate(divide="ignore"):  # an exactly silent frame is -inf dB: drawn as the floor
+        ax.specgram(np.asarray(audio, dtype=np.float64) + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=768,
+                    cmap="magma", vmin=-140)
+
+
+def _reference_lines(ax, references: Mapping[str, float] | None, x: float) -> None:
+    """Dashed horizontal lines (e.g. the oracle), labelled at `x`."""
+    for label, value in (references or {}).items():
+        ax.axhline(value, color="0.5", ls="--", lw=1)
+        ax.text(x, value, f" {label} {value:.1f}", va="bottom", fontsize=8, color="0.3")
+
+
 def read_metrics(*metrics_csv: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     """Lightning CSVLogger output (one file per run or resume) -> metric -> [(step, value)], by step."""
     series: dict[str, list[tuple[int, float]]] = {}
@@ -56,9 +77,7 @@ def plot_learning_curve(metrics_csv: str | os.PathLike | list, out_png: str | os
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
-    plt.close(fig)
-    return Path(out_png)
+    return _save(plt, fig, out_png)
 
 
 def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png: str | os.PathLike,
@@ -68,17 +87,14 @@ def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png
     fig, axes = plt.subplots(len(stems), 1, figsize=(8, 1.6 * len(stems)), dpi=110, sharex=True)
     axes = np.atleast_1d(axes)
     for ax, (name, audio) in zip(axes, stems.items()):
-        ax.specgram(np.asarray(audio, dtype=np.float64) + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=768,
-                    cmap="magma", vmin=-140)
+        _specgram(ax, audio, sample_rate)
         ax.set_ylabel(name)
         ax.set_ylim(0, sample_rate / 2)
     axes[-1].set_xlabel("seconds")
     if title:
         axes[0].set_title(title)
     fig.tight_layout()
-    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
-    plt.close(fig)
-    return Path(out_png)
+    return _save(plt, fig, out_png)
 
 
 def plot_separation(reference: Mapping[str, np.ndarray], estimate: Mapping[str, np.ndarray], sample_rate: int,
@@ -91,9 +107,7 @@ def plot_separation(reference: Mapping[str, np.ndarray], estimate: Mapping[str, 
     for row, name in enumerate(reference):
         for col, (audio, label) in enumerate(((reference[name], "reference"), (estimate[name], "separated"))):
             ax = axes[row, col]
-            with np.errstate(divide="ignore"):  # an exactly silent frame is -inf dB: drawn as the floor
-                ax.specgram(np.asarray(audio, dtype=np.float64) + 1e-9, NFFT=1024, Fs=sample_rate, noverlap=768,
-                            cmap="magma", vmin=-140)
+            _specgram(ax, audio, sample_rate)
             ax.set_ylim(0, sample_rate / 2)
             note = f" ({scores[name]:+.1f} dB SI-SNRi)" if col == 1 and scores and name in scores else ""
             ax.set_title(f"{name}: {label}{note}", fontsize=9)
@@ -103,9 +117,7 @@ def plot_separation(reference: Mapping[str, np.ndarray], estimate: Mapping[str, 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
-    plt.close(fig)
-    return Path(out_png)
+    return _save(plt, fig, out_png)
 
 
 def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike, title: str = "",
@@ -120,18 +132,14 @@ def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike,
     for name, style in (("bass", "C0"), ("drums", "C1"), ("guitar", "C2"), ("piano", "C4")):
         ax.plot(minutes, [float(r[name]) for r in rows], color=style, lw=1, alpha=0.8, label=name)
     ax.plot(minutes, [float(r["All"]) for r in rows], "o-", color="k", lw=2, ms=3, label="All")
-    for label, value in (references or {}).items():
-        ax.axhline(value, color="0.5", ls="--", lw=1)
-        ax.text(minutes[0], value, f" {label} {value:.1f}", va="bottom", fontsize=8, color="0.3")
+    _reference_lines(ax, references, minutes[0])
     ax.set_xlabel("training time (minutes, 1 CPU thread)")
     ax.set_ylabel("valid SI-SNRi (dB)")
     ax.grid(alpha=0.3)
     ax.legend(ncol=5, fontsize=8, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
-    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
-    plt.close(fig)
-    return Path(out_png)
+    return _save(plt, fig, out_png)
 
 
 def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out_png: str | os.PathLike,
@@ -146,15 +154,11 @@ def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out
             rows = list(csv.DictReader(handle))
         minutes = [offset + float(r["minutes"]) for r in rows]
         ax.plot(minutes, [float(r["All"]) for r in rows], "o-", color=f"C{index}", lw=1.5, ms=3, label=label)
-    for label, value in (references or {}).items():
-        ax.axhline(value, color="0.5", ls="--", lw=1)
-        ax.text(0, value, f" {label} {value:.1f}", va="bottom", fontsize=8, color="0.3")
+    _reference_lines(ax, references, 0)
     ax.set_xlabel("training time (minutes, 1 CPU thread)")
     ax.set_ylabel('valid SI-SNRi "All" (dB)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
-    write_atomic(out_png, lambda tmp: fig.savefig(tmp, format=Path(out_png).suffix[1:] or "png"))
-    plt.close(fig)
-    return Path(out_png)
+    return _save(plt, fig, out_png)
