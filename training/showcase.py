@@ -113,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="make only these (default: all)")
     args = parser.parse_args(argv)
     models = load_models(args.model)
-    track = pick_track(args.data, min_seconds=args.seconds)
+    try:
+        track = pick_track(args.data, min_seconds=args.seconds)
+    except FileNotFoundError as error:
+        parser.error(f"{error}: render one with `msdm dataset synth --out {args.data} --tracks 400 --seed 0`")
     if "example" in args.only:
         example_mix(track, args.examples / "example_mix.flac", args.seconds)
         write_atomic(args.examples / "example_mix.json", json.dumps(
