@@ -98,14 +98,16 @@ def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png
 
 
 def plot_separation(reference: Mapping[str, np.ndarray], estimate: Mapping[str, np.ndarray], sample_rate: int,
-                    out_png: str | os.PathLike, scores: Mapping[str, float] | None = None, title: str = "") -> Path:
+                    out_png: str | os.PathLike, scores: Mapping[str, float] | None = None, title: str = "",
+                    labels: tuple[str, str] = ("reference", "separated")) -> Path:
     """Reference stems (left) beside separated ones (right), one row per stem,
-    with each stem's SI-SNRi over the excerpt when `scores` are given."""
+    with each stem's SI-SNRi over the excerpt when `scores` are given
+    (`labels` names the columns: an autoencoder's input and reconstruction too)."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(reference), 2, figsize=(10, 1.6 * len(reference)), dpi=110, sharex=True,
                              sharey=True, squeeze=False)
     for row, name in enumerate(reference):
-        for col, (audio, label) in enumerate(((reference[name], "reference"), (estimate[name], "separated"))):
+        for col, (audio, label) in enumerate(((reference[name], labels[0]), (estimate[name], labels[1]))):
             ax = axes[row, col]
             _specgram(ax, audio, sample_rate)
             ax.set_ylim(0, sample_rate / 2)

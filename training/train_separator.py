@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from engine.atomic import write_atomic
 from engine.core.separator import MaskSeparator, SeparatorConfig, count_parameters
 from engine.storage.model import SEPARATOR_FORMAT, MSDMModel
+from training.augment import TimbreAugment, repitch
 from training.data import Track, scan
 from training.evaluate import PAPER_CHUNK, read_track_stems, score_windows
 
@@ -47,20 +48,22 @@ class RemixCrops(Dataset):
     """Item i: [N, crop] float32 stems, from its own generator (seed, i)."""
 
     def __init__(self, tracks: list[Track], crop: int, seed: int, remix: float = 0.5,
-                 gain_db: tuple[float, float] = (-9.0, 3.0)) -> None:
-        self.tracks = [t for t in tracks if t.frames > crop]
+                 gain_db: tuple[float, float] = (-9.0, 3.0), augment: TimbreAugment | None = None) -> None:
+        self.augment = augment or TimbreAugment.none()
+        longest = int(np.ceil(crop * 2 ** (self.augment.semitones / 12))) + 1 if self.augment.repitch else crop
+        self.tracks = [t for t in tracks if t.frames > longest]
         if not self.tracks:
-            raise ValueError(f"no training track longer than {crop} samples")
+            raise ValueError(f"no training track longer than {longest} samples")
         self.crop, self.seed, self.remix, self.gain_db = crop, seed, remix, gain_db
 
     def __len__(self) -> int:
         return 1 << 40
 
-    def _read(self, track: Track, stem: str, start: int) -> np.ndarray:
+    def _read(self, track: Track, stem: str, start: int, frames: int) -> np.ndarray:
         paths = track.files.get(stem) or []
-        out = np.zeros(self.crop, np.float32)
+        out = np.zeros(frames, np.float32)
         for path in paths:
-            data, _ = sf.read(str(path), start=start, frames=self.crop, dtype="float32", always_2d=True)
+            data, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
             out[:len(data)] += data.mean(axis=1)
         return out
 
@@ -68,15 +71,18 @@ class RemixCrops(Dataset):
         rng = np.random.default_rng([self.seed, index])
         remix = rng.random() < self.remix
         stems = []
+        frames, ratio = self.augment.read_length(self.crop, rng)
         track = self.tracks[rng.integers(len(self.tracks))]
-        start = int(rng.integers(0, track.frames - self.crop))
+        start = int(rng.integers(0, track.frames - frames))
         for stem in STEMS:
             if remix:
+                frames, ratio = self.augment.read_length(self.crop, rng)
                 track = self.tracks[rng.integers(len(self.tracks))]
-                start = int(rng.integers(0, track.frames - self.crop))
+                start = int(rng.integers(0, track.frames - frames))
             gain = 10 ** (rng.uniform(*self.gain_db) / 20) * (1 if rng.random() < 0.5 else -1)
-            stems.append(self._read(track, stem, start) * gain)
-        return torch.from_numpy(np.stack(stems))
+            audio = repitch(self._read(track, stem, start, frames), ratio, self.crop)
+            stems.append(self.augment.stem(audio, stem, rng) * gain)
+        return torch.from_numpy(np.stack(stems).astype(np.float32))
 
 
 def separation_loss(estimate: torch.Tensor, reference: torch.Tensor, tau_s: float = 1e-3,
@@ -141,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-fft", type=int, default=2048)
     parser.add_argument("--hop", type=int, default=512)
     parser.add_argument("--remix", type=float, default=0.5)
+    parser.add_argument("--augment", choices=("none", "timbre"), default="none",
+                        help="timbre augmentations per stem (training/augment.py): repitch, equaliser, "
+                             "saturation, reverb")
     parser.add_argument("--valid-tracks", type=int, default=10)
     parser.add_argument("--valid-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         print(f"resumed at step {step}, {elapsed / 60:.1f} min trained, best valid {best:.2f} dB", flush=True)
-    dataset = RemixCrops(tracks, args.crop, args.seed, remix=args.remix)
+    augment = TimbreAugment() if args.augment == "timbre" else TimbreAugment.none()
+    dataset = RemixCrops(tracks, args.crop, args.seed, remix=args.remix, augment=augment)
     if step == 0 and started_from is None:
         sample = torch.stack([dataset[(1 << 40) - 1 - i] for i in range(32)]).sum(1)
         model.fit_input_scaling(sample)

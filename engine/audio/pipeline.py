@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from engine.audio.files import AudioInputError, AudioReader, AudioWriters, read_audio, resample, to_mono
+from engine.audio.latent_generation import generate_latent_stems
 from engine.audio.windows import OverlapAdd, WindowPlan
 from engine.core.diffusion import seed_for
 from engine.core.tasks import (
@@ -246,6 +247,11 @@ def generate_stems(
     only rows `given_stems` are read) the other stems are imputed.
     Windows after the first continue the previous one through its overlap."""
     _require_joint(models, "generation")
+    if settings.prior == "latent":
+        if models.latent is None:
+            raise InputError("this model has no latent prior: use prior waveform, or a model file with one")
+        return generate_latent_stems(models.latent, frames, seed=seed, settings=settings, given=given,
+                                     given_stems=given_stems, overlap=overlap, progress=progress)
     num = len(models.stems)
     window = models.window
     plan = WindowPlan.make(frames, window, overlap)

@@ -54,7 +54,8 @@ def _job_from_args(args, options, models, output) -> BounceJob:
         if args.given:
             raise CommandError("--given is for --task impute; separation takes mixes")
     settings = options.sampler_settings(args.task, models.is_isdm, num_stems=len(models.stems),
-                                        first_guess=models.separator is not None)
+                                        first_guess=models.separator is not None,
+                                        latent_prior=models.latent is not None)
     return BounceJob(task=args.task, given=args.given, likelihood=options.likelihood, mono=options.mono,
                      overlap=options.overlap, settings=settings, seed=options.seed, extension=output.extension,
                      bits=output.bits, pattern=args.pattern, backend=args.backend)

@@ -50,11 +50,16 @@ class SamplerSettings:
     # Separation only: start from the model's first-guess separator at
     # sigma_max instead of from noise (steps 0: the first guess itself).
     warm_start: bool = False
+    # Generation and imputation: which prior samples, the waveform U-Net or
+    # the latent model over the stem autoencoder's latents (engine.core.latent_prior).
+    prior: str = "waveform"
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min <= self.sigma_max:
             raise SettingsError(f"need 0 < sigma_min <= sigma_max, got sigma_min {self.sigma_min:g} and "
                                 f"sigma_max {self.sigma_max:g}")
+        if self.prior not in PRIORS:
+            raise SettingsError(f"unknown prior {self.prior!r}; use one of {', '.join(PRIORS)}")
         if self.steps < (0 if self.warm_start else 1):
             raise SettingsError(f"steps must be >= {0 if self.warm_start else 1}, got {self.steps}"
                              + ("" if self.warm_start else " (0 steps only with a warm start: the first guess itself)"))
@@ -81,6 +86,8 @@ class SamplerSettings:
         )
 
 
+PRIORS = ("latent", "waveform")
+
 # The paper's settings (reference code and appendix).
 GENERATE = SamplerSettings(steps=150, sigma_min=1e-4, sigma_max=20.0, s_churn=20.0)
 IMPUTE = SamplerSettings(steps=256, sigma_min=1e-4, sigma_max=20.0, s_churn=10.0)
@@ -91,6 +98,25 @@ SEPARATE_ISDM_DIRAC = SEPARATE_DIRAC.override(s_churn=40.0)
 # level when steps > 0 (chosen on the VALID split: docs/models.md).
 SEPARATE_WARM = SamplerSettings(steps=0, sigma_min=1e-4, sigma_max=0.05, method="dpmpp2m", warm_start=True)
 GAUSSIAN_GAMMA_SCALE = 0.75  # gamma = 0.75 sigma
+# The latent prior (latents in (-1, 1), sigma_data ~0.3-0.5): EDM's schedule
+# range scaled to it, DPM-Solver++(2M) for few steps (docs/models.md: chosen on VALID).
+LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, method="dpmpp2m", prior="latent")
+LATENT_IMPUTE = LATENT_GENERATE
+
+
+def generation_settings(task: str, has_latent_prior: bool, prior: str | None = None, **overrides) -> SamplerSettings:
+    """What a generate or impute request runs with: the latent prior's
+    settings when the model has one (unless prior "waveform"), else the paper's."""
+    prior = prior or ("latent" if has_latent_prior else "waveform")
+    if prior not in PRIORS:
+        raise SettingsError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
+    if prior == "latent" and not has_latent_prior:
+        raise SettingsError("this model has no latent prior: use prior waveform, or a model file with one")
+    if prior == "latent":
+        base = LATENT_GENERATE if task == "generate" else LATENT_IMPUTE
+    else:
+        base = GENERATE if task == "generate" else IMPUTE
+    return base.override(**overrides)
 
 LIKELIHOODS = ("dirac", "gaussian")
 

@@ -27,6 +27,7 @@ TASKS = ("separate", "generate", "impute")
 METHODS = ("euler", "heun", "dpmpp2m")
 LIKELIHOODS = ("dirac", "gaussian")
 STARTS = ("guess", "noise")  # engine.core.tasks.STARTS
+PRIORS = ("latent", "waveform")  # engine.core.tasks.PRIORS
 FORMATS = ("wav", "flac")
 BITS = ("16", "24", "32f")
 INT32 = (-(2**31), 2**31 - 1)
@@ -78,6 +79,9 @@ OPTIONS: tuple[Option, ...] = (
                                "a second; with steps N the diffusion prior refines them from a low noise level. "
                                "noise: the paper's sampler from pure noise (150 steps x 2)",
            choices=STARTS, tasks=("separate",), group="task"),
+    Option("prior", str, None, "latent (default when the model has one): the diffusion model over the stem "
+                               "autoencoder's latents; waveform: the paper's waveform U-Net",
+           choices=PRIORS, tasks=("generate", "impute"), group="task"),
     Option("mono", bool, False, "downmix to mono first (half the work for stereo)", tasks=("separate",),
            group="task"),
     Option("format", str, "wav", "file format (default wav)", choices=FORMATS, group="output"),
@@ -103,6 +107,7 @@ class JobOptions:
     overlap: float = 0.25
     likelihood: str = "dirac"
     start: str | None = None
+    prior: str | None = None
     mono: bool = False
     format: str = "wav"
     bits: str | None = None
@@ -127,11 +132,14 @@ class JobOptions:
             raise CommandError(reason)
         return self
 
-    def sampler_settings(self, task: str, isdm: bool = False, *, first_guess: bool = False, num_stems: int = 4):
+    def sampler_settings(self, task: str, isdm: bool = False, *, first_guess: bool = False, num_stems: int = 4,
+                         latent_prior: bool = False):
         """The task's default SamplerSettings with the options given: for
         separation from the model's first guess when it has one (`first_guess`)
         unless start is noise (engine.core.tasks.separation_settings, which also
-        refuses settings that would diverge), else the paper's."""
+        refuses settings that would diverge), else the paper's; generation and
+        imputation with the latent prior when the model has one (`latent_prior`)
+        unless prior is waveform (engine.core.tasks.generation_settings)."""
         from engine.core import tasks
 
         overrides = dict(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
@@ -140,7 +148,7 @@ class JobOptions:
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, **overrides)
         else:
-            settings = {"generate": tasks.GENERATE, "impute": tasks.IMPUTE}[task].override(**overrides)
+            settings = tasks.generation_settings(task, latent_prior, self.prior, **overrides)
         return settings
 
     def output_format(self):

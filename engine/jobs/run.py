@@ -81,7 +81,8 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
     options = job.options
     output = output or options.output_format()
     settings = settings or options.sampler_settings(job.task, models.is_isdm, num_stems=len(models.stems),
-                                                    first_guess=getattr(models, "separator", None) is not None)
+                                                    first_guess=getattr(models, "separator", None) is not None,
+                                                    latent_prior=getattr(models, "latent", None) is not None)
     # The output folder is opened once, now, and every file of the job is
     # written relative to it (engine.output_folder): a link swapped in for it
     # later cannot redirect the files. A job that fails removes the folders it made.

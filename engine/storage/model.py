@@ -4,8 +4,11 @@ The file holds the U-Net's state dict (names as in audio-diffusion-pytorch's
 `UNet1d`) and, in the safetensors metadata, the `ModelConfig` as JSON plus
 where the weights came from. Optionally it also holds a first-guess separator
 (engine.separator, tensors under `separator.`, its config as
-`separator_config`): one file carries everything the three tasks need.
-Loading never executes code (safetensors only).
+`separator_config`) and a latent prior: a stem autoencoder
+(`autoencoder.`, `autoencoder_config`) with a multi-source latent diffusion
+model over its latents (`latent_prior.`, `latent_prior_config`), which
+generation and imputation use when present. One file carries everything the
+three tasks need. Loading never executes code (safetensors only).
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.atomic import write_atomic
+from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
 from engine.core.config import ModelConfig
 from engine.core.diffusion import KarrasDenoiser, StackedDenoiser
+from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet
 from engine.core.network import UNet1d, count_parameters
 from engine.core.separator import MaskSeparator, SeparatorConfig
 from engine.errors import ModelFileError
 
 FORMAT = "msdm-studio/1"
 SEPARATOR_PREFIX = "separator."
+AUTOENCODER_PREFIX = "autoencoder."
+LATENT_PRIOR_PREFIX = "latent_prior."
 
 
 @dataclass
@@ -39,9 +46,15 @@ class MSDMModel:
     path: Path | None = None
     metadata: dict = field(default_factory=dict)
     separator: MaskSeparator | None = None
+    autoencoder: StemAutoencoder | None = None
+    latent_prior: LatentDenoiser | None = None
 
     def __post_init__(self) -> None:
         self.network.eval()
+        check_latent_parts(self.autoencoder, self.latent_prior, len(self.config.stems))
+        for part in (self.autoencoder, self.latent_prior):
+            if part is not None:
+                part.eval()
         if self.separator is not None:
             if self.separator.config.stems != len(self.config.stems):
                 raise ModelFileError(f"the first-guess separator has {self.separator.config.stems} stems, "
@@ -80,6 +93,21 @@ class MSDMModel:
                                 if "separator_config" in metadata else None)
         except (ValueError, TypeError) as error:  # ConfigError, bad JSON, a field of the wrong kind
             raise ModelFileError(f"{path}: its config cannot be used: {error}") from error
+        try:
+            autoencoder_config = (AutoencoderConfig.from_dict(json.loads(metadata["autoencoder_config"]))
+                                  if "autoencoder_config" in metadata else None)
+            latent_config = (LatentPriorConfig.from_dict(json.loads(metadata["latent_prior_config"]))
+                             if "latent_prior_config" in metadata else None)
+        except (ValueError, TypeError) as error:
+            raise ModelFileError(f"{path}: its latent prior's config cannot be used: {error}") from error
+        if (autoencoder_config is None) != (latent_config is None):
+            raise ModelFileError(f"{path}: a latent prior needs both an autoencoder and a latent diffusion model; "
+                                 f"this file has only the {'autoencoder' if latent_config is None else 'latent model'}")
+        if latent_config is not None and (latent_config.latent_channels != autoencoder_config.latent_channels
+                                          or latent_config.stems != len(config.stems)):
+            raise ModelFileError(f"{path}: the latent model expects {latent_config.stems} stems x "
+                                 f"{latent_config.latent_channels} latent channels, the autoencoder gives "
+                                 f"{autoencoder_config.latent_channels} channels for {len(config.stems)} stems")
         if separator_config is not None and separator_config.stems != len(config.stems):
             raise ModelFileError(f"{path}: the first-guess separator has {separator_config.stems} stems, "
                                  f"the model {len(config.stems)}")
@@ -88,9 +116,11 @@ class MSDMModel:
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelFileError(f"{path}: its tensors cannot be read ({error})") from error
         network = UNet1d(config.unet)
-        prefix = SEPARATOR_PREFIX
-        separator_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        tensors = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+        parts = {}
+        for prefix in (SEPARATOR_PREFIX, AUTOENCODER_PREFIX, LATENT_PRIOR_PREFIX):
+            parts[prefix] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+        separator_tensors = parts[SEPARATOR_PREFIX]
         try:
             network.load_state_dict(tensors, strict=True)
         except RuntimeError as error:
@@ -105,9 +135,22 @@ class MSDMModel:
             separator.to(device)
         elif separator_tensors:
             raise ModelFileError(f"{path}: separator weights without a separator_config")
+        autoencoder = latent_prior = None
+        if latent_config is not None:
+            try:
+                autoencoder = StemAutoencoder(autoencoder_config)
+                autoencoder.load_state_dict(parts[AUTOENCODER_PREFIX], strict=True)
+                latent_prior = LatentDenoiser(LatentUNet(latent_config))
+                latent_prior.net.load_state_dict(parts[LATENT_PRIOR_PREFIX], strict=True)
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise ModelFileError(f"{path}: its latent prior does not match its config: {error}") from error
+            autoencoder.to(device)
+            latent_prior.to(device)
+        elif parts[AUTOENCODER_PREFIX] or parts[LATENT_PRIOR_PREFIX]:
+            raise ModelFileError(f"{path}: latent prior weights without their configs")
         network.to(device)
         return cls(config, network, source=metadata.get("source", str(path)), path=path, metadata=metadata,
-                   separator=separator)
+                   separator=separator, autoencoder=autoencoder, latent_prior=latent_prior)
 
     def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
         """Write atomically (engine.atomic): a crash never leaves half a model."""
@@ -121,6 +164,13 @@ class MSDMModel:
             metadata["separator_config"] = json.dumps(self.separator.config.to_dict())
             tensors.update({SEPARATOR_PREFIX + k: v.detach().cpu().contiguous()
                             for k, v in self.separator.state_dict().items()})
+        if self.latent_prior is not None:
+            metadata["autoencoder_config"] = json.dumps(self.autoencoder.config.to_dict())
+            metadata["latent_prior_config"] = json.dumps(self.latent_prior.config.to_dict())
+            tensors.update({AUTOENCODER_PREFIX + k: v.detach().cpu().contiguous()
+                            for k, v in self.autoencoder.state_dict().items()})
+            tensors.update({LATENT_PRIOR_PREFIX + k: v.detach().cpu().contiguous()
+                            for k, v in self.latent_prior.net.state_dict().items()})
         return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @property
@@ -144,14 +194,31 @@ class MSDMModel:
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    @property
+    def latent_parameters(self) -> int:
+        """The autoencoder's and the latent diffusion model's parameters (0: none)."""
+        return sum(count_parameters(p) for p in (self.autoencoder, self.latent_prior) if p is not None)
+
     def to(self, device: str | torch.device) -> "MSDMModel":
         self.network.to(device)
-        if self.separator is not None:
-            self.separator.to(device)
+        for part in (self.separator, self.autoencoder, self.latent_prior):
+            if part is not None:
+                part.to(device)
         return self
 
     def file_hash(self) -> str:
         return file_sha256(self.path) if self.path else "unsaved"
+
+
+def check_latent_parts(autoencoder: StemAutoencoder | None, latent_prior: LatentDenoiser | None, stems: int) -> None:
+    """Both or neither, with matching shapes."""
+    if (autoencoder is None) != (latent_prior is None):
+        raise ModelFileError("a latent prior needs both an autoencoder and a latent diffusion model")
+    if latent_prior is not None and (latent_prior.config.latent_channels != autoencoder.config.latent_channels
+                                     or latent_prior.config.stems != stems):
+        raise ModelFileError(f"the latent model expects {latent_prior.config.stems} stems x "
+                             f"{latent_prior.config.latent_channels} latent channels; the autoencoder gives "
+                             f"{autoencoder.config.latent_channels} for {stems} stems")
 
 
 @dataclass
@@ -205,6 +272,11 @@ class ModelSet:
     def separator(self) -> MaskSeparator | None:
         """The first-guess separator (joint models only: an ISDM set has none)."""
         return None if self.is_isdm else self.models[0].separator
+
+    @property
+    def latent(self) -> MSDMModel | None:
+        """The model whose latent prior generation and imputation use (None: the waveform prior)."""
+        return None if self.is_isdm or self.models[0].latent_prior is None else self.models[0]
 
     @property
     def num_parameters(self) -> int:

@@ -135,6 +135,42 @@ class GaussianStemPrior:
         out[:, g] = given[:, g]
         return out
 
+    def _given_parts(self, length: int, given_stems: Sequence[int]) -> tuple[Tensor, Tensor, list[int]]:
+        """Per bin, the gain A = Sigma_og Sigma_gg^-1 ([F, N, N], zero outside
+        rows o, columns g) and the conditional covariance of the other stems
+        P = Sigma_oo - A Sigma_go ([F, N, N], zero outside o x o)."""
+        n, g = self.num_stems, list(given_stems)
+        o = [i for i in range(n) if i not in g]
+        cov = self.covariance(length)
+        gain = torch.zeros(cov.shape[0], n, n, dtype=torch.float64)
+        sgg = cov[:, g][:, :, g]
+        gain[:, :, g] = torch.linalg.solve(sgg, cov[:, :, g].transpose(-1, -2)).transpose(-1, -2)
+        gain[:, g] = 0.0
+        post = cov - gain @ cov
+        post[:, g] = 0.0
+        post[:, :, g] = 0.0
+        return gain, post, o
+
+    def given_denoise(self, x: Tensor, sigma: Tensor, given: Tensor, given_stems: Sequence[int]) -> Tensor:
+        """The exact denoiser of a model conditioned on the given stems:
+        E[s | s + sigma e = x, s_g = given_g]. Given s_g, the others are
+        N(m, P) with m = A s_g, so per bin: m + P (P + sigma^2 I)^-1 (x - m)
+        on the other stems; the given stems come back as given."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
+        gain, post, _ = self._given_parts(x.shape[-1], given_stems)
+        mean = self._apply(given.cpu(), gain)
+        eye = torch.eye(self.num_stems, dtype=torch.float64)
+        noisy = post[None] + (sigma.cpu() ** 2)[:, None, None, None] * eye
+        shrink = torch.linalg.solve(noisy, post[None].expand_as(noisy)).transpose(-1, -2)
+        out = mean + self._apply(x.cpu() - mean, shrink)
+        out[:, list(given_stems)] = given[:, list(given_stems)].cpu()
+        return out.to(x.device)
+
+    def imputation_variance(self, length: int, given_stems: Sequence[int]) -> Tensor:
+        """Per-sample variance of each stem given the given stems: [N] (0 for those)."""
+        _, post, _ = self._given_parts(length, given_stems)
+        return _time_variance(torch.diagonal(post, dim1=-2, dim2=-1), length)
+
 
 def _time_variance(power: Tensor, length: int) -> Tensor:
     """Variance per time sample of a circulant Gaussian from its rfft-bin powers:

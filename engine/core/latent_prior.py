@@ -1,0 +1,256 @@
+"""The multi-source latent diffusion prior (MSLDM, Xu et al. 2024; MSG-LD,
+Karchkhadze et al. 2025): one denoiser over the latents of all stems stacked
+as channels, [B, N x C, K], conditioned on any subset of stems given.
+
+Conditioning. MSDM imputes by replacement: the given stems, noised to the
+current level, are written over the sample before each step. On an exact
+Gaussian prior that recovers only part of the conditional mean
+(docs/engine.md), because the noise written into the given stems hides what
+they are. Here the network also sees the given stems' clean latents and a
+per-stem mask (trained with random subsets given, MSG-LD's "arrangement"),
+so D(x, sigma | given) approximates E[x_0 | x, given] and imputation samples
+the learned conditional; with nothing given it is the unconditional prior.
+
+Network: a small 1-D U-Net over latent time (the family of the waveform
+model's, Ho et al. 2020 / audio-diffusion-pytorch): residual blocks with
+group norm and a scale-shift from the noise level, average-pool down,
+nearest up, skip connections, self-attention at the coarsest level. EDM
+preconditioning (Karras et al. 2022, table 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from engine.core.diffusion import as_sigma_batch
+
+
+@dataclass(frozen=True)
+class LatentPriorConfig:
+    stems: int = 4
+    latent_channels: int = 64
+    channels: int = 128
+    multipliers: tuple[int, ...] = (1, 2)
+    blocks: int = 2                   # residual blocks per level
+    patch: int = 2                    # latent frames merged into one by the input layer
+    attention_heads: int = 4          # at the coarsest level (0: none)
+    sigma_data: float = 0.5
+    # Training noise law, sigma ~ LogNormal(mean, std) (EDM: -1.2, 1.2).
+    sigma_mean: float = -1.2
+    sigma_std: float = 1.2
+
+    def __post_init__(self) -> None:
+        checks = {
+            "stems": 1 <= self.stems <= 16,
+            "latent_channels": 1 <= self.latent_channels <= 512,
+            "channels": 8 <= self.channels <= 1024 and self.channels % 8 == 0,
+            "multipliers": isinstance(self.multipliers, tuple) and 1 <= len(self.multipliers) <= 6
+                           and all(type(m) is int and 1 <= m <= 8 for m in self.multipliers),
+            "blocks": 1 <= self.blocks <= 8,
+            "patch": 1 <= self.patch <= 8,
+            "attention_heads": 0 <= self.attention_heads <= 16,
+            "sigma_data": 1e-3 <= self.sigma_data <= 10,
+            "sigma_mean": -10 <= self.sigma_mean <= 10,
+            "sigma_std": 1e-3 <= self.sigma_std <= 10,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("latent prior config out of range: "
+                             + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+        if self.attention_heads and (self.channels * self.multipliers[-1]) % self.attention_heads:
+            raise ValueError("latent prior config: the coarsest width must be a multiple of attention_heads")
+
+    @property
+    def width(self) -> int:
+        """Channels of the stacked latent: stems x latent channels."""
+        return self.stems * self.latent_channels
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Latent lengths must be a multiple of this."""
+        return self.patch * 2 ** (len(self.multipliers) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LatentPriorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown LatentPriorConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class NoiseEmbedding(nn.Module):
+    """c_noise -> a vector: random Fourier features (Tancik et al. 2020) and an MLP."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("frequencies", torch.randn(features // 2) * 4.0)
+        self.mlp = nn.Sequential(nn.Linear(features, features), nn.SiLU(), nn.Linear(features, features))
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        angles = 2 * math.pi * c_noise[:, None] * self.frequencies[None]
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=1))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, embedding: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, in_channels)
+        self.conv1 = nn.Conv1d(in_channels, out_channels, 3, padding=1)
+        self.scale_shift = nn.Linear(embedding, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(8, out_channels)
+        self.conv2 = nn.Conv1d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.scale_shift(embedding)[:, :, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.out = nn.Conv1d(channels, channels, 1)
+        self.heads = heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, k = x.shape
+        q, kk, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, k).unbind(1)
+        h = F.scaled_dot_product_attention(q.transpose(-1, -2), kk.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.out(h.transpose(-1, -2).reshape(b, c, k))
+
+
+class LatentUNet(nn.Module):
+    """F(x [B, W, K], c_noise [B], given [B, W, K], mask [B, N, K]) -> [B, W, K]."""
+
+    def __init__(self, config: LatentPriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, emb = config.channels, config.channels * 2
+        widths = [c * m for m in config.multipliers]
+        self.embedding = NoiseEmbedding(emb)
+        # Patching (as the waveform U-Net's patch_factor): `patch` latent frames
+        # in one step, so the finest level already runs at half the frame rate.
+        self.stem_in = nn.Conv1d(2 * config.width + config.stems, widths[0], config.patch, stride=config.patch)
+        self.down = nn.ModuleList()
+        previous = widths[0]
+        skips = [previous]
+        for level, width in enumerate(widths):
+            for _ in range(config.blocks):
+                self.down.append(ResBlock(previous, width, emb))
+                previous = width
+                skips.append(width)
+            if level < len(widths) - 1:
+                self.down.append(nn.AvgPool1d(2))
+                skips.append(width)
+        self.middle = nn.ModuleList([ResBlock(previous, previous, emb), ResBlock(previous, previous, emb)])
+        self.attention = SelfAttention(previous, config.attention_heads) if config.attention_heads else None
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for _ in range(config.blocks + 1):
+                self.up.append(ResBlock(previous + skips.pop(), width, emb))
+                previous = width
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.norm_out = nn.GroupNorm(8, previous)
+        self.stem_out = nn.ConvTranspose1d(previous, config.width, config.patch, stride=config.patch)
+        nn.init.zeros_(self.stem_out.weight)
+        nn.init.zeros_(self.stem_out.bias)
+
+    def forward(self, x: Tensor, c_noise: Tensor, given: Tensor, mask: Tensor) -> Tensor:
+        k = x.shape[-1]
+        if k % self.config.downsampling_factor:
+            raise ValueError(f"latent length {k} is not a multiple of {self.config.downsampling_factor}")
+        embedding = self.embedding(c_noise)
+        h = self.stem_in(torch.cat([x, given, mask.to(x.dtype)], dim=1))
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, embedding) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, embedding)
+        if self.attention is not None:
+            h = self.attention(h)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, skips.pop()], dim=1), embedding)
+            else:
+                h = layer(h)
+        return self.stem_out(F.silu(self.norm_out(h)))
+
+
+class LatentDenoiser(nn.Module):
+    """D(x, sigma) with EDM preconditioning, unconditional (nothing given), and
+    `with_given(given, mask)`: the denoiser conditioned on the given stems,
+    which engine.core.tasks.impute uses when a denoiser offers it."""
+
+    def __init__(self, net: LatentUNet) -> None:
+        super().__init__()
+        self.net = net
+        self.config = net.config
+
+    def frame_mask(self, mask: Tensor, frames: int) -> Tensor:
+        """A mask per stem [B, N] or per stem and latent frame [B, N, K] -> bool [B, N, K]."""
+        mask = mask.to(torch.bool)
+        return mask[:, :, None].expand(-1, -1, frames) if mask.ndim == 2 else mask
+
+    def channel_mask(self, mask: Tensor) -> Tensor:
+        """[B, N, K] -> [B, N x C, K]: each stem's mask on all its latent channels."""
+        return mask.repeat_interleave(self.config.latent_channels, dim=1)
+
+    def denoise(self, x: Tensor, sigma: Tensor | float, given: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
+        """x [B, N x C, K]; mask (True: given) per stem [B, N] or per stem and frame [B, N, K]."""
+        sigma = as_sigma_batch(sigma, x)
+        b, _, k = x.shape
+        if mask is None:
+            mask = torch.zeros(b, self.config.stems, dtype=torch.bool, device=x.device)
+        mask = self.frame_mask(mask, k)
+        given = torch.zeros_like(x) if given is None else given * self.channel_mask(mask).to(x.dtype)
+        sd = self.config.sigma_data
+        s = sigma[:, None, None]
+        c_skip = sd ** 2 / (s ** 2 + sd ** 2)
+        c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
+        c_in = 1 / (s ** 2 + sd ** 2).sqrt()
+        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4, given / sd, mask)
+
+    def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        return self.denoise(x, sigma)
+
+    def with_given(self, given: Tensor, mask: Tensor):
+        """The conditional denoiser for a mask [B, N] or [B, N, K] (True: given)."""
+        def conditioned(x: Tensor, sigma: Tensor) -> Tensor:
+            return self.denoise(x, sigma, given, mask)
+        return conditioned
+
+    def loss(self, x0: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """EDM's weighted denoising loss on the stems not given (the given ones
+        are the condition, their output is not asked for)."""
+        b = x0.shape[0]
+        sigma = (torch.randn(b, generator=generator) * self.config.sigma_std + self.config.sigma_mean).exp()
+        noisy = x0 + sigma[:, None, None] * torch.randn(x0.shape, generator=generator)
+        denoised = self.denoise(noisy, sigma, x0, mask)
+        sd = self.config.sigma_data
+        weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
+        free = (~self.channel_mask(self.frame_mask(mask, x0.shape[-1]))).to(x0.dtype)
+        per_item = ((denoised - x0) ** 2 * free).sum(dim=(1, 2)) / free.sum(dim=(1, 2)).clamp_min(1)
+        return (weight * per_item).mean()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

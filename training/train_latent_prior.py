@@ -1,0 +1,225 @@
+"""Train the multi-source latent diffusion prior (engine.core.latent_prior).
+
+1. Every track's stems are encoded once by the stem autoencoder and cached
+   (float16, `DATA/.latents/<autoencoder hash>/<split>/<track>.npy`, [N, C, K]):
+   the prior then never touches audio, which is what makes it cheap.
+2. Items are crops of `--frames` latent frames of all stems of one track (no
+   remixing: the prior must learn how the stems of one song fit together).
+3. Each item draws what is given (MSG-LD's arrangement training): nothing
+   (generation), a random subset of stems with at least one free
+   (accompaniment), or everything but a time range of some stems
+   (regenerating a range, continuation). The loss is EDM's on the free parts.
+
+    python -m training.train_latent_prior --data data/synth -o runs/prior --autoencoder runs/ae/best.safetensors --minutes 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+
+from engine.atomic import write_atomic
+from engine.core.autoencoder import StemAutoencoder
+from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet, count_parameters
+from training.data import Track, scan
+from training.train_autoencoder import load_autoencoder
+from training.train_separator import learning_rate
+
+STEMS = ("bass", "drums", "guitar", "piano")
+LATENT_PRIOR_FORMAT = "msdm-studio/latent-prior/1"
+
+
+def read_stems(track: Track, frames: int) -> np.ndarray:
+    out = np.zeros((len(STEMS), frames), np.float32)
+    for i, stem in enumerate(STEMS):
+        for path in track.files.get(stem) or []:
+            data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+            out[i, :min(frames, len(data))] += data[:frames].mean(axis=1)
+    return out
+
+
+@torch.no_grad()
+def encode_track(autoencoder: StemAutoencoder, stems: np.ndarray, chunk: int = 262144) -> np.ndarray:
+    """[N, T] -> [N, C, T // hop + 1], in chunks (the encoder's receptive field is
+    a few frames, so chunk edges cost nothing measurable at this chunk size)."""
+    hop = autoencoder.config.hop
+    latents = [autoencoder.encode(torch.from_numpy(stems[:, s:s + chunk])).numpy()
+               for s in range(0, stems.shape[1], chunk)]
+    joined = np.concatenate([l[:, :, :-1] if i < len(latents) - 1 else l for i, l in enumerate(latents)], axis=-1)
+    return joined[:, :, :stems.shape[1] // hop + 1]
+
+
+def cache_latents(roots: list[Path], split: str, autoencoder: StemAutoencoder, digest: str) -> list[Path]:
+    files = []
+    for root in roots:
+        folder = root / ".latents" / digest / split
+        folder.mkdir(parents=True, exist_ok=True)
+        tracks = scan(root / split, STEMS).tracks
+        for n, track in enumerate(tracks):
+            target = folder / f"{track.name}.npy"
+            if not target.is_file():
+                latent = encode_track(autoencoder, read_stems(track, track.frames)).astype(np.float16)
+                write_atomic(target, lambda tmp: np.save(open(tmp, "wb"), latent))
+            files.append(target)
+            if n % 50 == 0:
+                print(f"latents {root}/{split}: {n + 1}/{len(tracks)}", flush=True)
+    return files
+
+
+def draw_mask(rng: np.random.Generator, stems: int, frames: int) -> np.ndarray:
+    """bool [N, K], True where given."""
+    kind = rng.random()
+    if kind < 0.3:
+        return np.zeros((stems, frames), bool)
+    if kind < 0.8:
+        given = rng.random(stems) < 0.5
+        if given.all():
+            given[rng.integers(stems)] = False
+        return np.repeat(given[:, None], frames, axis=1)
+    mask = np.ones((stems, frames), bool)
+    free = rng.random(stems) < 0.5
+    if not free.any():
+        free[rng.integers(stems)] = True
+    width = int(rng.integers(frames // 8, frames // 2))
+    start = int(rng.integers(0, frames - width))
+    mask[free, start:start + width] = False
+    return mask
+
+
+class LatentCrops(Dataset):
+    def __init__(self, files: list[Path], frames: int, seed: int) -> None:
+        self.latents = [np.load(f, mmap_mode="r") for f in files]
+        self.latents = [l for l in self.latents if l.shape[-1] > frames]
+        self.frames, self.seed = frames, seed
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        latent = self.latents[rng.integers(len(self.latents))]
+        start = int(rng.integers(0, latent.shape[-1] - self.frames))
+        crop = np.asarray(latent[:, :, start:start + self.frames], dtype=np.float32)
+        n, c, k = crop.shape
+        return torch.from_numpy(crop.reshape(n * c, k)), torch.from_numpy(draw_mask(rng, n, k))
+
+
+def save_prior(denoiser: LatentDenoiser, path: Path, metadata: dict) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in denoiser.net.state_dict().items()}
+    header = {"format": LATENT_PRIOR_FORMAT, "config": json.dumps(denoiser.config.to_dict()),
+              **{k: str(v) for k, v in metadata.items()}}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+@torch.no_grad()
+def valid_loss(denoiser: LatentDenoiser, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    generator = torch.Generator().manual_seed(0)
+    return float(np.mean([float(denoiser.loss(x, m, generator)) for x, m in batches]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, nargs="+")
+    parser.add_argument("-o", "--out", type=Path, required=True)
+    parser.add_argument("--autoencoder", type=Path, required=True, help="a train_autoencoder best.safetensors")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=256, help="latent frames per crop (256: ~3 s)")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--channels", type=int, default=128)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--valid-every", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, help="start from this prior's weights (a best.safetensors)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    autoencoder, digest = load_autoencoder(args.autoencoder)
+    train_files = cache_latents(args.data, "train", autoencoder, digest)
+    valid_files = cache_latents(args.data[:1], "valid", autoencoder, digest)
+    dataset = LatentCrops(train_files, args.frames, args.seed)
+    valid_set = LatentCrops(valid_files, args.frames, seed=12345)
+    valid = [tuple(torch.stack(v) for v in zip(*[valid_set[b * 16 + i] for i in range(16)])) for b in range(4)]
+    sigma_data = float(torch.cat([x for x, _ in valid]).std())
+    config = LatentPriorConfig(latent_channels=autoencoder.config.latent_channels, channels=args.channels,
+                               sigma_data=round(sigma_data, 4))
+    torch.manual_seed(args.seed)
+    denoiser = LatentDenoiser(LatentUNet(config))
+    if args.init is not None and not (args.out / "last.pt").is_file():
+        denoiser.net.load_state_dict(load_file(str(args.init)))
+    ema = copy.deepcopy(denoiser).requires_grad_(False)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    state_path, log_path = args.out / "last.pt", args.out / "log.csv"
+    step, elapsed, best = 0, 0.0, math.inf
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        denoiser.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
+        print(f"resumed at step {step}, {elapsed / 60:.1f} min trained, best valid {best:.4f}", flush=True)
+    print(f"{len(dataset.latents)} training tracks; {count_parameters(denoiser):,} parameters; sigma_data "
+          f"{sigma_data:.3f}; {config}", flush=True)
+    loader = DataLoader(dataset, batch_size=args.batch, sampler=range(step * args.batch, 1 << 40), num_workers=1,
+                        prefetch_factor=4, persistent_workers=True)
+    new_log = not log_path.is_file()
+    log = open(log_path, "a", newline="")
+    writer = csv.writer(log)
+    if new_log:
+        writer.writerow(["step", "minutes", "lr", "train_loss", "valid_loss_ema"])
+    budget = args.minutes * 60
+    losses: list[float] = []
+    began = time.perf_counter() - elapsed
+    for x, mask in loader:
+        lr = learning_rate(args.lr, step, time.perf_counter() - began, budget)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = denoiser.loss(x, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), denoiser.parameters()):
+                e.lerp_(p, 1 - decay)
+        losses.append(float(loss.detach()))
+        step += 1
+        done = time.perf_counter() - began >= budget
+        if step % args.valid_every == 0 or done:
+            score = valid_loss(ema, valid)
+            minutes = (time.perf_counter() - began) / 60
+            writer.writerow([step, f"{minutes:.2f}", f"{lr:.3g}", f"{np.mean(losses):.4f}", f"{score:.4f}"])
+            log.flush()
+            print(f"step {step} {minutes:.1f} min train {np.mean(losses):.4f} valid (EMA) {score:.4f}", flush=True)
+            losses = []
+            if score < best:
+                best = score
+                save_prior(ema, args.out / "best.safetensors",
+                           {"step": step, "valid_loss": round(best, 5), "autoencoder": digest,
+                            "data": ",".join(map(str, args.data))})
+            state = {"model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                     "step": step, "elapsed": time.perf_counter() - began, "best": best}
+            write_atomic(state_path, lambda tmp: torch.save(state, tmp))
+        if done:
+            break
+    log.close()
+    print(f"done: step {step}, best valid loss {best:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
