@@ -4,6 +4,8 @@ imported only when a handler runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 from engine.errors import CommandError
@@ -54,6 +56,36 @@ def register(commands) -> None:
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_options(ev)
     ev.set_defaults(handler=run_evaluate)
+
+    eg = commands.add_parser(
+        "evaluate-generation", help="score a model's generation and imputation (distance, pitch, agreement)",
+        description="Per stem: Fréchet distances of log-mel and of note-structure frame features (0 = real "
+                    "windows from other tracks, 1 = noise shaped to them), pitch clarity (and its ratio to real "
+                    "stems) and, for imputation, chroma and onset agreement with the given stems (0 = another "
+                    "track's stem, 1 = the true stem), on windows of the split; beside real and shaped-noise "
+                    "reference rows. Writes a CSV and a markdown table.")
+    eg.add_argument("--data", required=True, type=Path, help="dataset folder holding the split")
+    eg.add_argument("--split", default="test", help="which split to use (default test)")
+    eg.add_argument("--windows", type=int, default=8, help="evaluation windows, one model window each (default 8)")
+    eg.add_argument("--tasks", nargs="+", default=["generate", "impute"], choices=("generate", "impute"),
+                    help="what to score (default both)")
+    eg.add_argument("--given", nargs="+", default=["bass+drums", "piano"], metavar="STEM[+STEM...]",
+                    help="given stems of each imputation run (default: bass+drums piano)")
+    eg.add_argument("--steps", type=int, help="sampler steps (default: the task's, 150 / 256)")
+    eg.add_argument("--method", choices=("euler", "heun", "dpmpp2m"), help="sampler method (default: the task's)")
+    eg.add_argument("--churn", type=float, help="S_churn (default: the task's)")
+    eg.add_argument("--resamples", type=int, help="resamples per step (default 1)")
+    eg.add_argument("--sigma-max", type=float, help="highest noise level (default: the task's)")
+    eg.add_argument("--batch", type=int, default=4, help="windows sampled together (default 4)")
+    eg.add_argument("--draws", type=int, default=16, help="real draws that calibrate the distance (default 16)")
+    eg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    eg.add_argument("--cache", type=Path, help="folder that keeps the sampled windows as WAV files: a rerun with "
+                                               "the same model, windows and settings reads them back")
+    eg.add_argument("--csv", type=Path, default=Path("generation_results.csv"), help="CSV output")
+    eg.add_argument("--markdown", type=Path, default=Path("generation_results.md"), help="markdown output")
+    eg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_model_options(eg)
+    eg.set_defaults(handler=run_evaluate_generation)
 
     trn = commands.add_parser("train", help="train a model (PyTorch Lightning; CPU, GPU, many GPUs)",
                               description="Writes OUT/model.safetensors, Lightning checkpoints (OUT/checkpoints, "
@@ -149,6 +181,61 @@ def run_evaluate(args) -> int:
     finally:
         bar.close()
     write_results(results, args.csv, args.markdown)
+    print(args.markdown.read_text())
+    return 0
+
+
+def run_evaluate_generation(args) -> int:
+    from engine.core import tasks
+    from training.evaluate_generation import Judge, elapsed, same_seed_correlation, score_task, write_report
+    from training.generation_candidates import load_real_windows, sample_candidates
+
+    if args.windows < 2:
+        raise CommandError("--windows must be at least 2 (a covariance needs two windows' frames)")
+    models = load_models_for(args)
+    given_sets = [tuple(g.split("+")) for g in args.given] if "impute" in args.tasks else []
+    for given in given_sets:
+        unknown = [g for g in given if g not in models.stems]
+        if unknown or len(set(given)) != len(given) or len(given) >= len(models.stems):
+            raise CommandError(f"--given {'+'.join(given)}: name some but not all of the stems "
+                               f"{', '.join(models.stems)}, each once, joined by +")
+    runs = (["generate"] if "generate" in args.tasks else []) + [("impute", g) for g in given_sets]
+    began = time.perf_counter()
+    bar = ProgressBar(args.quiet)
+    try:
+        real = load_real_windows(args.data, models.stems, models.sample_rate, models.window, args.windows,
+                                 split=args.split, seed=args.seed)
+        judge = Judge(real, draws=args.draws, seed=args.seed,
+                      progress=lambda f, m: bar(0.1 * f, m))
+        rows, imputed, notes = [], {}, []
+        for index, run in enumerate(runs):
+            task, given = (run, ()) if run == "generate" else run
+            base = tasks.GENERATE if task == "generate" else tasks.IMPUTE
+            settings = base.override(steps=args.steps, method=args.method, s_churn=args.churn,
+                                     num_resamples=args.resamples, sigma_max=args.sigma_max)
+
+            def progress(fraction, message, index=index):
+                bar(0.1 + 0.9 * (index + fraction) / len(runs), message)
+
+            audio = sample_candidates(models, task, real, settings, given=given, seed=args.seed,
+                                      batch=args.batch, cache=args.cache, progress=progress)
+            label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
+                     f"churn {settings.s_churn:g}, NFE {settings.nfe})")
+            record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}
+            rows += score_task(judge, task, audio, given=given, label=label, settings=record, seed=args.seed)
+            if task == "impute":
+                imputed[given] = audio
+    finally:
+        bar.close()
+    pairs = [(a, b) for i, a in enumerate(imputed) for b in list(imputed)[i + 1:]]
+    for a, b in pairs:
+        for stem in models.stems:
+            if stem not in a and stem not in b:
+                n = models.stems.index(stem)
+                notes.append(f"{stem} imputed from {'+'.join(a)} and from {'+'.join(b)} with the same seed: "
+                             f"sample correlation {same_seed_correlation(imputed[a][:, n], imputed[b][:, n]):.3f}.")
+    notes.append(f"{args.data}/{args.split}, model {models.describe()}, {elapsed(began)}.")
+    write_report(rows, judge, args.csv, args.markdown, notes)
     print(args.markdown.read_text())
     return 0
 
