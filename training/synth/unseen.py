@@ -47,7 +47,7 @@ from .arrangement import PROGRAMS, STEMS, arrange
 from .corpus import _music21, load_piece, Piece, SynthError, TrackPlan, UnusablePiece
 from .dataset import _default_jobs, RELEASE_SECONDS
 from .reserved import RESERVED_COMPOSERS, RESERVED_TOOLS
-from .rendering import _fit, mix_stems, write_midi, write_wav_float32
+from .rendering import _fit, MIDI_TEMPO, mix_stems, TICKS_PER_BEAT, write_midi, write_wav_float32
 
 
 # Bump when a change alters the audio, so a resumed run never mixes versions.
@@ -58,6 +58,7 @@ PITCHED = ("bass", "guitar", "piano")
 # A per-track random stream of its own: tracks of this set never repeat the
 # draws of the synthetic dataset's track of the same number and seed.
 STREAM = 0x756E  # "un"
+MIDI_TICKS_PER_SECOND = TICKS_PER_BEAT * 1_000_000 // MIDI_TEMPO  # write_midi's grid (0.5 ms)
 
 # Licences, from each package's /usr/share/doc/<package>/copyright (Debian 12);
 # each Hydrogen kit's own licence is read from its drumkit.xml.
@@ -195,6 +196,9 @@ def render_track(job: Job) -> dict:
             rendered.unlink()
             if float(np.abs(raw[stem]).max()) < 1e-4:
                 raise SynthError(f"timidity rendered silence for the {stem} (program {programs[stem]})")
+        # Hits on write_midi's 0.5 ms grid, so midi/drums.mid plays back to exactly this stem.
+        for note in notes["drums"]:
+            note.on = round(note.on * MIDI_TICKS_PER_SECOND) / MIDI_TICKS_PER_SECOND
         write_midi(tmp / "midi" / "drums.mid", notes["drums"], 0, seconds)
         drums, samples = hydrogen.play(kit, notes["drums"], frames, sr)
         raw["drums"] = _fit(drums, frames, sr)
