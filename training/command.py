@@ -16,7 +16,8 @@ from engine.jobs.progress import ProgressBar
 def register(commands) -> None:
     ds = commands.add_parser("dataset", help="make datasets")
     ds_commands = ds.add_subparsers(dest="dataset_command", required=True, metavar="KIND",
-                                    help="synth: render the synthetic Slakh-like dataset")
+                                    help="synth: render the synthetic Slakh-like dataset; unseen: render test "
+                                         "tracks from material reserved for evaluation")
     synth = ds_commands.add_parser(
         "synth", help="render a Slakh-like multi-stem dataset (music21 corpus + FluidSynth)",
         description="4-part pieces of the music21 corpus rendered with General MIDI instruments "
@@ -36,6 +37,21 @@ def register(commands) -> None:
                        help="render only this split's tracks (repeatable; default all)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_dataset)
+
+    unseen = ds_commands.add_parser(
+        "unseen", help="render test tracks the separator has never heard (evaluation only)",
+        description="Monteverdi and Josquin from the music21 corpus, pitched stems rendered by TiMidity++ with "
+                    "freepats, drums played with recorded Hydrogen kits: material RESERVED for evaluation (never "
+                    "train, tune or select models on it). Writes OUT/test/TrackNNNNN/ like `dataset synth`, so "
+                    "`msdm evaluate --data OUT --split test` scores it. Needs: apt-get install timidity freepats "
+                    "hydrogen-drumkits.")
+    unseen.add_argument("--out", required=True, type=Path, help="dataset folder (resumable: finished tracks are kept)")
+    unseen.add_argument("--tracks", required=True, type=int, help="number of tracks")
+    unseen.add_argument("--seed", type=int, default=0, help="random seed: same seed, same tracks (default 0)")
+    unseen.add_argument("--max-seconds", type=float, default=60.0, help="longest track, in seconds (default 60)")
+    unseen.add_argument("--jobs", type=int, help="parallel renders (default: one per core)")
+    unseen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    unseen.set_defaults(handler=run_dataset_unseen)
 
     ev = commands.add_parser("evaluate", help="score separation on a dataset split (the paper's protocol)",
                              description="SI-SNRi per stem over 4 s windows of 262144-sample chunks, as in "
@@ -258,6 +274,28 @@ def run_dataset(args) -> int:
     splits = summary.get("splits", {})
     print(f"wrote {args.out}: {summary.get('seconds', 0) / 3600:.2f} h of audio; " + ", ".join(
         f"{name} {split.get('tracks', 0)} tracks" for name, split in splits.items()))
+    return 0
+
+
+def run_dataset_unseen(args) -> int:
+    from training.synth import SynthError
+    from training.synth.unseen import render_unseen
+
+    if args.tracks < 1:
+        raise CommandError("--tracks must be at least 1")
+    bar = ProgressBar(args.quiet)
+    try:
+        summary = render_unseen(args.out, args.tracks, args.seed, max_seconds=args.max_seconds, jobs=args.jobs,
+                                progress=lambda done, total: bar(done / total, f"rendered {done}/{total}"))
+    except SynthError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        bar.close()
+    test = summary["splits"]["test"]
+    print(f"wrote {args.out}: {test['tracks']} test tracks, {test['seconds'] / 60:.1f} min of audio "
+          f"(reserved for evaluation)")
+    for skip in summary["skipped"]:
+        print(f"skipped {skip['track']} ({skip['piece']}): {skip['error']}")
     return 0
 
 

@@ -101,8 +101,13 @@ class Piece:
 _PIECES: dict[str, Piece] = {}  # per process: several tracks may share a piece
 
 
-def load_piece(piece_id: str, cache_dir: Path | None = None) -> Piece:
-    """The piece's notes, from this process's memory, the JSON cache, or music21."""
+def load_piece(piece_id: str, cache_dir: Path | None = None, *, max_parts: int = 4) -> Piece:
+    """The piece's notes, from this process's memory, the JSON cache, or music21.
+
+    ``max_parts``: the training corpus uses 4-part pieces only; evaluation
+    material (training/synth/unseen.py) also takes 5- and 6-part madrigals
+    and picks four voices per track.
+    """
     if piece_id in _PIECES:
         return _PIECES[piece_id]
     cache = cache_dir / (piece_id.replace("/", "__") + ".json") if cache_dir else None
@@ -113,7 +118,7 @@ def load_piece(piece_id: str, cache_dir: Path | None = None) -> Piece:
         with warnings.catch_warnings():  # music21 warns about quirks of some scores (overfull bars)
             warnings.simplefilter("ignore")
             try:
-                data = _extract(music21.corpus.parse(piece_id))
+                data = _extract(music21.corpus.parse(piece_id), max_parts)
             except UnusablePiece:
                 raise
             except Exception as exc:  # a score music21 cannot read is one piece fewer, not a failed run
@@ -128,13 +133,17 @@ def load_piece(piece_id: str, cache_dir: Path | None = None) -> Piece:
     return piece
 
 
-def _extract(score) -> dict:
-    """Plain note lists, bars and phrase ends of a parsed score (JSON-able).
+def _extract(score, max_parts: int = 4) -> dict:
+    """Plain note lists, bars and phrase ends of a parsed score (JSON-able),
+    for a score with 4 to ``max_parts`` parts that have notes.
 
     Walks measures by hand and joins tied notes ourselves: ``flatten().stripTies()``
     is several times slower on the long quartet movements.
     """
-    from music21 import expressions
+    from music21 import expressions, stream
+
+    if isinstance(score, stream.Opus):  # an ABC file holds one tune per voice (the Josquin chansons)
+        score = score.mergeScores()
 
     voices, names, phrase_ends = [], [], set()
     for part in score.parts:
@@ -164,10 +173,11 @@ def _extract(score) -> dict:
             notes.sort(key=lambda n: (n[1], n[0]))
             voices.append(notes)
             names.append(str(part.partName or f"Part {len(names) + 1}"))
-    if len(voices) != 4:
-        raise UnusablePiece(f"{len(voices)} of its parts have notes, not 4")
-    # Lowest voice last, so index 3 is always the bass.
-    order = sorted(range(4), key=lambda i: -float(np.mean([n[0] for n in voices[i]])))
+    if not 4 <= len(voices) <= max_parts:
+        wanted = "4" if max_parts == 4 else f"4 to {max_parts}"
+        raise UnusablePiece(f"{len(voices)} of its parts have notes, not {wanted}")
+    # Lowest voice last, so index 3 of a 4-part piece is always the bass.
+    order = sorted(range(len(voices)), key=lambda i: -float(np.mean([n[0] for n in voices[i]])))
     end = max(n[1] + n[2] for v in voices for n in v)
     return {
         "voices": [voices[i] for i in order],
