@@ -236,6 +236,18 @@ def plan_tracks(tracks: int, seed: int, pieces: tuple[str, ...] | None = None) -
     return plans
 
 
+def first_usable_piece(plan: TrackPlan, cache_dir: Path | None = None) -> Piece:
+    """The planned piece, or the first usable fallback (e.g. palestrina/Credo_81_c.krn
+    claims 4 parts but two are empty); same split either way, so splits stay disjoint."""
+    problems = []
+    for piece_id in (plan.piece, *plan.fallbacks):
+        try:
+            return load_piece(piece_id, cache_dir)
+        except UnusablePiece as exc:
+            problems.append(f"{piece_id}: {exc}")
+    raise SynthError(f"{plan.name}: no usable piece among its candidates ({'; '.join(problems)})")
+
+
 @dataclass
 class MidiNote:
     channel: int
