@@ -33,6 +33,7 @@ TEMPO_RANGES = {"4/4": (70.0, 150.0), "3/4": (80.0, 170.0), "6/8": (45.0, 95.0),
 # an ending chord. Cut at the track's length, so long forms end early.
 FORMS = (("A", "A", "B", "A"), ("A", "B", "A", "B"), ("I", "A", "B", "A", "B"), ("A", "A", "B", "B", "A"),
          ("A", "B", "C", "A"), ("I", "A", "A", "B", "A", "C"), ("A", "B", "A", "C", "B"))
+TACET_P = 0.15  # a section where guitar or piano sits out (arrangements thin and thicken)
 REDRAW_ON_REPEAT = 0.3  # chance a stem plays a new part when its section comes back
 HUMANISE_SECONDS = 0.004  # onset jitter (standard deviation), clipped at 2.5 sigma
 DRUMS_GENRE_P = 0.45  # a genre groove (rock, funk, shuffle, half-time, bossa), else the corpus drummer
@@ -75,8 +76,10 @@ def arrange_generated(rng: np.random.Generator, max_seconds: float) -> tuple[dic
                 parts[stem] = template["parts"][stem] if previous is None else _draw_part(stem, ctx, rng)
             else:
                 parts[stem] = dict(previous, level=previous["level"] + float(rng.uniform(-6, 6)))
-        sections.append({"letter": letter, "start_bar": bar, "bars": bars, "parts": parts,
-                         "tacet": template["tacet"]})
+        tacet = template["tacet"]
+        if letter != "I" and rng.random() < TACET_P:  # a verse without the guitar, say
+            tacet = (str(rng.choice(["guitar", "piano"])),)
+        sections.append({"letter": letter, "start_bar": bar, "bars": bars, "parts": parts, "tacet": tacet})
         spans_by_section.append(_spans(template["chords"], bar * meter.bar, bars * meter.bar))
         bar += bars
     # The ending: the tonic held for a bar by everyone.
@@ -112,6 +115,8 @@ def arrange_generated(rng: np.random.Generator, max_seconds: float) -> tuple[dic
         drums = genre_drum_notes(genre, timeline, rng, max_seconds, _phrase_ends(piece, timeline))
     intro_end = sum(s["bars"] for s in sections if s["letter"] == "I") * meter.bar * spq
     notes["drums"] = [n for n in drums if n.on >= intro_end - 0.05]
+    for n in notes["drums"]:  # a cymbal held past the end of the track is cut there
+        n.off = min(n.off, max_seconds)
 
     programs = {stem: int(rng.choice(PROGRAMS[stem])) for stem in PROGRAMS}
     programs["drums"] = int(rng.choice(DRUM_KITS))
@@ -141,7 +146,7 @@ def arrange_generated(rng: np.random.Generator, max_seconds: float) -> tuple[dic
         "programs": {stem: programs[stem] for stem in STEMS},
         # What each stem plays (the textures of its sections, the ending's chord aside).
         "voices": {stem: sorted({s[stem] for s in style["sections"][:-1] if stem not in s["tacet"]})
-                   or [style["sections"][-1][stem]] for stem in ("bass", "guitar", "piano")},
+                   or ["ending chord"] for stem in ("bass", "guitar", "piano")},
         "start_beat": 0.0,
         "loops": 1,
         "music_seconds": round(end, 6),

@@ -239,28 +239,34 @@ PICKS = {
 }
 
 
-def guitar_shape(chord: Chord, position: int) -> list[int]:
-    """Pitches of a chord shape a guitarist can play at a hand ``position``
-    (the fret of the index finger): the chord's bass on the lowest string that
-    has it within four frets, then on each higher string the lowest fret in
-    reach that gives a chord tone (open strings allowed in the first
-    positions); a string with none is not played. Low to high."""
+def guitar_fingering(chord: Chord, position: int) -> list[tuple[int, int]]:
+    """(string, fret) of a chord shape a guitarist can play at a hand
+    ``position`` (the fret of the index finger, reaching four frets up): the
+    chord's bass on the lowest of the three low strings that has it in reach,
+    then on each higher string the lowest fret in reach that gives a chord
+    tone above the string below (open strings allowed in the first
+    positions); a string with none is not played. Low string first."""
     pcs = set(chord.pitch_classes)
-    frets = range(max(0, position), position + 5)
-    shape: list[int] = []
+    fingering: list[tuple[int, int]] = []
     for s, open_pitch in enumerate(GUITAR_STRINGS):
-        options = ([open_pitch] if position <= 2 else []) + [open_pitch + f for f in frets if f > 0]
-        if not shape:
-            bass = [p for p in options if p % 12 == chord.bass]
+        frets = ([0] if position <= 2 else []) + [f for f in range(max(1, position), position + 5)]
+        if not fingering:
+            bass = [f for f in frets if (open_pitch + f) % 12 == chord.bass]
             if bass and s <= 2:
-                shape.append(bass[0])
+                fingering.append((s, bass[0]))
             continue
-        tones = [p for p in options if p % 12 in pcs and p > shape[-1]]
+        below = GUITAR_STRINGS[fingering[-1][0]] + fingering[-1][1]
+        tones = [f for f in frets if (open_pitch + f) % 12 in pcs and open_pitch + f > below]
         if tones:
-            shape.append(tones[0])
-    if len(shape) < 3:  # no bass within reach of this position: try the next one up
-        return guitar_shape(chord, position + 1) if position < 12 else sorted({_place(pc, 52) for pc in pcs})
-    return shape
+            fingering.append((s, tones[0]))
+    if len(fingering) < 3 and position < 12:  # no bass in reach here: the next position up
+        return guitar_fingering(chord, position + 1)
+    return fingering
+
+
+def guitar_shape(chord: Chord, position: int) -> list[int]:
+    """The pitches of ``guitar_fingering``, low to high."""
+    return [GUITAR_STRINGS[s] + f for s, f in guitar_fingering(chord, position)]
 
 
 def draw_guitar(rng, ctx: Context) -> dict:
@@ -273,6 +279,9 @@ def draw_guitar(rng, ctx: Context) -> dict:
     return {
         "texture": texture,
         "position": int(rng.choice([0, 0, 1, 2, 3, 5, 7])),
+        # Strings of the shape played: all, or only the top three or four (a
+        # lighter voicing that leaves the low register to bass and piano).
+        "top_strings": int(rng.choice([0, 0, 3, 4])),
         "strum": str(patterns[int(rng.integers(len(patterns)))]),
         "pick": tuple(picks[int(rng.integers(len(picks)))]),
         "stagger_ms": float(rng.uniform(*STRUM_STAGGER_MS)),
@@ -305,11 +314,11 @@ def _strum(shape: list[int], t: float, direction: str, stagger_s: float, dur: fl
 def strum_stagger(part: dict, strings: int, step_seconds: float, rng) -> float:
     """Seconds between two strings of one stroke: the part's stagger with a
     little variation, within STRUM_STAGGER_MS, and short enough that the whole
-    stroke takes at most half the time to the next stroke (a player sweeps
+    stroke takes at most 40 % of the time to the next stroke (a player sweeps
     faster at fast tempos)."""
     low, high = STRUM_STAGGER_MS
     ms = float(np.clip(part["stagger_ms"] * rng.uniform(0.85, 1.15), low, high))
-    ms = max(low, min(ms, 500.0 * step_seconds / max(1, strings - 1)))
+    ms = max(low, min(ms, 400.0 * step_seconds / max(1, strings - 1)))
     return ms / 1000.0
 
 
@@ -317,6 +326,10 @@ def guitar_events(part: dict, spans: list[Span], ctx: Context, rng) -> list[Even
     meter, texture = ctx.meter, part["texture"]
     out: list[Event] = []
     level = part["level"]
+
+    def shape_of(chord: Chord) -> list[int]:
+        shape = guitar_shape(chord, part["position"])
+        return shape[-part["top_strings"]:] if part.get("top_strings") else shape
     if texture == "strum":
         pattern = part["strum"]
         step = meter.bar / len(pattern)
@@ -324,7 +337,7 @@ def guitar_events(part: dict, spans: list[Span], ctx: Context, rng) -> list[Even
         hits = [(t, c) for t, c in hits if c != "."]
         for i, (t, stroke) in enumerate(hits):
             span = _span_at(spans, t)
-            shape = guitar_shape(span.chord, part["position"])
+            shape = shape_of(span.chord)
             # A stroke rings until the next one (where the hand may change shape).
             gap = (hits[i + 1][0] if i + 1 < len(hits) else spans[-1].end) - t
             if stroke == "x":  # a muted stroke: a percussive click of the strings
@@ -338,7 +351,7 @@ def guitar_events(part: dict, spans: list[Span], ctx: Context, rng) -> list[Even
         step = meter.bar / len(pick)
         for t in _grid(spans, step):
             span = _span_at(spans, t)
-            shape = guitar_shape(span.chord, part["position"])
+            shape = shape_of(span.chord)
             string = min(pick[int(round(_bar_position(t, meter) / step)) % len(pick)], len(shape) - 1)
             # Picked notes ring on until the chord changes (a held shape).
             out.append(Event(shape[string], t, (span.end - t) * 0.98, level - 8 + _accent(t, meter) + rng.normal(0, 5),
@@ -438,7 +451,7 @@ def close_voicing(chord: Chord, center: float, notes: int, previous: list[int] |
 
 def draw_piano(rng, ctx: Context) -> dict:
     right = str(rng.choice(RIGHT_HANDS, p=[0.22, 0.24, 0.18, 0.18, 0.18]))
-    left = str(rng.choice(LEFT_HANDS, p=[0.25, 0.25, 0.2, 0.15, 0.15]))
+    left = str(rng.choice(LEFT_HANDS, p=[0.22, 0.22, 0.18, 0.13, 0.25]))
     if right == "broken" and left == "broken":
         left = "root_hold"
     beats = ctx.meter.beats
@@ -446,7 +459,7 @@ def draw_piano(rng, ctx: Context) -> dict:
         "right": right,
         "left": left,
         "center": float(rng.uniform(58, 76)),  # the right hand's register: crosses the guitar's
-        "notes": int(rng.choice([3, 3, 4, 4, 5])),
+        "notes": int(rng.choice([3, 3, 3, 4, 4, 5])),
         "left_low": int(rng.integers(31, 43)),
         "block_every": float(rng.choice([1.0, 2.0, float(beats)]) if beats > 2 else 1.0),  # beats between chords
         "comp": tuple(COMPS[int(rng.integers(len(COMPS)))]),
