@@ -122,7 +122,9 @@ def test_strums_fan_out_five_to_thirty_ms_per_string():
         assert within.size > 50
         assert within.min() >= 0.005 - 1e-6 and within.max() <= 0.030 + 1e-6, (within.min(), within.max())
         checked += 1
-    assert checked >= 3
+        if checked == 3:
+            break
+    assert checked == 3
 
 
 def test_info_has_every_key_arrange_gives_plus_the_style(songs):
@@ -144,8 +146,8 @@ def test_info_has_every_key_arrange_gives_plus_the_style(songs):
 
 
 def test_every_track_index_gets_its_own_song():
-    charts = [tuple(c[2] for c in _song(i, 30.0)[1]["chords"]) + (_song(i, 30.0)[1]["quarter_bpm"],)
-              for i in range(40)]
+    infos = [_song(i, 30.0)[1] for i in range(30)]
+    charts = [tuple(c[2] for c in info["chords"]) + (info["quarter_bpm"],) for info in infos]
     assert len(set(charts)) == len(charts)
 
 
@@ -164,7 +166,7 @@ def test_arrange_track_from_either_source(monkeypatch):
     toy = synth.Piece("toy", [[[72 - 7 * v, float(t), 1.0] for t in range(32)] for v in range(4)],
                       ["S", "A", "T", "B"], [synth.Bar(4.0 * i, 4.0, 4.0, 1.0, 4, 2, "4/4") for i in range(8)],
                       [], 32.0)
-    monkeypatch.setattr(synth.corpus, "load_piece", lambda piece_id, cache_dir=None: toy)
+    monkeypatch.setattr(synth.corpus, "load_piece", lambda piece_id, cache_dir=None, parts=(4,): toy)
     plan = synth.TrackPlan(0, "Track00001", "train", "toy")
     notes, info = generated.arrange_track(plan, np.random.default_rng(1), 20.0, "corpus")
     corpus_notes, corpus_info = synth.arrange(toy, np.random.default_rng(1), 20.0)

@@ -259,3 +259,30 @@ def arrange_track(plan: TrackPlan | int, rng: np.random.Generator, max_seconds: 
     piece = first_usable_piece(plan, cache_dir)
     notes, info = arrange(piece, rng, max_seconds)
     return notes, {**info, "source": source, "piece": piece.id}
+
+
+def main(argv=None) -> int:
+    """Draw the piano rolls of a few generated songs (docs/images/generated-arrangements.png)."""
+    import argparse
+
+    from training.figures import plot_piano_rolls
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, help="PNG to write (atomically)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed; song i draws from default_rng([seed, i])")
+    parser.add_argument("--songs", type=int, nargs="+", default=[19, 6], help="track indices to draw")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how much of each song to show")
+    args = parser.parse_args(argv)
+    rolls = []
+    for index in args.songs:
+        notes, info = arrange_generated(np.random.default_rng([args.seed, index]), 60.0)
+        style = info["style"]
+        textures = "; ".join(f"{stem}: {', '.join(info['voices'][stem])}" for stem in ("bass", "guitar", "piano"))
+        rolls.append((f"song {index}: {style['key']}, {info['time_signature']} at {info['tempo_bpm']:.0f} BPM, "
+                      f"form {'-'.join(style['form'])}, drums {style['drums']}\n{textures}", notes))
+    print(plot_piano_rolls(rolls, args.out, args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
