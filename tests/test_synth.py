@@ -177,16 +177,16 @@ def test_drums_follow_the_meter(beats):
 def test_an_unusable_piece_falls_back_within_its_split(monkeypatch):
     plan = synth.TrackPlan(0, "Track00001", "valid", "bad/piece.krn", ("good/piece.mxl",))
 
-    def fake_load(piece_id, cache_dir=None):
+    def fake_load(piece_id, cache_dir=None, parts=(4,)):
         if piece_id.startswith("bad"):
             raise synth.UnusablePiece("2 of its parts have notes, not 4")
         return _toy_piece(4)
 
-    monkeypatch.setattr(synth.dataset, "load_piece", fake_load)
-    assert synth.dataset._first_usable_piece(plan, Path("unused")).id == "toy"
-    monkeypatch.setattr(synth.dataset, "load_piece", lambda *a: (_ for _ in ()).throw(synth.UnusablePiece("empty")))
+    monkeypatch.setattr(synth.corpus, "load_piece", fake_load)
+    assert synth.corpus.first_usable_piece(plan, Path("unused")).id == "toy"
+    monkeypatch.setattr(synth.corpus, "load_piece", lambda *a: (_ for _ in ()).throw(synth.UnusablePiece("empty")))
     with pytest.raises(synth.SynthError, match="no usable piece"):
-        synth.dataset._first_usable_piece(plan, Path("unused"))
+        synth.corpus.first_usable_piece(plan, Path("unused"))
 
 
 @needs_fluidsynth

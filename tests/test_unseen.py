@@ -53,7 +53,7 @@ def test_reserved_pieces_are_only_reserved_composers_with_four_to_six_parts():
 
 def test_a_josquin_chanson_is_one_piece_of_its_voices_and_four_are_kept():
     """An ABC file holds one tune per voice; load_piece merges them, lowest voice last."""
-    piece = corpus.load_piece("josquin/laDeplorationDeLaMorteDeJohannesOckeghem.abc", max_parts=unseen.MAX_PARTS)
+    piece = corpus.load_piece("josquin/laDeplorationDeLaMorteDeJohannesOckeghem.abc", parts=tuple(range(4, unseen.MAX_PARTS + 1)))
     assert len(piece.voices) == 5
     means = [np.mean([n[0] for n in v]) for v in piece.voices]
     assert means == sorted(means, reverse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -93,6 +93,40 @@ def plot_spectrograms(stems: Mapping[str, np.ndarray], sample_rate: int, out_png
     axes[-1].set_xlabel("seconds")
     if title:
         axes[0].set_title(title)
+    fig.tight_layout()
+    return _save(plt, fig, out_png)
+
+
+STEM_COLOURS = {"bass": "tab:blue", "drums": "0.55", "guitar": "tab:orange", "piano": "tab:green"}
+
+
+def plot_piano_rolls(songs: Sequence[tuple[str, Mapping[str, Sequence]]], out_png: str | os.PathLike,
+                     seconds: float | None = None) -> Path:
+    """One piano roll per song (title, stem -> notes with .pitch, .on, .off in
+    seconds), stems in their own colours, drums as ticks along the bottom;
+    the first ``seconds`` of each (all when None)."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(len(songs), 1, figsize=(11, 3.4 * len(songs)), dpi=110)
+    axes = np.atleast_1d(axes)
+    for ax, (title, stems) in zip(axes, songs):
+        end = seconds or max(n.off for notes in stems.values() for n in notes)
+        for stem, notes in stems.items():
+            shown = [n for n in notes if n.on < end]
+            if stem == "drums":  # GM percussion keys are not pitches: a rug under the roll
+                ax.vlines([n.on for n in shown], 14, 19, color=STEM_COLOURS[stem], lw=0.6)
+                continue
+            for n in shown:
+                ax.add_patch(plt.Rectangle((n.on, n.pitch - 0.4), min(n.off, end) - n.on, 0.8,
+                                           color=STEM_COLOURS[stem], alpha=0.6, lw=0))
+        ax.set_xlim(0, end)
+        ax.set_ylim(12, 100)
+        ax.set_ylabel("MIDI pitch")
+        ax.set_title(title, fontsize=9)
+    axes[-1].set_xlabel("seconds")
+    axes[0].legend(handles=[Patch(color=c, label=s) for s, c in STEM_COLOURS.items()], loc="upper right",
+                   ncol=4, fontsize=8)
     fig.tight_layout()
     return _save(plt, fig, out_png)
 

@@ -1,6 +1,7 @@
-"""One track's arrangement: the piece's lowest voice becomes the bass, the three
-upper voices are split between guitar and piano, folded into each
-instrument's range, at a random tempo and transposition, with drums.
+"""One track's arrangement: the piece's lowest voice becomes the bass, the
+upper voices (three; four or five in the extended set) are split between
+guitar and piano, folded into each instrument's range, at a random tempo and
+transposition, with drums.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def arrange(piece: Piece, rng: np.random.Generator, max_seconds: float) -> tuple
 
     transpose = int(rng.integers(-3, 4))
     programs = {stem: int(rng.choice(PROGRAMS[stem])) for stem in PROGRAMS}
-    upper = _assign_upper_voices(rng)
-    bass_down = _bass_octave_down(piece.voices[3], transpose, rng)
+    upper = _assign_upper_voices(rng, len(piece.voices) - 1)
+    bass_down = _bass_octave_down(piece.voices[-1], transpose, rng)
 
     stems = {
-        "bass": _voice_notes([piece.voices[3]], "bass", timeline, transpose - 12 * bass_down, rng, max_seconds),
+        "bass": _voice_notes([piece.voices[-1]], "bass", timeline, transpose - 12 * bass_down, rng, max_seconds),
         "guitar": _voice_notes([piece.voices[i] for i in upper["guitar"]], "guitar", timeline, transpose, rng,
                                max_seconds),
         "piano": _voice_notes([piece.voices[i] for i in upper["piano"]], "piano", timeline, transpose, rng,
@@ -63,7 +64,7 @@ def arrange(piece: Piece, rng: np.random.Generator, max_seconds: float) -> tuple
         "transpose": transpose,
         "bass_octave_down": bool(bass_down),
         "programs": {stem: programs[stem] for stem in STEMS},
-        "voices": {"bass": [piece.names[3]],
+        "voices": {"bass": [piece.names[-1]],
                    **{stem: [piece.names[i] for i in upper[stem]] for stem in ("guitar", "piano")}},
         "start_beat": start,
         "loops": loops,
@@ -84,13 +85,14 @@ def _start_bar(piece: Piece, window: float) -> float:
     return max([b.offset for b in piece.bars if b.offset <= entry + 1e-9], default=0.0)
 
 
-def _assign_upper_voices(rng) -> dict[str, list[int]]:
-    """Split voices 0-2 (soprano, alto, tenor) so guitar and piano each get at least one."""
+def _assign_upper_voices(rng, upper: int = 3) -> dict[str, list[int]]:
+    """Split the voices above the bass (soprano, alto, tenor in a 4-part
+    piece; 4 or 5 in a 5- or 6-part one) so guitar and piano each get at least one."""
     while True:
-        to_guitar = rng.random(3) < 0.5
-        if 0 < to_guitar.sum() < 3:
-            return {"guitar": [i for i in range(3) if to_guitar[i]],
-                    "piano": [i for i in range(3) if not to_guitar[i]]}
+        to_guitar = rng.random(upper) < 0.5
+        if 0 < to_guitar.sum() < upper:
+            return {"guitar": [i for i in range(upper) if to_guitar[i]],
+                    "piano": [i for i in range(upper) if not to_guitar[i]]}
 
 
 def _bass_octave_down(voice, transpose: int, rng) -> bool:

@@ -18,6 +18,8 @@ import numpy as np
 from engine.atomic import write_atomic
 from engine.errors import UserError
 
+from .reserved import RESERVED_COMPOSERS  # never in any plan
+
 
 SPLITS = ("train", "valid", "test")
 # Splits of tracks 1-10, 11-20, ...: 80/10/10, and all three from 3 tracks on.
@@ -26,6 +28,14 @@ SPLIT_PATTERN = ("train", "valid", "test") + ("train",) * 7
 # Corpus folders whose 4-part pieces we use. Excluded: 'demos' and
 # 'theoryExercises' (exercises, not music), 'trecento' (few, odd notation).
 COMPOSERS = ("bach", "palestrina", "haydn", "mozart", "beethoven", "schumann_robert")
+# The extended set (opt-in: plan_tracks(..., extended=True)), which leaves the
+# plan of COMPOSERS' 4-part pieces as it was: these folders' 4-6-part pieces
+# and COMPOSERS' 5- and 6-part ones (Palestrina's 693 five- and six-voice
+# movements, Bach's 21). The other folders of the corpus have at most 3 parts
+# (cpebach, handel, schubert, verdi, corelli, ciconia, luca, lusitano, weber)
+# or are tunes (essenFolksong, oneills1850, ...), checked with music21 9.
+EXTRA_COMPOSERS = ("johnson_j_r", "schumann_clara", "beach")
+EXTENDED_PARTS = (4, 5, 6)
 # Pieces with more notes are whole quartets in one file: slow to parse (10 s+)
 # for the minute we use.
 MAX_NOTE_COUNT = 4000
@@ -47,26 +57,32 @@ def _music21():
     return music21
 
 
-@functools.lru_cache(maxsize=1)
-def candidate_pieces() -> tuple[str, ...]:
-    """Corpus paths of the 4-part pieces we use, in a stable (sorted) order.
+@functools.lru_cache(maxsize=2)
+def candidate_pieces(extended: bool = False) -> tuple[str, ...]:
+    """Corpus paths of the pieces we use, in a stable (sorted) order: the
+    4-part pieces of COMPOSERS, or with ``extended`` those plus the 4-6-part
+    pieces of COMPOSERS and EXTRA_COMPOSERS.
 
     Read from music21's metadata bundle, so nothing is parsed here. A movement
     shipped both as .krn and .mxl is kept once (.mxl), or the same music could
     land in two splits.
     """
     corpus = _music21().corpus
+    composers = COMPOSERS + EXTRA_COMPOSERS if extended else COMPOSERS
+    parts = EXTENDED_PARTS if extended else (4,)
+    assert not set(composers) & set(RESERVED_COMPOSERS), "a folder reserved for evaluation"
     by_stem: dict[str, str] = {}
-    # search() first: iterating the whole 15000-entry bundle is quadratic (14 s).
-    for entry in corpus.search(4, "numberOfParts"):
-        md, path = entry.metadata, str(entry.sourcePath)
-        if entry.number is not None or path.split("/")[0] not in COMPOSERS:
-            continue
-        if md.numberOfParts != 4 or not md.noteCount or md.noteCount > MAX_NOTE_COUNT:
-            continue
-        stem = path.rsplit(".", 1)[0]
-        if stem not in by_stem or path.endswith(".mxl"):
-            by_stem[stem] = path
+    for n in parts:
+        # search() first: iterating the whole 15000-entry bundle is quadratic (14 s).
+        for entry in corpus.search(n, "numberOfParts"):
+            md, path = entry.metadata, str(entry.sourcePath)
+            if entry.number is not None or path.split("/")[0] not in composers:
+                continue
+            if md.numberOfParts != n or not md.noteCount or md.noteCount > MAX_NOTE_COUNT:
+                continue
+            stem = path.rsplit(".", 1)[0]
+            if stem not in by_stem or path.endswith(".mxl"):
+                by_stem[stem] = path
     if not by_stem:
         raise SynthError("music21's corpus has no 4-part pieces here; reinstall it: pip install music21")
     return tuple(sorted(by_stem.values()))
@@ -101,15 +117,11 @@ class Piece:
 _PIECES: dict[str, Piece] = {}  # per process: several tracks may share a piece
 
 
-def load_piece(piece_id: str, cache_dir: Path | None = None, *, max_parts: int = 4) -> Piece:
-    """The piece's notes, from this process's memory, the JSON cache, or music21.
-
-    ``max_parts``: the training corpus uses 4-part pieces only; evaluation
-    material (training/synth/unseen.py) also takes 5- and 6-part madrigals
-    and picks four voices per track.
-    """
+def load_piece(piece_id: str, cache_dir: Path | None = None, parts: tuple[int, ...] = (4,)) -> Piece:
+    """The piece's notes, from this process's memory, the JSON cache, or
+    music21; UnusablePiece unless it has a number of voices in ``parts``."""
     if piece_id in _PIECES:
-        return _PIECES[piece_id]
+        return _check_parts(_PIECES[piece_id], parts)
     cache = cache_dir / (piece_id.replace("/", "__") + ".json") if cache_dir else None
     if cache is not None and cache.is_file():
         data = json.loads(cache.read_text())
@@ -118,7 +130,7 @@ def load_piece(piece_id: str, cache_dir: Path | None = None, *, max_parts: int =
         with warnings.catch_warnings():  # music21 warns about quirks of some scores (overfull bars)
             warnings.simplefilter("ignore")
             try:
-                data = _extract(music21.corpus.parse(piece_id), max_parts)
+                data = _extract(music21.corpus.parse(piece_id), parts)
             except UnusablePiece:
                 raise
             except Exception as exc:  # a score music21 cannot read is one piece fewer, not a failed run
@@ -130,12 +142,17 @@ def load_piece(piece_id: str, cache_dir: Path | None = None, *, max_parts: int =
         bars=[Bar(*b) for b in data["bars"]], phrase_ends=data["phrase_ends"], end=data["end"],
     )
     _PIECES[piece_id] = piece
+    return _check_parts(piece, parts)
+
+
+def _check_parts(piece: Piece, parts: tuple[int, ...]) -> Piece:
+    if len(piece.voices) not in parts:
+        raise UnusablePiece(f"{len(piece.voices)} of its parts have notes, not {' or '.join(map(str, parts))}")
     return piece
 
 
-def _extract(score, max_parts: int = 4) -> dict:
-    """Plain note lists, bars and phrase ends of a parsed score (JSON-able),
-    for a score with 4 to ``max_parts`` parts that have notes.
+def _extract(score, parts: tuple[int, ...] = (4,)) -> dict:
+    """Plain note lists, bars and phrase ends of a parsed score (JSON-able).
 
     Walks measures by hand and joins tied notes ourselves: ``flatten().stripTies()``
     is several times slower on the long quartet movements.
@@ -173,10 +190,9 @@ def _extract(score, max_parts: int = 4) -> dict:
             notes.sort(key=lambda n: (n[1], n[0]))
             voices.append(notes)
             names.append(str(part.partName or f"Part {len(names) + 1}"))
-    if not 4 <= len(voices) <= max_parts:
-        wanted = "4" if max_parts == 4 else f"4 to {max_parts}"
-        raise UnusablePiece(f"{len(voices)} of its parts have notes, not {wanted}")
-    # Lowest voice last, so index 3 of a 4-part piece is always the bass.
+    if len(voices) not in parts:
+        raise UnusablePiece(f"{len(voices)} of its parts have notes, not {' or '.join(map(str, parts))}")
+    # Lowest voice last, so index -1 (3 in a 4-part piece) is always the bass.
     order = sorted(range(len(voices)), key=lambda i: -float(np.mean([n[0] for n in voices[i]])))
     end = max(n[1] + n[2] for v in voices for n in v)
     return {
@@ -211,6 +227,7 @@ class TrackPlan:
     split: str
     piece: str
     fallbacks: tuple[str, ...] = ()  # same split, used in turn if ``piece`` cannot be used
+    parts: tuple[int, ...] = (4,)  # voice counts the plan accepts (EXTENDED_PARTS in an extended plan)
 
 
 def split_pieces(pieces: list[str], seed: int) -> dict[str, list[str]]:
@@ -225,7 +242,24 @@ def split_pieces(pieces: list[str], seed: int) -> dict[str, list[str]]:
             "test": order[n_train + n_small:]}
 
 
-def plan_tracks(tracks: int, seed: int, pieces: tuple[str, ...] | None = None) -> list[TrackPlan]:
+def split_pieces_extended(seed: int) -> dict[str, list[str]]:
+    """The extended set's splits: every piece of the standard set keeps its
+    split, the added pieces are split (80/10/10) on their own, and each
+    split's pool is shuffled again so tracks draw old and new pieces mixed;
+    no piece is in two splits across the two kinds of dataset."""
+    base = candidate_pieces()
+    splits = split_pieces(list(base), seed)
+    added = split_pieces([p for p in candidate_pieces(extended=True) if p not in set(base)], seed)
+    rng = np.random.default_rng([seed, 1])
+    pools = {}
+    for split in SPLITS:
+        pools[split] = splits[split] + added[split]
+        rng.shuffle(pools[split])
+    return pools
+
+
+def plan_tracks(tracks: int, seed: int, pieces: tuple[str, ...] | None = None,
+                extended: bool = False) -> list[TrackPlan]:
     """Which piece and split each track gets.
 
     Tracks take their splits from SPLIT_PATTERN and each split its pieces in
@@ -234,7 +268,13 @@ def plan_tracks(tracks: int, seed: int, pieces: tuple[str, ...] | None = None) -
     depends only on the seed and its number: a dataset can be extended by
     asking for more tracks in the same folder.
     """
-    splits = split_pieces(list(candidate_pieces() if pieces is None else pieces), seed)
+    if extended and pieces is not None:
+        raise ValueError("give either pieces or extended=True, not both")
+    if extended:
+        splits = split_pieces_extended(seed)
+    else:
+        splits = split_pieces(list(candidate_pieces() if pieces is None else pieces), seed)
+    parts = EXTENDED_PARTS if extended else (4,)
     used = {split: 0 for split in SPLITS}
     plans = []
     for index in range(tracks):
@@ -242,8 +282,20 @@ def plan_tracks(tracks: int, seed: int, pieces: tuple[str, ...] | None = None) -
         pool, k = splits[split], used[split]
         used[split] += 1
         nearby = tuple(pool[(k + j) % len(pool)] for j in range(1, min(4, len(pool))))
-        plans.append(TrackPlan(index, f"Track{index + 1:05d}", split, pool[k % len(pool)], nearby))
+        plans.append(TrackPlan(index, f"Track{index + 1:05d}", split, pool[k % len(pool)], nearby, parts))
     return plans
+
+
+def first_usable_piece(plan: TrackPlan, cache_dir: Path | None = None) -> Piece:
+    """The planned piece, or the first usable fallback (e.g. palestrina/Credo_81_c.krn
+    claims 4 parts but two are empty); same split either way, so splits stay disjoint."""
+    problems = []
+    for piece_id in (plan.piece, *plan.fallbacks):
+        try:
+            return load_piece(piece_id, cache_dir, plan.parts)
+        except UnusablePiece as exc:
+            problems.append(f"{piece_id}: {exc}")
+    raise SynthError(f"{plan.name}: no usable piece among its candidates ({'; '.join(problems)})")
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 from engine.atomic import write_atomic
 
 from .arrangement import arrange, STEMS
-from .corpus import _music21, load_piece, Piece, plan_tracks, SPLITS, SynthError, TrackPlan, UnusablePiece
+from .corpus import _music21, first_usable_piece, plan_tracks, SPLITS, SynthError, TrackPlan
 from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
 
 
@@ -61,24 +61,12 @@ def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
     return names[0] if len(names) == 1 else names
 
 
-def _first_usable_piece(plan: TrackPlan, cache_dir: Path) -> Piece:
-    """The planned piece, or the first usable fallback (e.g. palestrina/Credo_81_c.krn
-    claims 4 parts but two are empty); same split either way, so splits stay disjoint."""
-    problems = []
-    for piece_id in (plan.piece, *plan.fallbacks):
-        try:
-            return load_piece(piece_id, cache_dir)
-        except UnusablePiece as exc:
-            problems.append(f"{piece_id}: {exc}")
-    raise SynthError(f"{plan.name}: no usable piece among its candidates ({'; '.join(problems)})")
-
-
 def render_track(job: Job) -> dict:
     """Render one track into a temporary folder and rename it into place."""
     plan, sr = job.plan, job.sample_rate
     split_dir = Path(job.out_dir) / plan.split
     rng = np.random.default_rng([job.seed, plan.index])  # per track: independent of jobs and order
-    piece = _first_usable_piece(plan, Path(job.out_dir) / ".cache" / "pieces")
+    piece = first_usable_piece(plan, Path(job.out_dir) / ".cache" / "pieces")
     notes, info = arrange(piece, rng, job.max_seconds)
     gains_db = {"bass": rng.uniform(-4, 2), "drums": rng.uniform(-3, 3),
                 "guitar": rng.uniform(-5, 1), "piano": rng.uniform(-5, 1)}

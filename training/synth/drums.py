@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -144,12 +145,17 @@ def _next_downbeat(bar_lines: list[int], t: int) -> int | None:
     return bar_lines[i] if 0 < i < len(bar_lines) - 1 else None
 
 
-def drum_notes(timeline: Timeline, rng, max_seconds: float, phrase_ends: list[int]) -> list[MidiNote]:
-    """A drum part that follows the bars of the timeline."""
+def drum_notes(timeline: Timeline, rng, max_seconds: float, phrase_ends: list[int],
+               groove: Callable[[Bar, int, np.random.Generator], list[tuple[int, int, float]]] | None = None,
+               ) -> list[MidiNote]:
+    """A drum part that follows the bars of the timeline. ``groove(bar,
+    bar_index, rng)`` gives a bar's (tick, key, velocity) hits in place of the
+    meter's basic beat (e.g. a genre's pattern, grooves.py); fills, crashes
+    and the ending are the same either way."""
     style = DrumStyle.sample(rng, timeline)
     hits = []
     for i, bar in enumerate(timeline.bars):
-        hits += _groove(bar, i, style, rng)
+        hits += _groove(bar, i, style, rng) if groove is None else groove(bar, i, rng)
     bar_lines = [ticks(b.offset) for b in timeline.bars]
     first_full = next((b for b in timeline.bars if _is_full(b)), timeline.bars[0])
     crashes = [ticks(first_full.offset)]

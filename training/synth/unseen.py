@@ -147,7 +147,7 @@ def _first_usable_piece(plan: TrackPlan, cache_dir: Path) -> Piece:
     problems = []
     for piece_id in (plan.piece, *plan.fallbacks):
         try:
-            return load_piece(piece_id, cache_dir, max_parts=MAX_PARTS)
+            return load_piece(piece_id, cache_dir, parts=tuple(range(4, MAX_PARTS + 1)))
         except UnusablePiece as exc:
             problems.append(f"{piece_id}: {exc}")
     raise SynthError(f"no usable piece among its candidates ({'; '.join(problems)})")
