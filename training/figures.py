@@ -198,3 +198,25 @@ def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out
     ax.set_title(title)
     fig.tight_layout()
     return _save(plt, fig, out_png)
+
+
+def plot_spectrogram_grid(panels: Mapping[str, np.ndarray], sample_rate: int, out_png: str | os.PathLike,
+                          title: str = "", columns: int = 4, max_hz: float | None = None) -> Path:
+    """Small spectrograms in a grid, one per labelled 1-D signal (e.g. one note per instrument)."""
+    plt = _pyplot()
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.0 * rows), dpi=110, sharey=True,
+                             squeeze=False)
+    for ax, (name, audio) in zip(axes.flat, panels.items()):
+        _specgram(ax, audio, sample_rate)
+        ax.set_ylim(0, max_hz or sample_rate / 2)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Hz", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(plt, fig, out_png)
