@@ -35,6 +35,15 @@ def register(commands) -> None:
                        help="render tracks FIRST..TRACKS of the plan only (more tracks of the same split of pieces)")
     synth.add_argument("--split", action="append", choices=("train", "valid", "test"),
                        help="render only this split's tracks (repeatable; default all)")
+    synth.add_argument("--timbres", choices=("soundfonts", "diverse", "holdout"), default="soundfonts",
+                       help="soundfonts (default): the --soundfont list with each track's GM programs; diverse: "
+                            "every SoundFont, recorded kit and synthesised instrument training may use, with "
+                            "random effects; holdout: the project's held-out timbres (MuseScore General, held-out "
+                            "synthesis families), for choosing models")
+    synth.add_argument("--music", choices=("corpus", "mixed"), default="corpus",
+                       help="corpus (default): 4-part pieces of the music21 corpus; mixed: half the tracks "
+                            "composed by the project (progressions, bass lines, strums, grooves), the rest from "
+                            "an extended corpus (4-6 parts, more composers)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(handler=run_dataset)
 
@@ -266,6 +275,7 @@ def run_dataset(args) -> int:
         summary = render_dataset(args.out, args.tracks, args.seed, max_seconds=args.max_seconds,
                                  soundfont=args.soundfont, jobs=args.jobs, first_track=args.first_track,
                                  splits=tuple(args.split or ("train", "valid", "test")),
+                                 timbres=args.timbres, music=args.music,
                                  progress=lambda done, total: bar(done / total, f"rendered {done}/{total}"))
     except SynthError as error:
         raise CommandError(str(error)) from None
@@ -274,6 +284,8 @@ def run_dataset(args) -> int:
     splits = summary.get("splits", {})
     print(f"wrote {args.out}: {summary.get('seconds', 0) / 3600:.2f} h of audio; " + ", ".join(
         f"{name} {split.get('tracks', 0)} tracks" for name, split in splits.items()))
+    for line in summary.get("skipped", []):
+        print(f"skipped {line}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from engine.atomic import write_atomic
 
 from .arrangement import arrange, STEMS
 from .corpus import _music21, first_usable_piece, plan_tracks, SPLITS, SynthError, TrackPlan
+from .generated import arrange_track
+from .timbres import TIMBRE_PLANS, draw_timbre, render_timbre
 from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
 
 
@@ -38,6 +41,8 @@ class Job:
     max_seconds: float
     soundfonts: tuple[str, ...]
     fluidsynth: str
+    timbres: str = "soundfonts"   # training.synth.timbres.TIMBRE_PLANS
+    music: str = "corpus"         # "corpus", or "mixed": half the tracks composed (training.synth.generated)
 
     def soundfont_for(self, stem: str) -> str:
         """Each stem of a track draws its SoundFont from the dataset's list, from
@@ -53,7 +58,10 @@ def _identity(job: Job) -> dict:
     """What must match for an existing track folder to count as done."""
     return {"planned_piece": job.plan.piece, "split": job.plan.split, "seed": job.seed, "sample_rate": job.sample_rate,
             "max_seconds": job.max_seconds, "soundfont": _soundfont_identity(job.soundfonts),
-            "generator_version": GENERATOR_VERSION}
+            "generator_version": GENERATOR_VERSION,
+            # The original engine's folders keep their identity (they resume as before).
+            **({} if job.timbres == "soundfonts" and job.music == "corpus"
+               else {"timbres": job.timbres, "music": job.music})}
 
 
 def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
@@ -63,6 +71,8 @@ def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
 
 def render_track(job: Job) -> dict:
     """Render one track into a temporary folder and rename it into place."""
+    if job.timbres != "soundfonts" or job.music != "corpus":
+        return render_diverse_track(job)
     plan, sr = job.plan, job.sample_rate
     split_dir = Path(job.out_dir) / plan.split
     rng = np.random.default_rng([job.seed, plan.index])  # per track: independent of jobs and order
@@ -104,6 +114,63 @@ def render_track(job: Job) -> dict:
     return metadata
 
 
+MIXED_GENERATED_SHARE = 0.5  # music "mixed": this share of the tracks are composed songs
+
+
+def render_diverse_track(job: Job) -> dict:
+    """A track of the timbre-diverse engine (issue 19): its music from the
+    corpus or composed, each stem's instrument drawn by training.synth.timbres,
+    each from its own random stream (seed, track, 100 + stem)."""
+    plan, sr = job.plan, job.sample_rate
+    split_dir = Path(job.out_dir) / plan.split
+    rng = np.random.default_rng([job.seed, plan.index])
+    source = "corpus"
+    if job.music == "mixed" and np.random.default_rng([job.seed, plan.index, 99]).random() < MIXED_GENERATED_SHARE:
+        source = "generated"
+    notes, info = arrange_track(plan, rng, job.max_seconds, source, Path(job.out_dir) / ".cache" / "pieces")
+    gains_db = {"bass": rng.uniform(-4, 2), "drums": rng.uniform(-3, 3),
+                "guitar": rng.uniform(-5, 1), "piano": rng.uniform(-5, 1)}
+    seconds = min(job.max_seconds, info["music_seconds"] + RELEASE_SECONDS)
+    frames = round(seconds * sr)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{plan.name}.tmp-", dir=split_dir))
+    try:
+        (tmp / "midi").mkdir()
+        raw, instruments = {}, {}
+        for index, stem in enumerate(STEMS):
+            stem_rng = np.random.default_rng([job.seed, plan.index, 100 + index])
+            timbre = draw_timbre(stem, stem_rng, job.timbres)
+            audio, instruments[stem] = render_timbre(timbre, stem, notes[stem], seconds, frames, sr, tmp / "midi",
+                                                     job.fluidsynth, stem_rng)
+            raw[stem] = _fit(audio, frames, sr)
+        stems, mix, scale = mix_stems(raw, gains_db)
+        for stem in STEMS:
+            write_wav_float32(tmp / f"{stem}.wav", stems[stem], sr)
+        write_wav_float32(tmp / "mix.wav", mix, sr)
+        piece = info.pop("piece", f"generated/{plan.index + 1:05d}")
+        metadata = {
+            "track": plan.name, **_identity(job), "piece": piece, "track_index": plan.index,
+            "composer": piece.split("/")[0], **info, "instruments": instruments,
+            "gains_db": {s: round(float(g), 4) for s, g in gains_db.items()},
+            "normalise_gain": scale, "duration_seconds": frames / sr, "frames": frames,
+            "stems": list(STEMS), "mix": "((bass + drums) + guitar) + piano, float32",
+        }
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True, default=_plain) + "\n")
+        os.rename(tmp, split_dir / plan.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metadata
+
+
+def _plain(value):
+    """numpy scalars and arrays in metadata, as JSON numbers and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-able")
+
+
 def _finished(job: Job) -> dict | None:
     """The metadata of an already rendered track, or None. A folder rendered
     with other settings is an error, not something to silently keep."""
@@ -135,7 +202,8 @@ def _default_jobs() -> int:
 
 def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22050, max_seconds: float = 60.0,
                    soundfont: str | Sequence[str] | None = None, jobs: int | None = None, progress=None,
-                   first_track: int = 1, splits: Sequence[str] = SPLITS) -> dict:
+                   first_track: int = 1, splits: Sequence[str] = SPLITS, timbres: str = "soundfonts",
+                   music: str = "corpus") -> dict:
     """Render ``tracks`` tracks into ``out_dir`` (resumable) and write dataset.json.
 
     ``soundfont``: one General MIDI SoundFont, or several: then each stem of
@@ -147,7 +215,19 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
 
     ``progress(done, total)`` is called once with the tracks already there,
     then after each track. Returns the summary written to dataset.json.
+
+    ``timbres`` "diverse" draws each stem's instrument from every SoundFont,
+    recorded kit and synthesised family training may use, with effects;
+    "holdout" from the project's held-out ones (training.synth.timbres).
+    ``music`` "mixed": half the tracks are songs the project composes, and the
+    corpus part takes the extended plan (4-6-part pieces, more composers).
+    A track that fails to render (a bad SoundFont, a hung renderer) is
+    skipped and listed in dataset.json's "skipped", not the end of the run.
     """
+    if timbres not in TIMBRE_PLANS:
+        raise ValueError(f"timbres must be one of {TIMBRE_PLANS}, got {timbres!r}")
+    if music not in ("corpus", "mixed"):
+        raise ValueError(f"music must be corpus or mixed, got {music!r}")
     if tracks < 1:
         raise ValueError(f"tracks must be at least 1, got {tracks}")
     if max_seconds <= 0:
@@ -167,31 +247,54 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
         raise ValueError(f"splits must be some of {SPLITS}, got {tuple(splits)}")
     if not 1 <= first_track <= tracks:
         raise ValueError(f"first_track must be between 1 and tracks ({tracks}), got {first_track}")
-    jobs_list = [Job(plan, str(out), seed, int(sample_rate), float(max_seconds), tuple(map(str, sf2s)), fluidsynth)
-                 for plan in plan_tracks(tracks, seed)[first_track - 1:] if plan.split in splits]
+    plans = plan_tracks(tracks, seed, extended=music == "mixed")
+    jobs_list = [Job(plan, str(out), seed, int(sample_rate), float(max_seconds), tuple(map(str, sf2s)), fluidsynth,
+                     timbres, music)
+                 for plan in plans[first_track - 1:] if plan.split in splits]
     results = {job.plan.index: m for job in jobs_list if (m := _finished(job)) is not None}
     todo = [job for job in jobs_list if job.plan.index not in results]
     if progress:
         progress(len(results), len(jobs_list))
     workers = max(1, min(jobs or _default_jobs(), len(todo) or 1))
+    skipped: dict[int, str] = {}
+
+    def record(job: Job, outcome) -> None:
+        # A track whose renderer failed (SynthError: a bad file, a renderer that
+        # hung) is skipped and listed; anything else is a bug and stops the run.
+        if isinstance(outcome, SynthError):
+            skipped[job.plan.index] = f"{job.plan.name}: {outcome}"
+            print(f"skipped {job.plan.name}: {outcome}", file=sys.stderr, flush=True)
+        else:
+            results[job.plan.index] = outcome
+        if progress:
+            progress(len(results) + len(skipped), len(jobs_list))
+
     if workers == 1:
         for job in todo:
-            results[job.plan.index] = render_track(job)
-            if progress:
-                progress(len(results), len(jobs_list))
+            try:
+                outcome = render_track(job)
+            except SynthError as error:
+                outcome = error
+            record(job, outcome)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(render_track, job): job for job in todo}
             try:
                 for future in as_completed(futures):
-                    results[futures[future].plan.index] = future.result()
-                    if progress:
-                        progress(len(results), len(jobs_list))
+                    try:
+                        outcome = future.result()
+                    except SynthError as error:
+                        outcome = error
+                    record(futures[future], outcome)
             except BaseException:  # fail now, not after rendering every queued track
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
 
+    jobs_list = [job for job in jobs_list if job.plan.index not in skipped]
     summary = _summary(jobs_list, results, seed, sample_rate, max_seconds, sf2s)
+    if timbres != "soundfonts" or music != "corpus":
+        summary["timbres"], summary["music"] = timbres, music
+    summary["skipped"] = [skipped[i] for i in sorted(skipped)]
     write_atomic(out / "dataset.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 

@@ -26,6 +26,9 @@ SOUNDFONT_CANDIDATES = (
     "/usr/share/sounds/sf2/default-GM.sf2",
 )
 INSTALL_HINT = "apt-get install fluidsynth timgm6mb-soundfont"
+# A minute of audio renders in about a second; a renderer still busy after
+# this is stuck (a damaged file), and the track is skipped, not waited for.
+RENDER_TIMEOUT_SECONDS = 120
 
 FADE_SECONDS = 0.02  # at the very end, so a cut-off note does not click
 MIX_PEAK = 0.9
@@ -103,7 +106,12 @@ def render_stem(fluidsynth: str, soundfont: Path, midi_path: Path, wav_path: Pat
     # SDL's audio probing costs ~0.1 s per start, more than rendering a short
     # stem; a file render never plays audio, so point SDL at its dummy driver.
     env = {**os.environ, "SDL_AUDIODRIVER": "dummy"}
-    result = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
+    try:
+        result = subprocess.run(command, check=False, capture_output=True, text=True, env=env,
+                                timeout=RENDER_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise SynthError(f"fluidsynth did not finish {midi_path.name} with {soundfont.name} within "
+                         f"{RENDER_TIMEOUT_SECONDS} s (a damaged SoundFont or MIDI file?)") from None
     if result.returncode != 0 or not wav_path.is_file():
         raise SynthError(f"fluidsynth failed on {midi_path.name} (exit {result.returncode}): "
                          f"{(result.stderr or result.stdout).strip()[-500:]}")

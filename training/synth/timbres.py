@@ -1,0 +1,113 @@
+"""Which instrument plays each stem of a track: the timbre plans of the
+dataset renderer (issue 19).
+
+"soundfonts" is the original engine (one of the given SoundFonts per stem,
+the arrangement's General MIDI program). "diverse" draws, per stem, from
+everything the project may train on:
+
+- the General MIDI SoundFonts from Debian that are not held out, with a
+  program drawn from all of the stem's GM programs (bass 32-39, guitar 24-31,
+  piano 0-7; drums one of the font's kits);
+- the recorded acoustic kits of avldrums.lv2-soundfont (Black Pearl, Red
+  Zeppelin) for drums;
+- the project's own synthesised instruments with random parameters and
+  effects (training.synth.instruments, training families only);
+
+and runs most SoundFont stems through the same random effect chain, so a
+stem's timbre is rarely one a SoundFont ships. "holdout" is the project's own
+held-out timbre set for model selection: MuseScore General and the held-out
+synthesis families (phase distortion; FM drum kits), never drawn for
+training. The material reserved for final evaluation (training/synth/
+reserved.py) is used by neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .arrangement import DRUM_KITS, PROGRAMS
+from .corpus import MidiNote, SynthError
+from .instruments import apply_effects, draw_effects, render_stem_synth
+from .rendering import render_stem, write_midi
+
+TIMBRE_PLANS = ("soundfonts", "diverse", "holdout")
+SF2 = Path("/usr/share/sounds/sf2")
+# Melodic General MIDI SoundFonts training may use (Debian: timgm6mb-soundfont,
+# fluid-soundfont-gm, opl3-soundfont, csound-soundfont).
+TRAINING_SOUNDFONTS = (SF2 / "TimGM6mb.sf2", SF2 / "FluidR3_GM.sf2", SF2 / "OPL-3_FM_128M.sf2", SF2 / "sf_GMbank.sf2")
+# Recorded acoustic kits (Debian: avldrums.lv2-soundfont), one preset each at bank 0, program 0.
+DRUM_SOUNDFONTS = (SF2 / "Black_Pearl_4_LV2.sf2", SF2 / "Red_Zeppelin_4_LV2.sf2")
+# Held out from training: the project's own unseen SoundFont (musescore-general-soundfont-small).
+HOLDOUT_SOUNDFONTS = (Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"),)
+
+# Per stem: P(SoundFont), P(recorded kit) (drums only); the rest is synthesised.
+DIVERSE_SHARES = {"bass": (0.55, 0.0), "guitar": (0.55, 0.0), "piano": (0.6, 0.0), "drums": (0.4, 0.25)}
+HOLDOUT_SYNTH_SHARE = 0.5
+SOUNDFONT_EFFECTS_P = 0.6   # SoundFont stems through the random effect chain
+
+
+@dataclass(frozen=True)
+class Timbre:
+    """One stem's instrument: a SoundFont and program, or a synthesised family."""
+
+    source: str                 # "soundfont" | "synth"
+    soundfont: str | None = None
+    program: int | None = None  # GM program, or the drum kit (bank 128 program)
+    holdout: bool = False
+
+
+def installed(paths) -> tuple[Path, ...]:
+    return tuple(p for p in paths if p.is_file())
+
+
+def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
+    """The instrument of one stem under a timbre plan ("diverse" or "holdout")."""
+    if plan == "holdout":
+        fonts = installed(HOLDOUT_SOUNDFONTS)
+        if not fonts or rng.random() < HOLDOUT_SYNTH_SHARE:
+            return Timbre("synth", holdout=True)
+        return Timbre("soundfont", str(fonts[0]), _program(stem, rng), holdout=True)
+    if plan != "diverse":
+        raise ValueError(f"unknown timbre plan {plan!r}; use one of {TIMBRE_PLANS}")
+    fonts = installed(TRAINING_SOUNDFONTS)
+    kits = installed(DRUM_SOUNDFONTS) if stem == "drums" else ()
+    p_font, p_kit = DIVERSE_SHARES[stem]
+    u = rng.random()
+    if fonts and u < p_font:
+        return Timbre("soundfont", str(fonts[int(rng.integers(len(fonts)))]), _program(stem, rng))
+    if kits and u < p_font + p_kit:
+        return Timbre("soundfont", str(kits[int(rng.integers(len(kits)))]), 0)
+    return Timbre("synth")
+
+
+def _program(stem: str, rng: np.random.Generator) -> int:
+    choices = DRUM_KITS if stem == "drums" else PROGRAMS[stem]
+    return int(rng.choice(list(choices)))
+
+
+def render_timbre(timbre: Timbre, stem: str, notes: list[MidiNote], seconds: float, frames: int, sample_rate: int,
+                  work_dir: Path, fluidsynth: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Render one stem; returns (mono float32 audio, metadata for the track)."""
+    if timbre.source == "synth":
+        audio, metadata = render_stem_synth(stem, notes, sample_rate, frames, rng, holdout=timbre.holdout)
+        return audio, metadata
+    if timbre.source != "soundfont":
+        raise SynthError(f"unknown timbre source {timbre.source!r}")
+    font = Path(timbre.soundfont)
+    if stem == "drums" and font in DRUM_SOUNDFONTS:
+        # A kit stored as a melodic preset (bank 0): played on a melodic channel.
+        notes = [MidiNote(0, n.pitch, n.on, n.off, n.velocity) for n in notes]
+    midi = work_dir / f"{stem}.mid"
+    write_midi(midi, notes, timbre.program, seconds)
+    rendered = work_dir / f"{stem}.render.wav"
+    audio = render_stem(fluidsynth, font, midi, rendered, sample_rate)
+    rendered.unlink()
+    metadata = {"source": "soundfont", "soundfont": font.name, "program": timbre.program, "holdout": timbre.holdout}
+    if rng.random() < SOUNDFONT_EFFECTS_P:
+        effects = draw_effects(stem, rng)
+        audio = apply_effects(np.ascontiguousarray(audio[:frames]), effects, sample_rate)
+        metadata["effects"] = effects.to_json()
+    return audio, metadata
