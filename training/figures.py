@@ -179,20 +179,23 @@ def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike,
 
 
 def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out_png: str | os.PathLike,
-                        title: str = "", references: Mapping[str, float] | None = None) -> Path:
-    """Several training.train_separator runs' valid "All" on one time axis:
-    {label: (log.csv, minutes trained before this run started)}, so a run
-    continued from another's weights is drawn where that one ended."""
+                        title: str = "", references: Mapping[str, float] | None = None,
+                        column: str = "All", ylabel: str = 'valid SI-SNRi "All" (dB)') -> Path:
+    """Several training runs' valid score on one time axis: {label: (log.csv,
+    minutes trained before this run started)}, so a run continued from
+    another's weights is drawn where that one ended. `column` names the score
+    in the logs (train_separator's "All"; train_autoencoder's
+    "valid_spectral_convergence", train_latent_prior's "valid_loss_ema")."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
     for index, (label, (log_csv, offset)) in enumerate(runs.items()):
         with open(log_csv, newline="") as handle:
             rows = list(csv.DictReader(handle))
         minutes = [offset + float(r["minutes"]) for r in rows]
-        ax.plot(minutes, [float(r["All"]) for r in rows], "o-", color=f"C{index}", lw=1.5, ms=3, label=label)
+        ax.plot(minutes, [float(r[column]) for r in rows], "o-", color=f"C{index}", lw=1.5, ms=3, label=label)
     _reference_lines(ax, references, 0)
     ax.set_xlabel("training time (minutes, 1 CPU thread)")
-    ax.set_ylabel('valid SI-SNRi "All" (dB)')
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
