@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", choices=("none", "timbre"), default="none",
                         help="timbre augmentations per stem (training/augment.py): repitch, equaliser, "
                              "saturation, reverb")
+    parser.add_argument("--valid-data", type=Path,
+                        help="dataset whose VALID split chooses the best weights (default: the first --data); "
+                             "e.g. the held-out timbres of `msdm dataset synth --timbres holdout`")
     parser.add_argument("--valid-tracks", type=int, default=10)
     parser.add_argument("--valid-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
-    valid = valid_windows(args.data[0], args.valid_tracks)
+    valid = valid_windows(args.valid_data or args.data[0], args.valid_tracks)
     config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers)
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
