@@ -97,7 +97,7 @@ def test_real_renders_score_real_and_their_shaped_noise_scores_noise(tmp_path):
     from training import synth
 
     synth.render_dataset(tmp_path / "ds", tracks=10, seed=0, max_seconds=8.0, jobs=2)
-    real = load_real_windows(tmp_path / "ds", STEMS, RATE, 65536, 4, split="train", per_track=2)
+    real = load_real_windows(tmp_path / "ds", STEMS, RATE, 65536, 3, split="train", per_track=2)
     judge = Judge(real, draws=8)
     rows = _rows(score_task(judge, "impute", real.evaluation_stems, given=("bass", "drums"), label="truth"))
     for stem in ("guitar", "piano"):

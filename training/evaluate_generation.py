@@ -94,6 +94,8 @@ class Judge:
             rng = np.random.default_rng([self.seed, windows])
             tracks = self.real.pool_tracks
             allowed = np.setdiff1d(np.arange(len(tracks)), self.real.evaluation)
+            if len(allowed) < windows:   # a tiny pool: calibrate on all of it, evaluation windows too
+                allowed = np.arange(len(tracks))
             reference = self.reference[stem, name]
             real, noise = [], []
             for _ in range(self.draws):
