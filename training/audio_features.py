@@ -13,8 +13,9 @@
   power, Gray & Markel 1974; Johnston 1988) in octave-wide bands: near 1 for
   noise, near 0 for a few harmonics. It sees pitch where log-mel bands are
   too wide to (a bass note's partials inside one low mel band).
-- `chroma`: power folded onto the 12 pitch classes (Fujishima 1999), from a
-  long FFT so that semitones are resolved down to the bass register.
+- `chroma`: magnitude folded onto the 12 pitch classes (Fujishima 1999), from a
+  long FFT so that semitones are resolved down to the bass register, counting
+  only what stands above the local spectral envelope (noise has no chroma).
 - `onset_strength`: half-wave rectified log-mel flux (spectral flux, Bello
   et al. 2005), summed over bands.
 - `shaped_noise`: Gaussian noise with a signal's spectral envelope (its mean
@@ -25,6 +26,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,7 +39,9 @@ LOG_FLOOR = 1e-10                 # power floor of log features (-100 dB)
 ACTIVE_DB = 30.0                  # active frame: within this of the loudest frame ...
 ACTIVE_FLOOR = 1e-4               # ... and above this RMS (-80 dBFS)
 CHROMA_N_FFT, CHROMA_HOP = 8192, 2048   # 2.7 Hz bins: a semitone apart at 45 Hz
-CHROMA_RANGE = (40.0, 5000.0)
+CHROMA_NOTES = (24, 108)          # MIDI C1 .. B7: seven whole octaves
+CHROMA_ENVELOPE = 7               # semitones of the local spectral envelope ...
+TONAL_EXCESS = 2.0                # ... that a semitone must exceed by this factor to count
 SMOOTHING_OCTAVES = 1.0 / 3.0
 KEY_MAXIMUM = 0.9                 # periodicity: first peak within 90 % of the highest
 FLATNESS_BANDS = ((40.0, 160.0), (160.0, 640.0), (640.0, 2560.0), (2560.0, 10240.0))
@@ -185,16 +189,44 @@ def periodicity(x: np.ndarray, sample_rate: int, f0_range: tuple[float, float],
     return Periodicity(clarity, f0, active_frames(x, n_fft, hop))
 
 
-def chroma(x: np.ndarray, sample_rate: int, freq_range: tuple[float, float] = CHROMA_RANGE) -> np.ndarray:
-    """[K, 12] magnitude per pitch class (C = 0), each FFT bin given to its nearest
-    semitone; frames of CHROMA_N_FFT samples, hop CHROMA_HOP."""
+@functools.lru_cache(maxsize=8)
+def _semitone_weights(sample_rate: int, n_fft: int) -> np.ndarray:
+    """[n_fft // 2 + 1, notes] weights giving each semitone of CHROMA_NOTES the
+    mean magnitude of the FFT bins nearest to it, or, for a low semitone
+    narrower than a bin, the magnitude interpolated at its centre. A mean,
+    not a sum: a semitone spans more bins the higher it is, and a sum would
+    give smooth noise a chroma pattern of its own."""
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    notes = np.arange(*CHROMA_NOTES)
+    weights = np.zeros((len(freqs), len(notes)))
+    nearest = np.full(len(freqs), -1)
+    nearest[1:] = np.round(12 * np.log2(freqs[1:] / 440.0) + 69).astype(int)
+    for column, note in enumerate(notes):
+        inside = nearest == note
+        if inside.any():
+            weights[inside, column] = 1.0 / inside.sum()
+        else:
+            position = 440.0 * 2 ** ((note - 69) / 12) / freqs[1]       # fractional bin of the centre
+            low = int(position)
+            weights[low, column], weights[low + 1, column] = low + 1 - position, position - low
+    return weights
+
+
+def chroma(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """[K, 12] magnitude per pitch class (C = 0), summed over the octaves of
+    CHROMA_NOTES (whole octaves, so every class counts as many); frames of
+    CHROMA_N_FFT samples, hop CHROMA_HOP."""
     magnitude = np.sqrt(power_spectrogram(x, CHROMA_N_FFT, CHROMA_HOP))
-    freqs = np.fft.rfftfreq(CHROMA_N_FFT, 1.0 / sample_rate)
-    inside = (freqs >= freq_range[0]) & (freqs <= min(freq_range[1], sample_rate / 2))
-    pitch_class = np.round(12 * np.log2(freqs[inside] / 440.0) + 69).astype(int) % 12
-    fold = np.zeros((inside.sum(), 12))
-    fold[np.arange(inside.sum()), pitch_class] = 1.0
-    return magnitude[:, inside] @ fold
+    if sample_rate / 2 < 440.0 * 2 ** ((CHROMA_NOTES[1] - 69) / 12):
+        raise ValueError(f"chroma up to MIDI {CHROMA_NOTES[1] - 1} needs a sample rate above {sample_rate} Hz")
+    per_note = magnitude @ _semitone_weights(int(sample_rate), CHROMA_N_FFT)
+    # Keep what stands above the local spectral envelope (the mean over
+    # CHROMA_ENVELOPE semitones around each): partials do, noise does not, so
+    # noise shaped like a stem gets no pitch classes from its spectral tilt
+    # (spectral peaks only, as in HPCP, Gomez 2006).
+    envelope = ndimage.uniform_filter1d(per_note, CHROMA_ENVELOPE, axis=-1, mode="nearest")
+    tonal = np.maximum(per_note - TONAL_EXCESS * envelope, 0.0)
+    return tonal.reshape(len(tonal), -1, 12).sum(1)
 
 
 def onset_strength(x: np.ndarray, sample_rate: int) -> np.ndarray:

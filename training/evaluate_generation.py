@@ -36,6 +36,13 @@ DRAWS = 16
 METRICS = ("log-mel distance", "structure distance", "pitch clarity", "clarity ratio",
            "chroma agreement", "onset agreement")
 DISTANCES = {"log-mel distance": "log-mel", "structure distance": "structure"}
+# Column headings of the markdown tables (the CSV keeps the full names).
+SHORT = {"log-mel distance": "mel", "structure distance": "struct", "pitch clarity": "clarity",
+         "clarity ratio": "clar/real", "chroma agreement": "chroma", "onset agreement": "onset"}
+LEGEND = ("mel / struct: normalised Fréchet distance of log-mel / of note-structure frame features (spectral "
+          "flatness per octave band, periodicity), 0 = real windows of other tracks, 1 = noise shaped to them; "
+          "clarity: mean periodicity of active frames, clar/real: its ratio to real stems; chroma / onset: "
+          "agreement with the given stems, 0 = the same stem of another track, 1 = the true stem.")
 
 
 @dataclass
@@ -87,6 +94,8 @@ class Judge:
             rng = np.random.default_rng([self.seed, windows])
             tracks = self.real.pool_tracks
             allowed = np.setdiff1d(np.arange(len(tracks)), self.real.evaluation)
+            if len(allowed) < windows:   # a tiny pool: calibrate on all of it, evaluation windows too
+                allowed = np.arange(len(tracks))
             reference = self.reference[stem, name]
             real, noise = [], []
             for _ in range(self.draws):
@@ -211,7 +220,7 @@ def write_report(rows: Sequence[Row], judge: Judge, csv_path: str | os.PathLike,
         group = [row for row in rows if row.task == task]
         columns = [(m, s) for m in METRICS for s in stems if any((m, s) in r.values for r in group)]
         lines += [f"**{task}** ({group[0].windows} windows)", "",
-                  "| method | " + " | ".join(f"{m} {s}" for m, s in columns) + " |",
+                  "| method | " + " | ".join(f"{SHORT[m]} {s}" for m, s in columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for row in group:
             lines.append(f"| {row.method} | " + " | ".join(_format(row.values.get(c)) for c in columns) + " |")
@@ -225,6 +234,7 @@ def write_report(rows: Sequence[Row], judge: Judge, csv_path: str | os.PathLike,
             parts.append(f"{metric}: {spread}")
         lines.append(f"At {count} windows, spread of a real draw's distance / separation of real from shaped "
                      f"noise (1 / (spread of real + spread of noise)): " + "; ".join(parts) + ".")
+    lines.append(LEGEND)
     lines.append(f"Real statistics: {len(judge.real.reference)} windows of the reference half; scale from "
                  f"{judge.draws} draws of the pool half ({len(judge.real.pool)} windows).")
     lines += list(notes)

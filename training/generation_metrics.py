@@ -69,7 +69,7 @@ class Gaussian:
 
 def frechet_distance(a: Gaussian, b: Gaussian) -> float:
     """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Dowson & Landau 1982)."""
-    root, _ = linalg.sqrtm(a.cov @ b.cov, disp=False)
+    root = linalg.sqrtm(a.cov @ b.cov)
     if not np.isfinite(root).all():  # a singular product: regularise as FID's reference code does
         offset = np.eye(len(a.cov)) * 1e-6
         root = linalg.sqrtm((a.cov + offset) @ (b.cov + offset))
