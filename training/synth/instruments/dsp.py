@@ -192,9 +192,19 @@ def modal_bank(freqs, decays_s, amps, length: int, sample_rate: int, phases=None
 
 
 def modulated_delay(x: np.ndarray, delay_samples: np.ndarray) -> np.ndarray:
-    """y[n] = x[n - d[n]] with linear interpolation (zero before the start)."""
-    n = np.arange(len(x), dtype=np.float64)
-    return np.interp(n - delay_samples, n, x, left=0.0, right=0.0).astype(np.float32)
+    """y[n] = x[n - d[n]] (d >= 0), linearly interpolated, zero before the start.
+
+    The delay is short, so its integer and fractional parts come from d alone
+    (in float32, exact enough for d of a few thousand samples) and the read is
+    two integer gathers: no float64 positions over the whole signal."""
+    x = np.asarray(x, np.float32)
+    d = np.maximum(np.asarray(delay_samples, np.float32), np.float32(0))
+    whole = np.ceil(d)
+    frac = whole - d  # y = x[n - whole] * (1 - frac) + x[n - whole + 1] * frac
+    pad = int(whole.max()) + 1 if len(x) else 1
+    padded = np.concatenate([np.zeros(pad, np.float32), x])
+    index = np.arange(pad, pad + len(x)) - whole.astype(np.int64)
+    return padded[index] * (1 - frac) + padded[index + 1] * frac
 
 
 def limit_peak(x: np.ndarray, peak: float = 0.99) -> np.ndarray:

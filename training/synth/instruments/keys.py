@@ -108,6 +108,6 @@ def render_electric_piano(spans: list[NoteSpan], voice: Voice, sample_rate: int,
 
     out = overlap_add(spans, frames, note)
     if p["tremolo"]:
-        t = np.arange(frames) / sample_rate
-        out *= (1 - p["tremolo"] * 0.5 * (1 + np.sin(2 * np.pi * p["tremolo_hz"] * t))).astype(np.float32)
+        t = np.arange(frames, dtype=np.float32) / np.float32(sample_rate)
+        out *= 1 - np.float32(p["tremolo"] * 0.5) * (1 + np.sin(np.float32(2 * np.pi * p["tremolo_hz"]) * t))
     return out

@@ -58,7 +58,7 @@ def render(spans: list[NoteSpan], voice: Voice, sample_rate: int, frames: int, r
         return end_fade(x * np.float32(0.25 * level(span, voice)), sample_rate)
 
     out = overlap_add(spans, frames, note)
-    t = np.arange(frames) / sample_rate
-    rotor = np.sin(2 * np.pi * p["leslie_hz"] * t + rng.uniform(0, 2 * np.pi))
-    out = dsp.modulated_delay(out, (1.0 + rotor) * p["leslie_ms"] * 1e-3 * sample_rate)
-    return out * (1.0 - p["leslie_tremolo"] * 0.5 * (1.0 + rotor)).astype(np.float32)
+    t = np.arange(frames, dtype=np.float32) / np.float32(sample_rate)
+    rotor = np.sin(np.float32(2 * np.pi * p["leslie_hz"]) * t + np.float32(rng.uniform(0, 2 * np.pi)))
+    out = dsp.modulated_delay(out, (1.0 + rotor) * np.float32(p["leslie_ms"] * 1e-3 * sample_rate))
+    return out * (1.0 - np.float32(p["leslie_tremolo"] * 0.5) * (1.0 + rotor))
