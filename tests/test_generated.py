@@ -246,3 +246,12 @@ def test_a_genre_groove_plays_its_pattern():
         grooves.genre_groove("polka", np.random.default_rng(0))
     assert grooves.genres_for("3/4", 0.5) == () and "funk" not in grooves.genres_for("4/4", 60 / 200)
     assert TICKS_PER_QUARTER % 12 == 0  # triplet (shuffle) steps fall on ticks
+
+
+def test_the_piano_roll_figure_is_written(tmp_path):
+    from training.figures import plot_piano_rolls
+
+    notes, info = _song(19)
+    png = plot_piano_rolls([("song 19", notes), ("song 6", _song(6)[0])], tmp_path / "rolls.png", seconds=10.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no leftovers
