@@ -38,7 +38,7 @@ seed and track count give byte-identical files, whatever ``jobs`` is.
 
 from __future__ import annotations
 
-from . import arrangement, corpus, dataset, drums, generated, grooves, harmony, rendering, textures
+from . import arrangement, corpus, dataset, drums, rendering
 from .arrangement import STEMS, arrange
 from .corpus import Bar, MidiNote, Piece, SynthError, Timeline, TrackPlan, UnusablePiece, load_piece, plan_tracks
 from .dataset import GENERATOR_VERSION, render_dataset, render_track
@@ -48,4 +48,4 @@ from .rendering import find_soundfont
 __all__ = ["GENERATOR_VERSION", "STEMS", "SynthError", "find_soundfont", "render_dataset", "render_track", "arrange",
            "Bar", "MidiNote", "Piece", "Timeline", "TrackPlan", "UnusablePiece", "load_piece", "plan_tracks",
            "DRUM_CHANNEL", "KICK", "SIDE_STICK", "SNARE", "SNARE_2", "drum_notes",
-           "arrangement", "corpus", "dataset", "drums", "generated", "grooves", "harmony", "rendering", "textures"]
+           "arrangement", "corpus", "dataset", "drums", "rendering"]
