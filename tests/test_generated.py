@@ -246,3 +246,26 @@ def test_a_genre_groove_plays_its_pattern():
         grooves.genre_groove("polka", np.random.default_rng(0))
     assert grooves.genres_for("3/4", 0.5) == () and "funk" not in grooves.genres_for("4/4", 60 / 200)
     assert TICKS_PER_QUARTER % 12 == 0  # triplet (shuffle) steps fall on ticks
+
+
+def test_the_piano_roll_figure_is_written(tmp_path):
+    from training.figures import plot_piano_rolls
+
+    notes, info = _song(19)
+    png = plot_piano_rolls([("song 19", notes), ("song 6", _song(6)[0])], tmp_path / "rolls.png", seconds=10.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no leftovers
+
+
+def test_swing_moves_offbeat_eighths_to_the_last_triplet():
+    assert [generated.swung(t) for t in (0.0, 0.5, 1.0, 1.5, 2.25, 3.75)] == pytest.approx(
+        [0.0, 2 / 3, 1.0, 1 + 2 / 3, 2 + 1 / 3, 3 + 5 / 6])
+    for i in range(40):
+        notes, info = _song(i, 20.0)
+        if info["style"]["drums"] == "shuffle" and info["time_signature"] == "4/4":
+            spq = 60.0 / info["quarter_bpm"]
+            positions = [(n.on / spq) % 1.0 for n in notes["bass"] + notes["piano"]]
+            # no note sits on a straight off-beat eighth (0.5), within the 10 ms jitter
+            assert not any(abs(p - 0.5) * spq < 0.02 for p in positions)
+            return
+    pytest.fail("no 4/4 shuffle among 40 songs")

@@ -2,7 +2,8 @@
 
 By concern: corpus (pieces and their timing), arrangement (voices to
 instruments), drums (a generated part), rendering (MIDI to audio, levels, mix),
-dataset (tracks, splits, resuming).
+dataset (tracks, splits, resuming); generated (songs the project composes:
+harmony, textures, grooves).
 
 Slakh2100 cannot be downloaded here, so we make a small stand-in the same way
 Slakh was made: MIDI rendered with sampled instruments, one file per stem.
@@ -11,6 +12,11 @@ Slakh was made: MIDI rendered with sampled instruments, one file per stem.
   mass movements, Haydn/Mozart/Beethoven/Schumann string quartet movements).
   The lowest voice becomes the bass stem; the three upper voices are split at
   random between guitar and piano.
+* Generated songs (generated.py, opt-in): chord progressions in sections
+  with bass lines, strums, picking, pads, comping and melodies (harmony.py,
+  textures.py) and genre grooves (grooves.py); ``arrange_track`` gives a
+  track from either source. The extended corpus set (5-6-part pieces and
+  EXTRA_COMPOSERS) is opt-in too: ``plan_tracks(..., extended=True)``.
 * Drums: generated per bar from each piece's own meter and the track's tempo
   (kick on strong beats, snare on backbeats, hi-hat/ride on subdivisions,
   fills at phrase ends, crashes after them).

@@ -97,7 +97,12 @@ def arrange_generated(rng: np.random.Generator, max_seconds: float) -> tuple[dic
         for stem, build in builders.items():
             if stem not in section["tacet"]:
                 events[stem] += build(section["parts"][stem], spans, ctx, rng)
-    notes = {stem: _to_midi(events[stem], spq, rng, max_seconds) for stem in events}
+    # The drummer's groove is drawn before the notes are timed: a shuffle in
+    # 4/4 swings the band's eighths too.
+    genres = genres_for(meter.name, spq)
+    genre = str(rng.choice(genres)) if genres and rng.random() < DRUMS_GENRE_P else "corpus"
+    swing = genre == "shuffle" and meter.division == 2
+    notes = {stem: _to_midi(events[stem], spq, rng, max_seconds, swing) for stem in events}
 
     # Drums: a Timeline over the generated bars (a Piece with bars and no
     # voices), fills into each section's last bar, silent in an intro.
@@ -107,8 +112,6 @@ def arrange_generated(rng: np.random.Generator, max_seconds: float) -> tuple[dic
     piece = Piece(id="generated", voices=[], names=[], bars=bars_list, phrase_ends=section_ends,
                   end=total_bars * meter.bar)
     timeline = Timeline(piece, 0.0, 1, quarter_bpm)
-    genres = genres_for(meter.name, spq)
-    genre = str(rng.choice(genres)) if genres and rng.random() < DRUMS_GENRE_P else "corpus"
     if genre == "corpus":
         drums = drum_notes(timeline, rng, max_seconds, _phrase_ends(piece, timeline))
     else:
@@ -201,11 +204,21 @@ def _spans(chords: list, start: float, length: float) -> list[Span]:
     return spans
 
 
-def _to_midi(events: list[Event], seconds_per_quarter: float, rng, max_seconds: float) -> list[MidiNote]:
+def swung(t: float) -> float:
+    """Swing eighths: the off-beat eighth of each quarter moves to the last
+    triplet (0.5 -> 2/3), times between stretched or squeezed linearly."""
+    beat = math.floor(t + 1e-9)
+    pos = t - beat
+    return beat + (pos * 4 / 3 if pos <= 0.5 else 2 / 3 + (pos - 0.5) * 2 / 3)
+
+
+def _to_midi(events: list[Event], seconds_per_quarter: float, rng, max_seconds: float,
+             swing: bool = False) -> list[MidiNote]:
     """Score events to timed notes: a few ms of jitter per onset (one per strum,
-    so its stagger stays as drawn), nothing past ``max_seconds``, and each note
-    ended before the next onset of its pitch on its channel (a note-off would
-    silence the new note too)."""
+    so its stagger stays as drawn), swung eighths if ``swing``, nothing past
+    ``max_seconds``, and each note ended before the next onset of its pitch on
+    its channel (a note-off would silence the new note too)."""
+    timing = swung if swing else (lambda t: t)
     jitter: dict[int, float] = {}
     notes = []
     for e in sorted(events, key=lambda e: (e.start, e.shift, e.channel, e.pitch)):
@@ -215,9 +228,10 @@ def _to_midi(events: list[Event], seconds_per_quarter: float, rng, max_seconds: 
             shift = jitter[e.gesture]
         else:
             shift = float(np.clip(rng.normal(0, HUMANISE_SECONDS), -0.01, 0.01))
-        base = max(0.0, e.start * seconds_per_quarter + shift)
+        start = timing(e.start)
+        base = max(0.0, start * seconds_per_quarter + shift)
         on = base + e.shift
-        off = min(max(base + e.dur * seconds_per_quarter, on + 0.03), max_seconds)
+        off = min(max(base + (timing(e.start + e.dur) - start) * seconds_per_quarter, on + 0.03), max_seconds)
         if on >= max_seconds - 0.03:
             continue
         notes.append(MidiNote(e.channel, int(e.pitch), on, off, int(np.clip(round(e.velocity), 1, 127))))

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .arrangement import PITCH_RANGE
 from .harmony import Chord
 
 
-PITCH_RANGE = {"bass": (28, 67), "guitar": (40, 88), "piano": (21, 108)}  # as arrangement.PITCH_RANGE
 GUITAR_STRINGS = (40, 45, 50, 55, 59, 64)  # standard tuning, low E to high E
 STRUM_STAGGER_MS = (5.0, 30.0)  # per string, the range the brief of issue 19 gives
 
