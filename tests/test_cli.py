@@ -52,7 +52,7 @@ def test_every_flag_of_every_command_has_help():
     usage = _help()
     commands = re.findall(r"(?m)^    ([a-z][a-z-]*)(?:\s|$)", usage)
     assert {"separate", "generate", "impute", "bounce", "serve", "app", "train", "evaluate"} <= set(commands)
-    for command in [[c] for c in commands] + [["dataset", "synth"]]:
+    for command in [[c] for c in commands] + [["dataset", "synth"], ["dataset", "unseen"]]:
         text = _help(*command)
         assert "--" in text, command
         assert not _flags_without_help(text), (command, _flags_without_help(text))
