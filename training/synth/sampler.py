@@ -115,7 +115,9 @@ def _instruments(root: Path) -> dict[str, SampledInstrument]:
             stamps.append((str(manifest), manifest.stat().st_mtime_ns))
         except OSError:  # removed while we looked
             pass
-    return _load_instruments(tuple(stamps))
+    # Checked on every call, not cached: a half-removed install is not offered.
+    return {name: inst for name, inst in _load_instruments(tuple(stamps)).items()
+            if all(z.path.is_file() for z in inst.zones)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -125,8 +127,7 @@ def _load_instruments(stamps: tuple[tuple[str, int], ...]) -> dict[str, SampledI
     for manifest, _ in stamps:
         manifest = Path(manifest)
         instrument = SampledInstrument.load(manifest.parent)
-        if all(z.path.is_file() for z in instrument.zones):  # a half-removed install is not offered
-            found[instrument.name] = instrument
+        found[instrument.name] = instrument
     return found
 
 
