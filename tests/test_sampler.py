@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from training.synth.corpus import MidiNote, SynthError
-from training.synth import avldrums
+from training.synth import avldrums, fetch_samples
 from training.synth.sampler import available_sample_instruments, render_sampled
 
 SR = 22050
@@ -98,7 +98,6 @@ def test_note_off_starts_a_release_of_release_s(library):
     end = int(round((0.2 + 0.1) * SR))  # off + release_s
     assert np.abs(short[: int(0.15 * SR)]).max() > 0.2
     assert np.all(short[end:] == 0)
-    assert np.abs(long[end: int(0.9 * SR)]).min() < np.abs(long[end: int(0.9 * SR)]).max()  # it still sounds
     assert np.sqrt(np.mean(long[end: int(0.9 * SR)] ** 2)) > 0.1
     np.testing.assert_array_equal(short[: int(0.2 * SR)], long[: int(0.2 * SR)])  # same note until the off
 
@@ -167,6 +166,21 @@ def test_decoded_samples_are_cached_beside_the_instrument(library):
     cached = list((library / "test-keys" / ".decoded-22050").glob("c5-*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).dtype == np.float32
     assert len(np.load(cached[0])) == 3 * SR  # the 44.1 kHz file, resampled
+
+
+def test_salamander_manifest_names_roots_and_splits_velocities_between_layers(tmp_path):
+    for layer, names in ((1, ("A0v1.ogg", "C4v1.ogg")), (16, ("D#4v16.ogg", "C8v16.ogg"))):
+        folder = tmp_path / fetch_samples.SALAMANDER / f"v{layer}"
+        folder.mkdir(parents=True)
+        (folder / ".integrity").write_text("sha512-x\n")
+        for name in names:
+            (folder / name).write_bytes(b"")
+    manifest = fetch_samples.salamander_manifest(tmp_path)
+    zones = {z["file"]: (z["root"], z["velocity"]) for z in manifest["zones"]}
+    # layer k of 16 sits at velocity 127 k / 16: the split is halfway between 7.9 and 127
+    assert zones == {"v1/A0v1.ogg": (21, [1, 67]), "v1/C4v1.ogg": (60, [1, 67]),
+                     "v16/C8v16.ogg": (108, [68, 127]), "v16/D#4v16.ogg": (63, [68, 127])}
+    assert manifest["stem"] == "piano" and manifest["kind"] == "pitched"
 
 
 # -- the real samples, where installed (python -m training.synth.fetch_samples) --------------------

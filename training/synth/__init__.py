@@ -2,7 +2,9 @@
 
 By concern: corpus (pieces and their timing), arrangement (voices to
 instruments), drums (a generated part), rendering (MIDI to audio, levels, mix),
-dataset (tracks, splits, resuming).
+dataset (tracks, splits, resuming); sampler (recorded multi-samples and drum
+kits played from MidiNotes), fetch_samples (installs them, pinned), avldrums
+(the avldrums.lv2 recorded kits through fluidsynth).
 
 Slakh2100 cannot be downloaded here, so we make a small stand-in the same way
 Slakh was made: MIDI rendered with sampled instruments, one file per stem.
