@@ -98,6 +98,8 @@ def test_note_off_starts_a_release_of_release_s(library):
     end = int(round((0.2 + 0.1) * SR))  # off + release_s
     assert np.abs(short[: int(0.15 * SR)]).max() > 0.2
     assert np.all(short[end:] == 0)
+    at_off = np.abs(short[int(0.18 * SR): int(0.2 * SR)]).max()
+    assert np.abs(short[int(0.29 * SR): end]).max() < 0.05 * at_off  # faded, not cut
     assert np.sqrt(np.mean(long[end: int(0.9 * SR)] ** 2)) > 0.1
     np.testing.assert_array_equal(short[: int(0.2 * SR)], long[: int(0.2 * SR)])  # same note until the off
 
