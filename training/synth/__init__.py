@@ -3,7 +3,10 @@
 By concern: corpus (pieces and their timing), arrangement (voices to
 instruments), drums (a generated part), rendering (MIDI to audio, levels, mix),
 dataset (tracks, splits, resuming); generated (songs the project composes:
-harmony, textures, grooves).
+harmony, textures, grooves); timbres (which instrument plays each stem);
+instruments (synthesised families and effects); sampler (recorded
+multi-samples and drum kits played from MidiNotes), fetch_samples (installs
+them, pinned), avldrums (the avldrums.lv2 recorded kits through fluidsynth).
 
 Slakh2100 cannot be downloaded here, so we make a small stand-in the same way
 Slakh was made: MIDI rendered with sampled instruments, one file per stem.
