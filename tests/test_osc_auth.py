@@ -78,7 +78,9 @@ def test_only_requests_signed_with_the_users_secret_are_served(setup, caplog):
         # Signed, it runs; the same datagram again (a replay) is refused.
         final = client.run_job("/msdm/separate", "ok1", str(mix), str(root / "ok1"), *STEPS, silence=60)
         assert final[0] == "/msdm/done", final
-        status = sign_datagram(key, encode_message("/msdm/status", []))
+        nonces: list = []
+        status = sign_datagram(key, encode_message("/msdm/status", []), nonces=nonces)
+        client.expect(nonces)  # signed outside the client: its replies are taken when the client knows the nonce
         assert answer(status)[0] == "/msdm/status"
         address, args = answer(status)
         assert (address, args[1]) == ("/msdm/error", "unauthorized") and "used before" in args[2]
@@ -96,10 +98,12 @@ def test_an_unsigned_client_learns_nothing_but_the_refusal(setup):
             stranger.send(entry.address, *(["j"] if entry.address == "/msdm/cancel" else []))
             address, args = stranger.receive(10)
             assert (address, args[1]) == ("/msdm/error", "unauthorized"), (entry.address, args)
-        # A reply port in a refused request is still where the refusal goes (liblo's oscsend is gone by then).
+        # A reply port in a refused request is not followed (issue 21, finding 3): the refusal
+        # goes to the sender's own address, so nobody can aim it at someone else's port.
         with OscClient("127.0.0.1", server.port) as listener:
             stranger.send_raw(encode_message("/msdm/ping", [listener.port]), sign=False)
-            assert listener.receive(10)[1][1] == "unauthorized"
+            assert stranger.receive(10)[1][1] == "unauthorized"
+            assert listener.receive(0.5, unsigned=True) is None
 
 
 def test_the_signing_recipe_in_the_docs_is_accepted(setup):
