@@ -40,6 +40,7 @@ a second fault, is not covered.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ import stat
 from pathlib import Path, PurePath
 from typing import IO, Callable, Iterable, Mapping
 
-from engine.errors import OutputError
+from engine.errors import DiskFullError, OutputError
 from engine.output_folder import HAS_DIR_FD, OutputFolder
 
 try:
@@ -155,7 +156,10 @@ class AtomicFile(CommitOnExit):
 
     def prepare(self) -> None:
         """fsync the data and give it a plain new file's permissions: ready to be renamed."""
-        self._close(sync=True)
+        try:
+            self._close(sync=True)
+        except OSError as error:
+            raise disk_full_or(error, self.path) from None
         os.chmod(self._tmp_name, self._mode, dir_fd=self._dir_fd)
 
     def replace(self) -> None:
@@ -453,6 +457,20 @@ def _recover(folder: OutputFolder, name: str) -> int:
         return 1
     finally:
         os.close(fd)
+
+
+def disk_full_or(error: OSError, path: Path) -> OSError | DiskFullError:
+    """ENOSPC and EDQUOT as a DiskFullError that says so (with the space left);
+    any other error as it is."""
+    if error.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return error
+    free = ""
+    with contextlib.suppress(OSError, AttributeError):
+        info = os.statvfs(path.parent)
+        free = f" ({info.f_bavail * info.f_frsize / 1e6:.1f} MB free there now)"
+    quota = " or the quota of this user" if error.errno != errno.ENOSPC else ""
+    return DiskFullError(f"cannot write '{path}': the disk{quota} is full{free}. Nothing was changed and the "
+                         f"partial files were removed: free some space, or choose an output folder on another disk")
 
 
 def _inside(target: str | os.PathLike) -> PurePath:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from engine.errors import OutputError, UserError
+from engine.errors import DiskFullError, OutputError, UserError
 
 from . import protocol
 from .paths import contained_output_dir
@@ -254,6 +254,8 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 
     if isinstance(error, AudioInputError):
         return protocol.BAD_INPUT, str(error)
+    if isinstance(error, DiskFullError):
+        return protocol.ENGINE, str(error)  # not the path's fault: the same request works once there is room
     if isinstance(error, OutputError):
         return protocol.BAD_PATH, str(error)
     if isinstance(error, FileExistsError):
