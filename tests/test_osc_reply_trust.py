@@ -19,7 +19,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the app's client below:
 from osc_bridge import auth
 from osc_bridge.client import OscClient
 from osc_bridge.codec import decode_datagram, encode_message
-from osc_bridge.refusals import RefusalLimiter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,6 +113,8 @@ def test_refusals_are_rate_limited_per_host_and_signed_replies_are_not(served):
 
 
 def test_the_limiter_refills_per_host_and_in_total():
+    from osc_bridge.refusals import RefusalLimiter
+
     now = [0.0]
     limiter = RefusalLimiter(per_host=2.0, total=3.0, clock=lambda: now[0])
     assert [limiter.allow("a") for _ in range(5)] == [True] * 4 + [False]  # a burst of twice the rate
