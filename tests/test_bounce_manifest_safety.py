@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.bounce.manifest import read_records, record_problem
+from engine.bounce.manifest import read_records
 from engine.cli import main
 from support.special_files import run_msdm
 
@@ -71,6 +71,8 @@ def test_manifest_lines_of_the_wrong_types_are_skipped_with_a_warning(tmp_path, 
 
 
 def test_every_field_a_reader_uses_is_checked():
+    from engine.bounce.manifest import record_problem
+
     assert [record_problem(line) for line in HOSTILE][-2:] == ["'track' is missing", "not a JSON object"]
     assert record_problem({"track": "t", "status": "failed", "error": "x", "extra": [1]}) is None
 

@@ -186,14 +186,15 @@ def test_the_app_listens_on_loopback_and_takes_only_the_engines_signed_replies(s
     monkeypatch.setattr(auth, "secret_if_present", lambda path=None: key)
     link = EngineLink()
     link.client.connect_to("127.0.0.1", server.port)
-    assert link.client.listening_on[0] == "127.0.0.1"
+    listening = (link.client.socket.localAddress().toString(), link.client.socket.localPort())
+    assert listening[0] == "127.0.0.1", listening  # it was 0.0.0.0: every interface
     ended, answered = [], []
     link.ended.connect(lambda *a: ended.append(a))
     link.answered.connect(lambda job, files: answered.append(files))
     job = Job("generate", "app1", root / "app1", ("bass", "drums", "guitar", "piano"))
     link.submit(job, osc.generate("app1", str(root / "app1"), 0.2, steps=2, method="dpmpp2m"))
     with attacker() as other:
-        target = ("127.0.0.1", link.client.listening_on[1])
+        target = ("127.0.0.1", listening[1])
         other.sendto(encode_message("/msdm/error", ["", "engine", "forged"]), target)
         other.sendto(encode_message("/msdm/done", ["app1", "bass", "/tmp/evil.wav"]), target)
         other.sendto(encode_message("/msdm/error", ["app1", "unauthorized", "forged"]), target)
