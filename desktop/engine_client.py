@@ -75,10 +75,6 @@ class EngineClient(QObject):
         self.socket.bind(QHostAddress(special), 0)
         self.socket.readyRead.connect(self._read)
 
-    @property
-    def listening_on(self) -> tuple[str, int]:
-        return self.socket.localAddress().toString(), self.socket.localPort()
-
     def connect_to(self, host: str, port: int) -> None:
         self.host, self.port = host, int(port)
         self._secret = None  # read again: the engine may have made a new one
