@@ -175,7 +175,9 @@ class EngineLink(QObject):
             self.message.emit(f"{kind} cancelled. {self._unchanged(job)}", "info")
 
     def _on_error(self, job_id: str, code: str, text: str) -> None:
-        job = self._running(self.job.id if self.job is not None and job_id == "" else job_id)
+        # Only a reply naming the job ends it: an error without a job id (a query's, or a
+        # datagram's the engine could not read) is shown, never taken for the job's.
+        job = self._running(job_id)
         if job is not None:
             kind = job.kind.capitalize()
             self.end_job()

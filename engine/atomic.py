@@ -16,19 +16,49 @@ moment (the folder is still the one opened, no folder or input is in a file's
 place), so either all of them appear or none does and nothing of the user's is
 touched before. This module is the one place where renames happen: a check of
 the destination at write time belongs here.
+
+A group survives a process killed at any moment (SIGKILL, power loss) through
+a commit record, the classic write-ahead log of a redo-only transaction
+(Gray & Reuter, "Transaction Processing", ch. 9; SQLite's rollback journal and
+git's lock files work alike): before anything is written, the group makes
+`.msdm-commit.<id>` in the output folder, naming its files, and holds an
+advisory lock (flock) on it while it lives. Its temp and backup files carry
+the same id. When every temp file is complete and synced, one line that
+commits the group is appended to the record and synced: that line is the
+moment the new set wins. Only then are the files renamed into place.
+
+The next group that writes into the folder (or `recover_commits`) finishes
+the work of any group whose record is no longer locked (its writer is gone):
+a record with its commit line is rolled forward (the temp files still there
+are renamed into place), one without is rolled back (its temp files removed:
+no destination was touched yet); then the backups and the record go. So
+after a crash and the next run, a group's files are all old or all new, and
+no hidden leftovers remain. (A crash while a failed rename is being undone,
+a second fault, is not covered.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import json
 import os
 import secrets
 import stat
 from pathlib import Path, PurePath
 from typing import IO, Callable, Iterable, Mapping
 
-from engine.errors import OutputError
-from engine.output_folder import OutputFolder
+from engine.errors import DiskFullError, OutputError
+from engine.output_folder import HAS_DIR_FD, OutputFolder
+
+try:
+    import fcntl
+except ImportError:  # Windows: no commit records (no dir_fd either, engine.output_folder)
+    fcntl = None
+
+RECORD_PREFIX = ".msdm-commit."
+_COMMIT = "commit "
 
 
 class CommitOnExit:
@@ -56,11 +86,15 @@ class AtomicFile(CommitOnExit):
     library that writes by path), then `commit()` or `abort()`; as a context manager it
     commits when the block succeeds and aborts when it raises."""
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = True, dir_fd: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = True, dir_fd: int | None = None,
+                 group: str | None = None) -> None:
         """`dir_fd`: the folder, held open (engine.output_folder), that `path`'s
         file name is taken relative to; the path is then used for messages
-        only. Without it the path itself is used and its folders are made."""
+        only. Without it the path itself is used and its folders are made.
+        `group`: the id of the AtomicFiles group (its commit record) that the
+        temp and backup files are named after."""
         self.path = Path(path)
+        self._group = group
         self._dir_fd = dir_fd
         self._name = self._local(self.path)
         try:
@@ -73,7 +107,7 @@ class AtomicFile(CommitOnExit):
         if not overwrite and _lexists(self._name, dir_fd):
             raise FileExistsError(f"Refusing to overwrite existing file '{self.path}' (overwrite=False).")
         try:
-            self.tmp, self._fd = _create_temp(self.path, dir_fd)
+            self.tmp, self._fd = _create_temp(self.path, dir_fd, group)
         except OSError as error:
             # Nothing was written yet: a folder that cannot be made or written
             # (read-only, /proc, a file in the path) is the user's to fix.
@@ -122,7 +156,10 @@ class AtomicFile(CommitOnExit):
 
     def prepare(self) -> None:
         """fsync the data and give it a plain new file's permissions: ready to be renamed."""
-        self._close(sync=True)
+        try:
+            self._close(sync=True)
+        except OSError as error:
+            raise disk_full_or(error, self.path) from None
         os.chmod(self._tmp_name, self._mode, dir_fd=self._dir_fd)
 
     def replace(self) -> None:
@@ -139,7 +176,7 @@ class AtomicFile(CommitOnExit):
         except FileNotFoundError:
             return
         self._existed = True
-        old = self._local(self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.old"))
+        old = self._local(self.path.with_name(f".{self.path.name}.{self._group or secrets.token_hex(6)}.old"))
         with contextlib.suppress(OSError):
             os.link(self._name, old, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd, follow_symlinks=False)
             self._old = old
@@ -225,10 +262,14 @@ class AtomicFiles(CommitOnExit):
         self.paths = {key: folder.path / relative for key, relative in self.relative.items()}
         self.files: dict[str, AtomicFile] = {}
         self._inputs = _identities(inputs)
+        self._record: CommitRecord | None = None
         try:
+            recover_commits(folder)
             self._check_targets()
+            self._record = CommitRecord.start(folder, list(self.relative.values()))
+            group = self._record.id if self._record is not None else None
             for key, relative in self.relative.items():
-                self.files[key] = AtomicFile(self.paths[key], dir_fd=folder.subfolder(relative.parent))
+                self.files[key] = AtomicFile(self.paths[key], dir_fd=folder.subfolder(relative.parent), group=group)
         except BaseException as error:
             self.abort()
             if isinstance(error, OSError) and not isinstance(error, FileExistsError):
@@ -250,6 +291,10 @@ class AtomicFiles(CommitOnExit):
             self._check_targets()
             for file in files:
                 file.keep_old()
+            if self._record is not None:
+                for fd in {file._dir_fd for file in files}:
+                    _fsync_dir(self.folder.path, fd)
+                self._record.decide()  # from here on, a crash is rolled forward
             for file in files:
                 file.replace()
         except BaseException:
@@ -261,11 +306,15 @@ class AtomicFiles(CommitOnExit):
             file.forget_old()
         for fd in {file._dir_fd for file in files}:
             _fsync_dir(self.folder.path, fd)
+        if self._record is not None:
+            self._record.finish()
         return dict(self.paths)
 
     def abort(self) -> None:
         for file in self.files.values():
             file.abort()
+        if self._record is not None:
+            self._record.finish()
 
     def _check_targets(self) -> None:
         problems, taken = [], []
@@ -291,6 +340,137 @@ class AtomicFiles(CommitOnExit):
                               f"choose another output folder (or move what is in the way)")
         if taken:
             raise FileExistsError(f"Refusing to overwrite existing file(s) {', '.join(taken)} (overwrite=False).")
+
+
+class CommitRecord:
+    """A group's commit record, `.msdm-commit.<id>` in the output folder
+    (module docstring): line 1 the files (JSON list of paths relative to the
+    folder), line 2, once decided, "commit <sha256 of line 1>". Locked
+    (flock) while its writer lives."""
+
+    def __init__(self, folder: OutputFolder, record_id: str, fd: int, files: list[PurePath]) -> None:
+        self.folder, self.id, self._fd, self.files = folder, record_id, fd, files
+
+    @property
+    def name(self) -> str:
+        return RECORD_PREFIX + self.id
+
+    @classmethod
+    def start(cls, folder: OutputFolder, files: list[PurePath]) -> "CommitRecord | None":
+        """Make and lock the record of a new group (None where the platform has
+        no dir_fd or flock: the group then commits without one, as before)."""
+        if folder.fd is None or fcntl is None or not HAS_DIR_FD:
+            return None
+        record_id = secrets.token_hex(6)
+        fd = os.open(RECORD_PREFIX + record_id, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=folder.fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, _files_line(files))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(RECORD_PREFIX + record_id, dir_fd=folder.fd)
+            raise
+        return cls(folder, record_id, fd, files)
+
+    def decide(self) -> None:
+        """The commit line: written and synced, the new files win."""
+        _write_all(self._fd, (_COMMIT + hashlib.sha256(_files_line(self.files)).hexdigest() + "\n").encode())
+        os.fsync(self._fd)
+
+    def finish(self) -> None:
+        """Remove the record (its group is complete or undone) and let go of it."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.name, dir_fd=self.folder.fd)
+        _fsync_dir(self.folder.path, self.folder.fd)
+        os.close(self._fd)  # the lock goes with it
+        self._fd = None
+
+
+def _files_line(files: list[PurePath]) -> bytes:
+    return (json.dumps([f.as_posix() for f in files]) + "\n").encode("utf-8")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def recover_commits(folder: OutputFolder) -> int:
+    """Finish the groups whose writer died in `folder` (module docstring):
+    roll forward those with a commit line, roll back the others, remove their
+    temp files, backups and records. Records still locked (a writer at work,
+    in this process or another) are left alone. Returns the groups finished."""
+    if folder.fd is None or fcntl is None or not HAS_DIR_FD:
+        return 0
+    try:
+        listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder.fd)
+        try:
+            names = [n for n in os.listdir(listing) if n.startswith(RECORD_PREFIX)]
+        finally:
+            os.close(listing)
+    except OSError:
+        return 0  # a folder we cannot list: nothing to recover that we could see
+    finished = 0
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            finished += _recover(folder, name)
+    return finished
+
+
+def _recover(folder: OutputFolder, name: str) -> int:
+    fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder.fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # its writer is alive
+        text = os.read(fd, 1 << 20).decode("utf-8", "replace")
+        group = name[len(RECORD_PREFIX):]
+        lines = text.split("\n")
+        try:
+            files = [_inside(f) for f in json.loads(lines[0])]
+        except (ValueError, TypeError):
+            files = []  # cut short before its list was written: it made no file yet
+        committed = (len(lines) > 1 and files
+                     and lines[1] == _COMMIT + hashlib.sha256(_files_line(files)).hexdigest())
+        for relative in files:
+            dir_fd = folder.existing_subfolder(relative.parent)
+            if dir_fd is None:
+                continue
+            tmp, old = f".{relative.name}.{group}.tmp", f".{relative.name}.{group}.old"
+            if committed and _lexists(tmp, dir_fd):
+                os.replace(tmp, relative.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # roll forward
+            for leftover in (tmp, old):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover, dir_fd=dir_fd)
+            _fsync_dir(folder.path / relative.parent, dir_fd)
+        os.unlink(name, dir_fd=folder.fd)
+        _fsync_dir(folder.path, folder.fd)
+        return 1
+    finally:
+        os.close(fd)
+
+
+def disk_full_or(error: OSError, path: Path) -> OSError | DiskFullError:
+    """ENOSPC and EDQUOT as a DiskFullError that says so (with the space left);
+    any other error as it is."""
+    if error.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return error
+    free = ""
+    with contextlib.suppress(OSError, AttributeError):
+        info = os.statvfs(path.parent)
+        free = f" ({info.f_bavail * info.f_frsize / 1e6:.1f} MB free there now)"
+    quota = " or the quota of this user" if error.errno != errno.ENOSPC else ""
+    return DiskFullError(f"cannot write '{path}': the disk{quota} is full{free}. Nothing was changed and the "
+                         f"partial files were removed: free some space, or choose an output folder on another disk")
 
 
 def _inside(target: str | os.PathLike) -> PurePath:
@@ -326,12 +506,13 @@ def _lexists(name: str, dir_fd: int | None) -> bool:
     return True
 
 
-def _create_temp(path: Path, dir_fd: int | None = None) -> tuple[Path, int]:
+def _create_temp(path: Path, dir_fd: int | None = None, group: str | None = None) -> tuple[Path, int]:
     """A hidden, unique temp file next to `path`: (path, fd). Created with mode
-    0o666 so the umask applies, as for any new file the user makes."""
+    0o666 so the umask applies, as for any new file the user makes. In a
+    group, named after the group's id (its commit record finds it so)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    for _ in range(1 if group else 100):
+        tmp = path.with_name(f".{path.name}.{group or secrets.token_hex(6)}.tmp")
         try:
             return tmp, os.open(tmp.name if dir_fd is not None else tmp, flags, 0o666, dir_fd=dir_fd)
         except FileExistsError:

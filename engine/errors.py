@@ -28,3 +28,8 @@ class OutputError(UserError):
     """An output that cannot go where asked: a folder that cannot be made or
     written, a folder or the input itself in a file's place, an output folder
     moved or replaced while the job ran. Nothing of the user's was changed."""
+
+
+class DiskFullError(OutputError):
+    """The file system ran out of space (or of the user's quota) while writing:
+    the temp files were removed and nothing of the user's was changed."""

@@ -103,6 +103,19 @@ class OutputFolder:
                 raise OutputError(f"cannot make the folder '{self.path / relative}': {_reason(error)}") from None
         return self._subfolders[relative]
 
+    def existing_subfolder(self, relative: str | os.PathLike) -> int | None:
+        """The descriptor of a folder below this one that exists (None when it
+        does not, or without dir_fd support); nothing is made."""
+        relative = PurePath(relative)
+        if self.fd is None or relative.is_absolute() or ".." in relative.parts:
+            return None
+        if relative in self._subfolders:
+            return self._subfolders[relative]
+        try:  # not remembered as a subfolder: check_unchanged looks only at those the job writes into
+            return self._walk(self.fd, relative.parts, create=False)
+        except OSError:
+            return None
+
     def check_unchanged(self) -> None:
         """Refuse (OutputError) when the path no longer leads to the folders held
         open: one of them was moved, or replaced by another folder or a link."""

@@ -39,7 +39,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Container, Sequence
 
 from engine.errors import UserError
 
@@ -47,8 +47,11 @@ AUTH_KEY = "auth"              # the next-to-last argument of a signed request
 AUTH_WINDOW = 60.0             # seconds a token is accepted before or after its time
 SECRET_NAME = "osc-secret"
 _DOMAIN = "msdm-osc-1"
+_REPLY_DOMAIN = "msdm-osc-reply-1"  # another domain: a signed reply can never pass for a request
 _TOKEN = re.compile(r"(\d{1,12})\.([0-9a-f]{16})\.([0-9a-f]{64})\Z")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+PAIR_BYTES = 108  # what `auth <token>` adds to a message: 8 + 96 bytes of strings, 4 of type tags at most
 
 MISSING = (f"this server answers only the user who started it, and this request is not signed: end it with "
            f"'{AUTH_KEY}' and a token made with that user's secret file (docs/osc.md, Security); "
@@ -79,25 +82,28 @@ def secret_path() -> Path:
 
 def read_secret(path: str | os.PathLike | None = None, *, private: bool = False) -> bytes:
     """The secret in `path` (default `secret_path()`). FileNotFoundError when
-    there is none. With `private` (the server), the file must be a regular
-    file (not a link) of this user that no one else may read."""
+    there is none. The file must be a regular file, not a link: it is opened
+    with O_NOFOLLOW and O_NONBLOCK, so a FIFO put in its place is refused at
+    once instead of blocking the server's start or the app's window. With
+    `private` (the server), it must also be this user's, and no one else's
+    to read."""
     path = Path(path or secret_path())
     try:
-        fd = os.open(path, os.O_RDONLY | (_NOFOLLOW if private else 0))
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as error:
-        if private and error.errno == errno.ELOOP:
+        if error.errno == errno.ELOOP:
             raise SecretError(f"the secret file {path} is a symbolic link, which is refused; delete it and "
                               f"msdm serve makes a new file") from None
         raise SecretError(f"cannot read the secret file {path}: {error.strerror}. It belongs to the user who "
                           f"runs msdm serve, and only that user may send it requests") from None
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretError(f"the secret file {path} is not a regular file; delete it and msdm serve "
+                              f"makes a new one")
         if private and os.name == "posix":
-            if not stat.S_ISREG(info.st_mode):
-                raise SecretError(f"the secret file {path} is not a regular file; delete it and msdm serve "
-                                  f"makes a new one")
             if info.st_uid != os.geteuid():
                 raise SecretError(f"the secret file {path} belongs to another user; delete it and msdm serve "
                                   f"makes a new one")
@@ -171,53 +177,119 @@ def _split(message: bytes) -> tuple[bytes, bytes, bytes]:
     return message[:at], message[at:end], message[(end // 4 + 1) * 4:]
 
 
-def _mac(key: bytes, seconds: str, nonce: str, unsigned: bytes) -> str:
-    return hmac.new(key, f"{_DOMAIN}.{seconds}.{nonce}.".encode() + unsigned, hashlib.sha256).hexdigest()
+def _mac(key: bytes, seconds: str, nonce: str, unsigned: bytes, domain: str = _DOMAIN) -> str:
+    return hmac.new(key, f"{domain}.{seconds}.{nonce}.".encode() + unsigned, hashlib.sha256).hexdigest()
 
 
-def token_for(key: bytes, message: bytes, now: float | None = None) -> str:
+def token_for(key: bytes, message: bytes, now: float | None = None, nonce: str | None = None,
+              domain: str = _DOMAIN) -> str:
     """The token that signs the (unsigned) OSC message `message`."""
     head, tags, body = _split(message)
-    seconds, nonce = str(int(time.time() if now is None else now)), secrets.token_hex(8)
-    return f"{seconds}.{nonce}.{_mac(key, seconds, nonce, head + _osc_string(tags) + body)}"
+    seconds, nonce = str(int(time.time() if now is None else now)), nonce or secrets.token_hex(8)
+    return f"{seconds}.{nonce}.{_mac(key, seconds, nonce, head + _osc_string(tags) + body, domain)}"
 
 
-def sign_message(key: bytes, message: bytes, now: float | None = None) -> bytes:
-    """An OSC message with `auth <token>` appended to its arguments."""
-    head, tags, body = _split(message)
+def sign_message(key: bytes, message: bytes, now: float | None = None, nonces: list | None = None) -> bytes:
+    """An OSC message with `auth <token>` appended to its arguments; the
+    token's nonce is appended to `nonces` (a client matches replies by it)."""
     token = token_for(key, message, now)
+    if nonces is not None:
+        nonces.append(token.split(".")[1])
+    return _with_pair(message, token)
+
+
+def _with_pair(message: bytes, token: str) -> bytes:
+    head, tags, body = _split(message)
     return head + _osc_string(tags + b"ss") + body + _osc_string(AUTH_KEY.encode()) + _osc_string(token.encode())
 
 
-def sign_datagram(key: bytes, datagram: bytes, now: float | None = None) -> bytes:
-    """Every message of a datagram (a message, or a bundle at any depth) signed.
-    Anything that is not well-formed OSC goes as it is: the server answers it
-    with the reason it cannot be decoded."""
+def sign_datagram(key: bytes, datagram: bytes, now: float | None = None, nonces: list | None = None) -> bytes:
+    """Every message of a datagram (a message, or a bundle at any depth) signed,
+    each with a nonce of its own (appended to `nonces`). Anything that is not
+    well-formed OSC goes as it is: the server answers it with the reason it
+    cannot be decoded."""
     from .codec import decode_datagram  # python-osc: only where messages are signed (install.py needs none)
 
     try:
         decode_datagram(datagram)
     except ValueError:
         return datagram
-    return _sign_packet(key, datagram, now)
+    return _sign_packet(key, datagram, now, nonces)
 
 
-def _sign_packet(key: bytes, packet: bytes, now: float | None) -> bytes:
+def _sign_packet(key: bytes, packet: bytes, now: float | None, nonces: list | None) -> bytes:
     if not packet.startswith(b"#bundle\0"):
-        return sign_message(key, packet, now)
+        return sign_message(key, packet, now, nonces)
     parts, index = [packet[:16]], 16
     while index < len(packet):
         (size,) = struct.unpack(">i", packet[index:index + 4])
-        element = _sign_packet(key, packet[index + 4:index + 4 + size], now)
+        element = _sign_packet(key, packet[index + 4:index + 4 + size], now, nonces)
         parts.append(struct.pack(">i", len(element)) + element)
         index += 4 + size
     return b"".join(parts)
+
+
+# --------------------------------------------------------------------------- #
+# Replies: signed with the same secret, bound to the request they answer
+# --------------------------------------------------------------------------- #
+
+def nonce_of(args: Sequence) -> str | None:
+    """The nonce of a request's (well-formed) auth token."""
+    if len(args) >= 2 and args[-2] == AUTH_KEY and isinstance(args[-1], str):
+        match = _TOKEN.match(args[-1])
+        if match is not None:
+            return match.group(2)
+    return None
+
+
+def sign_reply(key: bytes, message: bytes, nonce: str, now: float | None = None) -> bytes:
+    """A reply with `auth <seconds>.<nonce>.<mac>` appended, `nonce` being the
+    nonce of the request it answers: the mac (domain "msdm-osc-reply-1", so
+    no reply passes for a request) proves it comes from whoever holds the
+    secret, and the nonce that it answers that very request, so a reply to
+    someone else's request (or one of ours, earlier) cannot be passed on."""
+    return _with_pair(message, token_for(key, message, now, nonce=nonce, domain=_REPLY_DOMAIN))
+
+
+def check_reply(key: bytes, message: bytes, args: Sequence, nonces: Container[str]) -> str | None:
+    """The nonce a reply answers when it is signed with `key` for one of
+    `nonces` (the client's own requests); None for any other datagram."""
+    if len(args) < 2 or args[-2] != AUTH_KEY or not isinstance(args[-1], str):
+        return None
+    match = _TOKEN.match(args[-1])
+    if match is None or match.group(2) not in nonces:
+        return None
+    seconds, nonce, mac = match.groups()
+    unsigned = _unsigned(message, args[-1])
+    if unsigned is None or not hmac.compare_digest(_mac(key, seconds, nonce, unsigned, _REPLY_DOMAIN), mac):
+        return None
+    return nonce
+
+
+def _unsigned(message: bytes, token: str) -> bytes | None:
+    """The message as it was before `auth <token>` was appended; None when the
+    pair is not its last two arguments."""
+    try:
+        head, tags, body = _split(message)
+    except ValueError:
+        return None
+    pair = _osc_string(AUTH_KEY.encode()) + _osc_string(token.encode())
+    if not tags.endswith(b"ss") or not body.endswith(pair):
+        return None
+    return head + _osc_string(tags[:-2]) + body[:len(body) - len(pair)]
 
 
 def strip_auth(args: Sequence) -> list:
     """A request's arguments without a trailing auth pair (for error replies to unsigned requests)."""
     args = list(args)
     return args[:-2] if len(args) >= 2 and args[-2] == AUTH_KEY else args
+
+
+def _age(seconds: float) -> str:
+    """How far a token's time is from the clock, never rounded into the window:
+    60.4 s reads "60.4 s behind", not "60 s away" (which the window allows)."""
+    text = f"{abs(seconds):.1f}" if abs(seconds) < 1000 else f"{abs(seconds):.0f}"
+    return f"{text} s {'behind' if seconds > 0 else 'ahead of'}"
 
 
 class Verifier:
@@ -243,16 +315,11 @@ class Verifier:
         seconds, nonce, mac = match.groups()
         now = self._clock()
         if abs(now - int(seconds)) > self.window:
-            return (f"the '{AUTH_KEY}' token is {abs(now - int(seconds)):.0f} s away from this server's clock "
-                    f"(at most {self.window:g} s): make a new one for each request, and check the clocks")
-        try:
-            head, tags, body = _split(message)
-        except ValueError:
-            tags = body = b""
-        pair = _osc_string(AUTH_KEY.encode()) + _osc_string(args[-1].encode())
-        if not tags.endswith(b"ss") or not body.endswith(pair):
+            return (f"the '{AUTH_KEY}' token is {_age(now - int(seconds))} this server's clock (it accepts "
+                    f"{self.window:g} s either way): make a new one for each request, and check the clocks")
+        unsigned = _unsigned(message, args[-1])
+        if unsigned is None:
             return f"the '{AUTH_KEY}' pair must be the last two arguments, both strings"
-        unsigned = head + _osc_string(tags[:-2]) + body[:len(body) - len(pair)]
         if not hmac.compare_digest(_mac(self._key, seconds, nonce, unsigned), mac):
             return (f"the '{AUTH_KEY}' token does not match: the request was signed with another secret "
                     f"(another user's, or an old file) or changed after signing")

@@ -2,14 +2,26 @@
 on a bound port. Used by `msdm osc-send` (so a DAW script needs nothing but a
 command line) and by the tests (a real client over a real socket; tests/support/osc_replies.py
 collects its replies on a thread). Every message it sends is signed with the
-user's secret (osc_bridge.auth), as the server requires."""
+user's secret (osc_bridge.auth), as the server requires, and every reply it
+takes must come from the server's address and port and be signed with the
+same secret for one of its own requests (auth.check_reply): another user of
+the computer can read this client's port and the job ids (ps), but cannot
+make it report a job done, failed or anything else.
+
+The one reply the server does not sign is its refusal of a request it cannot
+trust (`/msdm/error <job> unauthorized <why>`: signed with another secret, or
+not at all): it cannot sign for a client whose secret it does not share. Such
+a reply, and only with that code, is taken from the server's own address and
+port, which no other user can send from while the server holds it; it can end
+a wait with an error, never report a result."""
 
 from __future__ import annotations
 
+import collections
 import re
 import socket
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import auth
 from .codec import MAX_DATAGRAM, RECEIVE_BUFFER, decode_datagram, encode_message
@@ -19,6 +31,8 @@ JOB_ADDRESSES = ("/msdm/separate", "/msdm/generate", "/msdm/impute")
 QUERY_REPLIES = {"/msdm/ping": "/msdm/pong", "/msdm/models": "/msdm/models",
                  "/msdm/status": "/msdm/status", "/msdm/root": "/msdm/root"}
 FINAL_JOB_REPLIES = ("/msdm/done", "/msdm/error", "/msdm/cancelled")
+UNSIGNED_REFUSAL = "unauthorized"  # the one error code taken unsigned (see the module's docstring)
+REMEMBERED_NONCES = 4096           # requests whose replies are still taken
 
 _INT = re.compile(r"[+-]?\d+\Z")
 
@@ -68,6 +82,9 @@ class OscClient:
             pass
         self.socket.bind((bind_host or ("::1" if family == socket.AF_INET6 else "127.0.0.1"), reply_port))
         self.port = self.socket.getsockname()[1]
+        self._nonces: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.signed = False     # whether the last reply `receive` returned was signed
+        self.ignored = 0        # datagrams dropped: another sender, unsigned, or signed for no request of ours
 
     def close(self) -> None:
         self.socket.close()
@@ -78,30 +95,64 @@ class OscClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def send(self, address: str, *args: Any) -> None:
-        self.send_raw(encode_message(address, args))
+    def send(self, address: str, *args: Any) -> list[str]:
+        return self.send_raw(encode_message(address, args))
 
-    def send_raw(self, data: bytes, sign: bool = True) -> None:
+    def send_raw(self, data: bytes, sign: bool = True) -> list[str]:
         """Send a datagram as it is, with each of its messages signed unless `sign` is off
-        (bytes that are not OSC are never signed)."""
+        (bytes that are not OSC are never signed). Returns the nonces it was signed with."""
+        nonces: list[str] = []
         if sign and self.secret is not None:
-            data = auth.sign_datagram(self.secret, data)
+            data = auth.sign_datagram(self.secret, data, nonces=nonces)
+        self.expect(nonces)
         self.socket.sendto(data, self.server)
+        return nonces
 
-    def receive(self, timeout: float) -> tuple[str, list] | None:
-        """The next reply, or None after `timeout` seconds of silence."""
-        self.socket.settimeout(max(timeout, 1e-3))
-        while True:
+    def expect(self, nonces: Iterable[str]) -> None:
+        """Take the replies to these requests too (another client's, sent with a
+        reply_port pointing here)."""
+        for nonce in nonces:
+            self._nonces[nonce] = None
+            self._nonces.move_to_end(nonce)
+        while len(self._nonces) > REMEMBERED_NONCES:
+            self._nonces.popitem(last=False)
+
+    def receive(self, timeout: float, *, unsigned: bool = False) -> tuple[str, list] | None:
+        """The next reply from the server, or None after `timeout` seconds of
+        silence. Only replies from the server's address and port, signed for
+        one of this client's requests (their auth pair removed), and unsigned
+        refusals (`/msdm/error <job> unauthorized <why>`); `unsigned`: every
+        unsigned reply from the server's address (tests of what an unsigned
+        request is told). `self.signed` says which it was."""
+        deadline = time.monotonic() + max(timeout, 1e-3)
+        while (left := deadline - time.monotonic()) > 0:
+            self.socket.settimeout(left)
             try:
-                data, _ = self.socket.recvfrom(MAX_DATAGRAM)
+                data, sender = self.socket.recvfrom(MAX_DATAGRAM)
             except (socket.timeout, TimeoutError):
                 return None
             except ConnectionResetError:
                 continue
-            try:
-                return decode_datagram(data)[0]
-            except (ValueError, IndexError):
-                continue
+            reply = self._trusted(data, sender, unsigned)
+            if reply is not None:
+                return reply
+            self.ignored += 1
+        return None
+
+    def _trusted(self, data: bytes, sender: tuple, unsigned: bool) -> tuple[str, list] | None:
+        if tuple(sender[:2]) != tuple(self.server[:2]):
+            return None  # not the server: anyone on the computer can send to this port
+        try:
+            address, args, raw = decode_datagram(data, with_bytes=True)[0]
+        except (ValueError, IndexError):
+            return None
+        if self.secret is not None and auth.check_reply(self.secret, raw, args, self._nonces) is not None:
+            self.signed = True
+            return address, args[:-2]
+        self.signed = False
+        if unsigned or (address == "/msdm/error" and len(args) >= 2 and args[1] == UNSIGNED_REFUSAL):
+            return address, args
+        return None
 
     def request(self, address: str, *args: Any, timeout: float = 5.0) -> tuple[str, list] | None:
         """Send a query and return its answer (or an /msdm/error), None on timeout."""

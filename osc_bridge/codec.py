@@ -97,9 +97,14 @@ def _message(dgram: bytes) -> tuple[str, list, bytes]:
 
 
 def encode_message(address: str, args: Iterable[Any]) -> bytes:
-    """(address, args) -> one OSC message: int32, float32 and strings; a bool is sent as 0 or 1."""
+    """(address, args) -> one OSC message: int32, float32 and strings; a bool is sent as 0 or 1.
+    A string with a NUL character is a ValueError: an OSC string ends at its
+    first NUL, so the server would read another message than the one signed."""
     builder = OscMessageBuilder(address=address)
-    for value in args:
+    for number, value in enumerate(args, 1):
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError(f"argument {number} of {address} contains a NUL character, which an OSC string "
+                             f"cannot carry (it would end the string there); remove it")
         if isinstance(value, bool):  # OSC 1.0 has no boolean: a flag is 0 or 1 (protocol.as_flag)
             builder.add_arg(int(value), OscMessageBuilder.ARG_TYPE_INT)
         elif isinstance(value, int):

@@ -23,9 +23,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from engine.errors import OutputError, UserError
+from engine.errors import DiskFullError, OutputError, UserError
 
 from . import protocol
 from .paths import contained_output_dir
@@ -36,13 +36,24 @@ log = logging.getLogger("msdm.serve")
 PROGRESS_MIN_INTERVAL = 0.2  # seconds between two progress replies at most this often
 HEARTBEAT = 0.9              # seconds of silence after which the last progress is repeated
 
-Send = Callable[[tuple, protocol.Reply], None]
+
+
+class ReplyTo(NamedTuple):
+    """Where a request's replies go, and the nonce of the signed request they
+    answer (osc_bridge.auth.sign_reply signs each reply with it, so the client
+    knows the reply is the server's and that it answers this request)."""
+
+    address: tuple        # (host, port, ...)
+    nonce: str | None
+
+
+Send = Callable[[ReplyTo, protocol.Reply], None]
 
 
 @dataclass
 class Job:
     request: JobRequest
-    reply_to: tuple            # (host, port) chosen when the job was submitted
+    reply_to: ReplyTo          # the address chosen when the job was submitted, and its request's nonce
     out_dir: Path              # resolved, inside the output root
     cancel: threading.Event = field(default_factory=threading.Event)
     fraction: float = 0.0
@@ -101,7 +112,7 @@ class JobQueue:
             self._wake.notify()
             return position
 
-    def cancel(self, job_id: str, requester: tuple | None = None) -> bool:
+    def cancel(self, job_id: str, requester: ReplyTo | None = None) -> bool:
         """Cancel a queued or running job; False when no such job is known.
         /msdm/cancelled goes to the job's reply address, and to `requester`
         when that is another one."""
@@ -151,9 +162,11 @@ class JobQueue:
         return ids
 
     @staticmethod
-    def _watch(job: Job, requester: tuple | None) -> None:
+    def _watch(job: Job, requester: ReplyTo | None) -> None:
+        """A canceller at another address hears the end too (signed with its own request's nonce)."""
         with job.lock:
-            if requester is not None and requester != job.reply_to and requester not in job.watchers:
+            addresses = [job.reply_to.address] + [watcher.address for watcher in job.watchers]
+            if requester is not None and requester.address not in addresses:
                 job.watchers.append(requester)
 
     def _finish(self, job: Job, reply) -> None:
@@ -241,6 +254,8 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 
     if isinstance(error, AudioInputError):
         return protocol.BAD_INPUT, str(error)
+    if isinstance(error, DiskFullError):
+        return protocol.ENGINE, str(error)  # not the path's fault: the same request works once there is room
     if isinstance(error, OutputError):
         return protocol.BAD_PATH, str(error)
     if isinstance(error, FileExistsError):

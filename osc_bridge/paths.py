@@ -12,6 +12,7 @@ for the folder during the job redirects nothing.
 from __future__ import annotations
 
 import logging
+import errno
 import os
 import stat
 from pathlib import Path
@@ -63,7 +64,13 @@ def contained_output_dir(out_dir: str, root: Path, job_id: str = "", create: boo
     if not _is_inside(resolved, root):
         raise ProtocolError(BAD_PATH, f"out_dir {out_dir!r} is outside the server's output root {root}; "
                                       f"choose a folder inside it (or start msdm serve with --output-root)", job_id)
-    if resolved.exists() and not resolved.is_dir():
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        info = None
+    except OSError as error:  # a name longer than the file system allows, a file where a folder must be...
+        raise ProtocolError(BAD_PATH, path_problem("out_dir", out_dir, error), job_id) from None
+    if info is not None and not stat.S_ISDIR(info.st_mode):
         raise ProtocolError(BAD_PATH, f"out_dir {out_dir!r} exists and is not a folder", job_id)
     if create:
         try:
@@ -100,4 +107,18 @@ def check_input_file(path: str, what: str, job_id: str = "") -> Path:
         check_audio_file(raw)
     except AudioInputError as error:
         raise ProtocolError(BAD_INPUT, f"{what}: {error}", job_id) from None
+    except OSError as error:
+        raise ProtocolError(BAD_PATH, path_problem(what, path, error), job_id) from None
     return raw
+
+
+def path_problem(what: str, path: str, error: OSError) -> str:
+    """An OSError about a path a request named, in words (never "[Errno 36]")."""
+    shown = path if len(path) <= 120 else path[:57] + "..." + path[-60:]
+    if error.errno == errno.ENAMETOOLONG:
+        longest = max(len(part.encode("utf-8", "surrogateescape")) for part in Path(path).parts)
+        return (f"{what} {shown!r} is too long for the file system: a name in it has {longest} bytes (most file "
+                f"systems allow 255 per name, 4096 in all); choose a shorter name")
+    if error.errno == errno.ENOTDIR:
+        return f"{what} {shown!r}: a file is where a folder must be; choose another path"
+    return f"{what} {shown!r}: {error.strerror or error}"

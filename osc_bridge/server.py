@@ -14,6 +14,12 @@ Who is served: the user who runs the server. Every request must be signed
 with that user's secret (osc_bridge.auth; the file only they can read); any
 other is answered with /msdm/error "unauthorized" and goes no further, so an
 unsigned request neither runs nor learns anything but that it was refused.
+Every reply to a signed request is signed too, with the same secret and the
+request's nonce (auth.sign_reply), so a client can tell the server's replies
+from anyone else's. A datagram that cannot be trusted (refused, or not OSC)
+gets at most one short unsigned reply, to the address it came from only (never
+to a reply_port it names), rate-limited per host (osc_bridge.refusals): it can
+neither be reflected at someone else nor amplified.
 
 Limits (constructor arguments; docs/osc.md "Security"): messages per bundle
 (`max_bundle_messages`), network evaluations per window a job may ask for
@@ -39,9 +45,10 @@ from typing import Any
 from . import auth, protocol
 from .codec import MAX_DATAGRAM, MAX_REPLY, RECEIVE_BUFFER, decode_datagram, encode_message  # noqa: F401
 from .codec import DEFAULT_MAX_BUNDLE_MESSAGES, encode_reply
-from .jobs import Job, JobQueue, execute_job
+from .jobs import Job, JobQueue, ReplyTo, execute_job
 from .paths import check_input_file, check_outputs_free, contained_output_dir, prepare_output_root
 from .protocol import DEFAULT_MAX_EVALUATIONS, DEFAULT_PORT, CancelRequest, JobRequest, ProtocolError, Query
+from .refusals import DEFAULT_PER_HOST, DEFAULT_TOTAL, RefusalLimiter
 
 log = logging.getLogger("msdm.serve")
 
@@ -66,8 +73,10 @@ class OscServer:
     (steps x resamples), `max_bundle_messages` messages per datagram; replies
     are cut to `max_reply_bytes`.
 
-    `secret`: the key requests are signed with (default: the user's secret
-    file, made on first use, osc_bridge.auth.load_or_create_secret). The
+    `secret`: the key requests and replies are signed with (default: the
+    user's secret file, made on first use, osc_bridge.auth.load_or_create_secret).
+    `unsigned_replies_per_host` / `unsigned_replies_total`: how many replies a
+    second may answer datagrams that cannot be trusted (None: no limit). The
     output root is made private (0700); `msdm serve` also sets the umask to
     077, so the files it writes are 0600."""
 
@@ -76,7 +85,9 @@ class OscServer:
                  max_queued: int = 16, backend: str = "torch", version: str | None = None,
                  max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
                  max_bundle_messages: int = DEFAULT_MAX_BUNDLE_MESSAGES,
-                 max_reply_bytes: int = MAX_REPLY, secret: bytes | None = None) -> None:
+                 max_reply_bytes: int = MAX_REPLY, secret: bytes | None = None,
+                 unsigned_replies_per_host: float | None = DEFAULT_PER_HOST,
+                 unsigned_replies_total: float | None = DEFAULT_TOTAL) -> None:
         from engine import __version__
         from .paths import default_output_root
 
@@ -92,7 +103,9 @@ class OscServer:
         self.backend = backend
         self.version = version or __version__
         self.max_seconds = float(max_seconds)
-        self.verifier = auth.Verifier(secret if secret is not None else auth.load_or_create_secret())
+        self._key = secret if secret is not None else auth.load_or_create_secret()
+        self.verifier = auth.Verifier(self._key)
+        self.refusals = RefusalLimiter(unsigned_replies_per_host, unsigned_replies_total)
         self.output_root = prepare_output_root(output_root or default_output_root())
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.socket = socket.socket(family, kind, proto)
@@ -151,14 +164,22 @@ class OscServer:
 
     # ---- replies --------------------------------------------------------- #
 
-    def send(self, target: tuple, reply: protocol.Reply) -> None:
+    def send(self, target: ReplyTo | tuple, reply: protocol.Reply) -> None:
+        """Send a reply: to a ReplyTo, signed with the nonce of the request it
+        answers; to a bare address, unsigned (only the refusal of a datagram
+        that cannot be trusted goes so, see `refuse`)."""
         address, args = reply
+        nonce = target.nonce if isinstance(target, ReplyTo) else None
+        destination = target.address if isinstance(target, ReplyTo) else target
         try:
-            data = encode_reply(address, args, self.max_reply_bytes)
+            # Room for the auth pair when the reply is cut to fit.
+            data = encode_reply(address, args, self.max_reply_bytes - (auth.PAIR_BYTES if nonce else 0))
+            if nonce:
+                data = auth.sign_reply(self._key, data, nonce)
             with self._send_lock:
-                self.socket.sendto(data, target)
+                self.socket.sendto(data, destination)
         except Exception as error:  # an unreachable client must not stop the server or a job
-            log.debug("could not send %s to %s: %s", address, target, type(error).__name__)
+            log.debug("could not send %s to %s: %s", address, destination, type(error).__name__)
 
     # ---- requests -------------------------------------------------------- #
 
@@ -169,8 +190,9 @@ class OscServer:
         try:
             messages = decode_datagram(data, self.max_bundle_messages, with_bytes=True)
         except ValueError as error:  # its reason quotes nothing of the datagram
-            self.send(sender, protocol.error("", protocol.BAD_REQUEST, f"could not decode the datagram: {error}"))
+            self.refuse(sender, protocol.error("", protocol.BAD_REQUEST, f"could not decode the datagram: {error}"))
             return
+        refusal = None
         for address, args, raw in messages:
             if address in protocol.REPLY_ONLY_ADDRESSES:
                 # A reply arriving here (another server's, misdirected): answering it with an
@@ -179,25 +201,29 @@ class OscServer:
                 continue
             refused = self.verifier.check(raw, args)
             if refused is not None:
-                self.refuse(address, auth.strip_auth(args), sender, refused)
+                # Nothing of it is parsed: its job id (when it has a readable one) only names the refusal.
+                refusal = refusal or protocol.error(protocol.best_effort_job_id(address, auth.strip_auth(args)),
+                                                    protocol.UNAUTHORIZED, refused)
                 continue
-            self.handle_message(address, args[:-2], sender)
+            self.handle_message(address, args[:-2], sender, auth.nonce_of(args))
+        if refusal is not None:
+            self.refuse(sender, refusal)
 
-    def refuse(self, address: str, args: list, sender: tuple, reason: str) -> None:
-        """An unsigned (or wrongly signed) request: nothing of it is parsed or
-        run; the error goes where an error of that request would go."""
-        port = protocol.best_effort_reply_port(address, args)
-        reply_to = sender if port is None else (sender[0], port) + tuple(sender[2:])
-        self.send(reply_to, protocol.error(protocol.best_effort_job_id(address, args), protocol.UNAUTHORIZED,
-                                           reason))
+    def refuse(self, sender: tuple, reply: protocol.Reply) -> None:
+        """The one reply to a datagram that cannot be trusted (not OSC, or a
+        request not signed as it must be): unsigned, to the sender's own
+        address (never a reply_port it names), one per datagram however many
+        messages it holds, and only as often as the rate limit allows."""
+        if self.refusals.allow(str(sender[0])):
+            self.send(sender, reply)
 
-    def handle_message(self, address: str, args: list, sender: tuple) -> None:
-        reply_to = sender
+    def handle_message(self, address: str, args: list, sender: tuple, nonce: str | None = None) -> None:
+        reply_to = ReplyTo(sender, nonce)
         try:
             request = protocol.parse_request(address, args, self.stems, max_evaluations=self.max_evaluations)
             port = protocol.reply_port_of(request)
             if port is not None:
-                reply_to = (sender[0], port) + tuple(sender[2:])
+                reply_to = ReplyTo((sender[0], port) + tuple(sender[2:]), nonce)
             if isinstance(request, Query):
                 self.send(reply_to, self.answer(request))
             elif isinstance(request, CancelRequest):
@@ -207,10 +233,10 @@ class OscServer:
             else:
                 self.jobs.submit(self.check_job(request, reply_to))
         except ProtocolError as error:
-            if reply_to is sender:  # it failed before its reply port was read
+            if reply_to.address is sender:  # it failed before its reply port was read
                 port = protocol.best_effort_reply_port(address, args)
                 if port is not None:
-                    reply_to = (sender[0], port) + tuple(sender[2:])
+                    reply_to = ReplyTo((sender[0], port) + tuple(sender[2:]), nonce)
             job_id = error.job_id or protocol.best_effort_job_id(address, args)
             self.send(reply_to, protocol.error(job_id, error.code, error.message))
         except Exception as error:  # a bug here must cost one request, not the server
@@ -228,7 +254,7 @@ class OscServer:
             return protocol.status_reply(*self.jobs.status())
         return protocol.root_reply(str(self.output_root), self.max_seconds)
 
-    def check_job(self, request: JobRequest, reply_to: tuple) -> Job:
+    def check_job(self, request: JobRequest, reply_to: ReplyTo) -> Job:
         """Everything that can be checked before queueing: the folder, the
         inputs' headers, the length limit, existing outputs."""
         from engine.audio.files import AudioInputError, inspect_audio

@@ -78,7 +78,9 @@ def test_only_requests_signed_with_the_users_secret_are_served(setup, caplog):
         # Signed, it runs; the same datagram again (a replay) is refused.
         final = client.run_job("/msdm/separate", "ok1", str(mix), str(root / "ok1"), *STEPS, silence=60)
         assert final[0] == "/msdm/done", final
-        status = sign_datagram(key, encode_message("/msdm/status", []))
+        nonces: list = []
+        status = sign_datagram(key, encode_message("/msdm/status", []), nonces=nonces)
+        client.expect(nonces)  # signed outside the client: its replies are taken when the client knows the nonce
         assert answer(status)[0] == "/msdm/status"
         address, args = answer(status)
         assert (address, args[1]) == ("/msdm/error", "unauthorized") and "used before" in args[2]
@@ -96,25 +98,41 @@ def test_an_unsigned_client_learns_nothing_but_the_refusal(setup):
             stranger.send(entry.address, *(["j"] if entry.address == "/msdm/cancel" else []))
             address, args = stranger.receive(10)
             assert (address, args[1]) == ("/msdm/error", "unauthorized"), (entry.address, args)
-        # A reply port in a refused request is still where the refusal goes (liblo's oscsend is gone by then).
+        # A reply port in a refused request is not followed (issue 21, finding 3): the refusal
+        # goes to the sender's own address, so nobody can aim it at someone else's port.
         with OscClient("127.0.0.1", server.port) as listener:
             stranger.send_raw(encode_message("/msdm/ping", [listener.port]), sign=False)
-            assert listener.receive(10)[1][1] == "unauthorized"
+            assert stranger.receive(10)[1][1] == "unauthorized"
+            assert listener.receive(0.5, unsigned=True) is None
 
 
 def test_the_signing_recipe_in_the_docs_is_accepted(setup):
-    """docs/osc.md's standard-library signer (for TouchDesigner and other Python hosts)."""
+    """docs/osc.md's standard-library signer and reply checker (for TouchDesigner and other Python hosts)."""
+    import socket
+
+    from osc_bridge.codec import decode_datagram
+
     server, key, mix, root = setup
     docs = (Path(__file__).resolve().parent.parent / "docs" / "osc.md").read_text(encoding="utf-8")
-    block = next(b for b in docs.split("```python\n")[1:] if b.startswith("# msdm_auth:")).split("```")[0]
     namespace: dict = {}
-    exec(block, namespace)
-    secret_file = root.parent / "config" / "osc-secret"
-    with OscClient("127.0.0.1", server.port) as client:
-        args = namespace["msdm_auth"]("/msdm/generate", ["doc1", str(root / "doc1"), 0.25, "steps", 2],
-                                      secret_file=str(secret_file))
-        client.send_raw(encode_message("/msdm/generate", args), sign=False)
-        assert client.wait_job("doc1", silence=60)[0] == "/msdm/done"
+    for name in ("# msdm_auth:", "# msdm_reply_ok:"):
+        exec(next(b for b in docs.split("```python\n")[1:] if b.startswith(name)).split("```")[0], namespace)
+    secret_file = str(root.parent / "config" / "osc-secret")
+    args = namespace["msdm_auth"]("/msdm/generate", ["doc1", str(root / "doc1"), 0.25, "steps", 2],
+                                  secret_file=secret_file)
+    nonce = args[-1].split(".")[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(60)
+        sock.sendto(encode_message("/msdm/generate", args), ("127.0.0.1", server.port))
+        replies = []
+        while not replies or replies[-1][0] not in ("/msdm/done", "/msdm/error"):
+            replies.append(decode_datagram(sock.recv(65535))[0])
+    assert replies[-1][0] == "/msdm/done", replies[-1]
+    assert all(namespace["msdm_reply_ok"](address, args, nonce, secret_file) for address, args in replies)
+    address, args = replies[-1]
+    assert not namespace["msdm_reply_ok"](address, args, "0" * 16, secret_file)
+    assert not namespace["msdm_reply_ok"](address, args[:1] + ["x"] + args[2:], nonce, secret_file)
 
 
 # --- the secret file and the output root ---------------------------------------------

@@ -49,12 +49,13 @@ def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
     dumped = Lines(dump, strip_time=True)
     try:
         time.sleep(0.3)  # oscdump binds its port
+        # Unsigned: refused at the sender's own port (oscsend's, gone by now), never at the one it names.
         subprocess.run(["oscsend", "127.0.0.1", str(port), "/msdm/ping", "i", str(dump_port)], check=True)
-        unsigned = dumped.wait_for(lambda line: line.startswith("/msdm/error"), 10)
-        assert unsigned.startswith('/msdm/error sss "" "unauthorized"'), unsigned
         oscsend(port, "/msdm/ping", "i", str(dump_port))
         pong = dumped.wait_for(lambda line: line.startswith("/msdm/pong"), 10)
-        assert pong.split()[1:] == ["ss", '"0.1.0"', '"tiny.safetensors"']
+        assert not any(line.startswith("/msdm/error") for line in dumped.seen), dumped.seen
+        # Signed replies end with the pair auth <token> (docs/osc.md, Checking a reply).
+        assert pong.split()[1:4] == ["ssss", '"0.1.0"', '"tiny.safetensors"'] and pong.split()[4] == '"auth"', pong
 
         mix = tmp_path / "mix.wav"
         write_audio(mix, (0.1 * np.random.default_rng(0).standard_normal((1, 5000))).astype(np.float32), 22050)
@@ -62,10 +63,10 @@ def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
         oscsend(port, "/msdm/separate", "ssssisssi", "job-1", str(mix), str(out), "steps", "4", "method", "dpmpp2m",
                 "reply_port", str(dump_port))
         done = dumped.wait_for(lambda line: line.startswith(("/msdm/done", "/msdm/error")), 60)
-        assert done.startswith("/msdm/done " + "s" * 9 + " "), done  # job id + 4 x (stem, path)
+        assert done.startswith("/msdm/done " + "s" * 11 + " "), done  # job id + 4 x (stem, path) + auth pair
         accepted = [line for line in dumped.seen if line.startswith("/msdm/accepted")]
-        assert accepted == ['/msdm/accepted si "job-1" 0']
-        assert any(line.startswith('/msdm/progress sfs "job-1"') for line in dumped.seen)
+        assert len(accepted) == 1 and accepted[0].startswith('/msdm/accepted siss "job-1" 0 "auth" "')
+        assert any(line.startswith('/msdm/progress sfsss "job-1"') for line in dumped.seen)
         for stem in ("bass", "drums", "guitar", "piano"):
             assert f'"{stem}" "{out / stem}.wav"' in done
         stems = [read_audio(out / f"{stem}.wav").samples for stem in ("bass", "drums", "guitar", "piano")]
@@ -74,7 +75,7 @@ def test_oscsend_ping_and_separate_answered_on_a_reply_port(served, tmp_path):
 
         oscsend(port, "/msdm/cancel", "si", "nojob", str(dump_port))
         error = dumped.wait_for(lambda line: line.startswith("/msdm/error"), 10)
-        assert error.startswith('/msdm/error sss "nojob" "unknown_job"')
+        assert error.startswith('/msdm/error sssss "nojob" "unknown_job"')
     finally:
         dump.kill()
         dump.wait()

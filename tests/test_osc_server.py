@@ -73,7 +73,7 @@ def test_ping_models_status_root(server, client, tiny_model_path, root):
 
 def test_reply_port_sends_replies_elsewhere(server, client):
     with OscClient("127.0.0.1", server.port) as listener:
-        client.send("/msdm/ping", listener.port)
+        listener.expect(client.send("/msdm/ping", listener.port))  # the reply is signed for the client's request
         assert listener.receive(5)[0] == "/msdm/pong"
         assert client.receive(0.3) is None
 

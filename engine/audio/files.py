@@ -18,18 +18,19 @@ Conventions used throughout:
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import IO, Iterable, Mapping
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from engine.atomic import AtomicFile, AtomicFiles, CommitOnExit
+from engine.atomic import AtomicFile, AtomicFiles, CommitOnExit, disk_full_or
 from engine.errors import InputError
 from engine.output_folder import OutputFolder
 
@@ -368,6 +369,36 @@ def write_audio(
     return writer.path
 
 
+class _KeepsWriteErrors:
+    """The temp file as soundfile sees it. soundfile writes through libsndfile's
+    virtual I/O, a callback: an OSError raised there (a full disk) is printed
+    as a traceback and lost, and libsndfile's short write then fails soundfile's
+    `assert written == frames` (the user read "AssertionError"). Here the
+    error is kept, 0 bytes reported written, and `raise_error` raises it as
+    what it is (engine.atomic.disk_full_or)."""
+
+    def __init__(self, file: IO) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            written = self._file.write(data)
+        except OSError as error:
+            self.error = error
+            return 0
+        return len(data) if written is None else written
+
+    def raise_error(self, path: Path) -> None:
+        if self.error is not None:
+            raise disk_full_or(self.error, path)
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
 class AudioWriter(CommitOnExit):
     """Write [C, n] float blocks to an audio file atomically, so long outputs can
     be streamed to disk in bounded memory.
@@ -405,7 +436,7 @@ class AudioWriter(CommitOnExit):
         self._target = target or AtomicFile(path, overwrite=overwrite)
         self.tmp = self._target.tmp
         try:
-            self._file = self._target.open("wb")
+            self._file = _KeepsWriteErrors(self._target.open("wb"))
             # Format is passed explicitly: the temp name ends in .tmp, and a
             # file object has no extension for soundfile to infer it from.
             self._sound = sf.SoundFile(self._file, mode="w", samplerate=self.sample_rate,
@@ -428,13 +459,25 @@ class AudioWriter(CommitOnExit):
         frames_first = np.ascontiguousarray(x.T, dtype=np.float32)
         if self.clip:
             frames_first = np.clip(frames_first, -1.0, 1.0)
-        self._sound.write(frames_first)
+        try:
+            self._sound.write(frames_first)
+        except AssertionError:  # soundfile's check of a short write: the error is the file's
+            raise self._write_error() from None
+        self._file.raise_error(self.path)
         self.frames += x.shape[1]
+
+    def _write_error(self) -> OSError:
+        self._file.raise_error(self.path)
+        return OSError(errno.EIO, f"cannot write '{self.path}': the audio library wrote less than it was given")
 
     def finish(self) -> None:
         """Complete the file (libsndfile writes its header on close); `commit` renames it."""
         try:
-            self._sound.close()
+            try:
+                self._sound.close()
+            except (AssertionError, RuntimeError):
+                raise self._write_error() from None
+            self._file.raise_error(self.path)
         except BaseException:
             self.abort()
             raise

@@ -185,6 +185,10 @@ class Bouncer:
         self.cancel = threading.Event()
         self.batch_stats = None  # engine.bounce.batching.BatchStats of the last batched run
 
+    def _warn(self, message: str) -> None:
+        """A manifest line that was skipped, on stderr (unless another line says the song is done, it is bounced again)."""
+        print(f"msdm bounce: warning: {message}", file=sys.stderr, flush=True)
+
     # -- one song ---------------------------------------------------------
     def _bounce_one(self, models, song: Song, seed: int, progress) -> dict[str, Path]:
         from engine.jobs.options import JobOptions
@@ -212,7 +216,7 @@ class Bouncer:
     def plan(self, songs: list[Song]) -> tuple[list[Song], list[Song]]:
         """(this rank's songs still to do, this rank's songs already done)."""
         mine = rank_share(songs, self.rank, self.world_size)
-        latest = latest_by_track(read_records(manifest_parts(self.out_dir)))
+        latest = latest_by_track(read_records(manifest_parts(self.out_dir), warn=self._warn))
         todo, done = [], []
         for song in mine:
             seed = song_seed(self.job.seed, song.track)

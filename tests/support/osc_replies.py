@@ -14,8 +14,11 @@ class ReplyCollector:
     """Drains a client's socket on a thread and keeps every reply with its
     arrival time, so bursts of replies never overflow the socket's buffer."""
 
-    def __init__(self, client: OscClient) -> None:
+    def __init__(self, client: OscClient, unsigned: bool = False) -> None:
+        """`unsigned`: keep the server's unsigned replies too (its answers to
+        datagrams it cannot trust), not only those signed for the client's requests."""
         self.client = client
+        self.unsigned = unsigned
         self.replies: list[tuple[float, str, list]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="osc-replies", daemon=True)
@@ -24,7 +27,7 @@ class ReplyCollector:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                reply = self.client.receive(0.05)
+                reply = self.client.receive(0.05, unsigned=self.unsigned)
             except OSError:  # the client's socket was closed under us: nothing more will come
                 return
             if reply is not None:
