@@ -11,6 +11,8 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from engine.atomic import write_atomic
 
+from .qt_refcount import guard_bool_refcounts
+
 STYLE = """
 QMainWindow, QWidget { background: #1b1d22; color: #d8dbe2; }
 QFrame#lane { background: #202329; border: 1px solid #2c3038; border-radius: 4px; }
@@ -44,6 +46,7 @@ QMenu::item:selected, QMenuBar::item:selected { background: #3a6df0; }
 
 
 def make_application(argv: list[str] | None = None) -> QApplication:
+    guard_bool_refcounts()  # PySide6 6.12.0's emit() would otherwise crash the exit (desktop/qt_refcount.py)
     app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
     app.setOrganizationName("MSDM Studio")
     app.setApplicationName("MSDM Studio")

@@ -25,6 +25,7 @@ from .jobs import Job, JobRefused, build_request, check_result, new_job_id
 from .lanes import Lanes
 from .loader import FileLoader, Loaded, LoadRequest
 from .message_bar import MessageBar
+from .qt_refcount import guard_bool_refcounts
 from .ruler import Ruler
 from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
 from .settings import AppSettings, load_settings, save_settings
@@ -38,6 +39,7 @@ AUDIO_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aif *.aiff *.w64 *.opus);;All 
 class MainWindow(QMainWindow):
     def __init__(self, settings: AppSettings | None = None, *, start_engine: bool = True) -> None:
         super().__init__()
+        guard_bool_refcounts()  # for windows made without make_application (tests): desktop/qt_refcount.py
         self.settings = settings or load_settings()
         self.setWindowTitle("MSDM Studio")
         self.resize(1280, 760)
