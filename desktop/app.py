@@ -31,6 +31,8 @@ QToolButton:hover { background: #30343c; }
 QToolButton:checked { background: #3a6df0; color: white; }
 QToolButton#toggleM:checked { background: #e0a030; color: black; }
 QToolButton#toggleS:checked { background: #3ac070; color: black; }
+QToolButton#toggleGiven { border: 1px solid #4a505c; padding: 1px 6px; }
+QToolButton#toggleGiven:checked { background: #b07cff; color: black; border-color: #b07cff; }
 QToolButton#transport { font-size: 15px; min-width: 28px; }
 QFrame#messageBar { background: #23324a; border-radius: 4px; }
 QFrame#messageBar[level="warning"] { background: #4a3d1f; }

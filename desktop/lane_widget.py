@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyqtgraph as pg
 from PySide6.QtCore import QMimeData, QPoint, QRectF, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDrag, QFont
-from PySide6.QtWidgets import (QCheckBox, QFrame, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout,
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout,
                                QWidget)
 
 from .session import MIX, LaneAudio
@@ -76,8 +76,12 @@ class LaneWidget(QFrame):
         self.mute = self._toggle("M", "Mute this lane")
         self.solo = self._toggle("S", "Solo: play only soloed lanes")
         self.spectrum = self._toggle("~", "Show the spectrogram instead of the waveform")
-        self.given = QCheckBox("given")
-        self.given.setToolTip("Impute keeps this stem and generates the unticked ones to fit it")
+        # A framed toggle like M and S (a check box drew no visible box on the dark theme: issue 22).
+        self.given = QToolButton()
+        self.given.setText("given")
+        self.given.setCheckable(True)
+        self.given.setObjectName("toggleGiven")
+        self.given.setToolTip("Given: Impute keeps this stem and generates the lanes not given to fit it")
         self.given.setVisible(name != MIX)
         self.level = QSlider(Qt.Orientation.Horizontal)
         self.level.setRange(0, 150)

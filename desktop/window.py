@@ -347,10 +347,10 @@ class MainWindow(QMainWindow):
             if self.engine.job is not job or job.answered or not self._apply(loaded.audio, job.kind.capitalize()):
                 return  # the job ended (or its result came) while the guess was read
             job.first_guess_shown = True
-            self.lanes.set_flags(MIX, mute=True)
+            muted = self._mute_mix_for_stems()
             self.refresh_lanes()
             self.message("First guess on the lanes: listen while the model refines it; the refined stems "
-                         "replace it when ready.")
+                         f"replace it when ready. {muted}")
 
         self._read(paths, show)
 
@@ -360,12 +360,19 @@ class MainWindow(QMainWindow):
         if not self._apply(loaded.audio, kind, refine=job.first_guess_shown):
             return
         elapsed = time.monotonic() - job.started
-        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.0f} s", 1000)
-        # The stems sum to the mix: play them, not both.
-        self.lanes.set_flags(MIX, mute=True)
+        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.{0 if elapsed >= 10 else 1}f} s", 1000)
+        # The stems sum to the mix: play them, not both, and say so (issue 22: a silent mute puzzled).
+        muted = self._mute_mix_for_stems()
         self.refresh_lanes(fit=self.session.audio.get(MIX) is None or kind == "Generate")
         self.message(f"{kind} done in {elapsed:.1f} s: {len(loaded.audio)} lanes filled (files in {job.out_dir}). "
-                     "Undo (Ctrl+Z) puts the previous lanes back.")
+                     f"{muted}Undo (Ctrl+Z) puts the previous lanes back.")
+
+    def _mute_mix_for_stems(self) -> str:
+        """Mute the mix lane (the stems sum to it, playing both doubles it); the sentence that says so."""
+        if self.lanes.state(MIX).mute:
+            return ""
+        self.lanes.set_flags(MIX, mute=True)
+        return "The mix lane is muted so you hear the stems (its M button unmutes it). "
 
     def undo(self) -> None:
         if self.engine.job is not None:
