@@ -175,7 +175,16 @@ def _parser(option: job_options.Option) -> Callable[[Any], Any]:
         return lambda v: as_choice(v, option.name, option.choices)
     if option.type is int:
         return lambda v: as_int(v, option.name, option.low, option.high)
+    if option.type is str:  # a text option with a format of its own (range "START:END", regenerate "bass,drums")
+        return lambda v: _checked_text(option, v)
     return lambda v: as_float(v, option.name, option.low, option.high)
+
+
+def _checked_text(option: job_options.Option, value: Any) -> str:
+    text = as_text(value, option.name)
+    if (reason := option.problem(text)) is not None:
+        raise ProtocolError(BAD_REQUEST, reason)
+    return text
 
 
 METHODS = job_options.METHODS
