@@ -44,6 +44,7 @@ class TaskBar(QFrame):
         super().__init__(parent)
         self.setObjectName("taskBar")
         self.job: Job | None = None
+        self.labels: dict[str, QLabel] = {}
         # Two rows, so that both fit the default 1280 px window: the tasks and the
         # running job's progress above, the sampler settings below.
         rows = QVBoxLayout(self)
@@ -57,17 +58,23 @@ class TaskBar(QFrame):
         self.separate_button = QPushButton("Separate")
         self.generate_button = QPushButton("Generate")
         self.impute_button = QPushButton("Impute")
+        self.regenerate_button = QPushButton("Regenerate")
         self.separate_button.setToolTip("Split the mix lane into the stem lanes")
         self.generate_button.setToolTip("Make a new piece: every stem and the mix")
         self.impute_button.setToolTip("Keep the stems ticked 'given' and generate the others to fit them")
-        self.task_buttons = dict(zip(TASKS, (self.separate_button, self.generate_button, self.impute_button)))
+        self.regenerate_button.setToolTip("Write the selected ('sel') stem lanes anew inside the ruler's range; "
+                                          "everything else is kept and heard by the model on both sides")
+        self.task_buttons = dict(zip(TASKS, (self.separate_button, self.generate_button, self.impute_button,
+                                             self.regenerate_button)))
         for kind, button in self.task_buttons.items():
             button.setObjectName("task")
             button.clicked.connect(lambda _=False, k=kind: self.taskRequested.emit(k))
             tasks.addWidget(button)
+        self.takes = self._spin(QSpinBox(), *limits("takes"), 1, "Takes",
+                                "Takes per Generate, Impute or Regenerate (seeds Seed, Seed+1, ...): each "
+                                "arrives on the lanes when done; pick one per lane, or one per range", tasks)
         tasks.addSpacing(12)
         steps_low = max(1, limits("steps")[0])  # 0 (the first guess itself) is a Separate-by choice
-        self.labels: dict[str, QLabel] = {}
         self.steps = self._spin(QSpinBox(), steps_low, limits("steps", 1000)[1], settings.steps,
                                 STEPS_LABEL, "Noise levels of the sampler: more is slower and cleaner (paper: 150)", row)
         self.resamples = self._spin(QSpinBox(), *limits("resamples", 20), settings.resamples, "Resamples",
@@ -138,7 +145,8 @@ class TaskBar(QFrame):
         """What the bar shows now: the settings a task button's job is built from."""
         return TaskControls(steps=self.steps.value(), resamples=self.resamples.value(), seed=self.seed.value(),
                             method=self.method.currentText(), likelihood=self.likelihood.currentText(),
-                            seconds=float(self.seconds.value()), separation=self.separation.currentText())
+                            seconds=float(self.seconds.value()), separation=self.separation.currentText(),
+                            takes=self.takes.value())
 
     def store(self, settings: AppSettings) -> None:
         """The controls into the settings (saved when the window closes)."""

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMe
 
 from .engine_link import EngineLink
 from .export import ExportError, export_lanes
-from .jobs import Job, JobRefused, build_request, check_result, new_job_id
+from .jobs import TAKE_TASKS, Job, JobRefused, build_request, check_result, new_job_id, task_options
 from .lanes import Lanes
 from .loader import FileLoader, Loaded, LoadRequest
 from .message_bar import MessageBar
@@ -29,6 +29,7 @@ from .qt_refcount import guard_bool_refcounts
 from .ruler import Ruler
 from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
 from .settings import AppSettings, load_settings, save_settings
+from .takes import LaneTakes, Take, TakeError
 from .task_bar import TaskBar
 from .transport import Transport, make_action, tool_button
 
@@ -46,6 +47,8 @@ class MainWindow(QMainWindow):
         self.session = Session(stems=DEFAULT_STEMS)
         self.song = "untitled"
         self._jobs_run = 0
+        self._comps_written = 0
+        self.auditioning: tuple[str, int] | None = None   # (lane, take) the lane plays instead of its comp
         self.session_dir = (Path(self.settings.output_root).expanduser().resolve() /
                             f"session-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
 
@@ -139,6 +142,9 @@ class MainWindow(QMainWindow):
         engine.ended.connect(self.task_bar.show_outcome)
         engine.answered.connect(self._on_answered)
         engine.firstGuess.connect(self._on_first_guess)
+        engine.takeArrived.connect(self._on_take)
+        lanes.takeRequested.connect(self.take_action)
+        transport.stop_action.triggered.connect(self.end_audition)
         self.task_bar.taskRequested.connect(self.run_task)
         self.task_bar.cancelRequested.connect(engine.cancel)
         transport.message.connect(self.message)
@@ -272,7 +278,12 @@ class MainWindow(QMainWindow):
 
     def refresh_lanes(self, fit: bool = False) -> None:
         """The session changed: redraw the lanes, play what they hold, fit the ruler (a new song)."""
-        self.lanes.show_audio(self.session.audio)
+        audio = dict(self.session.audio)
+        if self.auditioning is not None:
+            lane, number = self.auditioning
+            audio[lane] = self.session.takes[lane].take(number).audio
+        self.lanes.show_audio(audio)
+        self.lanes.show_takes(self.session.takes)
         self.transport.show_lanes(self.lanes.states, keep=self.session.undo_audio())
         self.ruler.set_length(self.transport.length, fit)
         self._update_controls()
@@ -303,15 +314,27 @@ class MainWindow(QMainWindow):
         job_id = new_job_id(kind)
         out_dir = self.session_dir / f"{self._jobs_run:02d}-{kind}"
         mix = self.session.audio.get(MIX)
-        given = {s: str(self.session.audio[s].path) for s in self.given_stems()} if kind == "impute" else {}
+        if kind == "impute":
+            given = {s: str(self.session.audio[s].path) for s in self.given_stems()}
+        elif kind == "regenerate":  # every stem lane with audio is heard; the selected ones change in the range
+            given = {s: str(self.session.audio[s].path) for s in self.session.stems if self.session.audio.get(s)}
+        else:
+            given = {}
+        controls = self.task_bar.controls()
         try:
-            expected, datagram = build_request(kind, job_id, out_dir, self.task_bar.controls(), self.session.stems,
+            expected, datagram = build_request(kind, job_id, out_dir, controls, self.session.stems,
                                                mix=str(mix.path) if mix is not None else None, given=given,
-                                               extra=extra)
+                                               extra=extra, time_range=self.ruler.selection(),
+                                               regenerate=tuple(self.lanes.selected_stems()))
         except JobRefused as refusal:
             self.message(str(refusal))
             return None
-        self.engine.submit(Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected)), datagram)
+        options = {**task_options(kind, controls), **extra}
+        if kind == "regenerate":
+            options.update(range=self.ruler.selection(), regenerate=",".join(self.lanes.selected_stems()))
+        self.end_audition()
+        self.engine.submit(Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected), options=options,
+                               takes=controls.takes if kind in TAKE_TASKS else 1), datagram)
         return job_id
 
     def cancel_job(self) -> None:
@@ -327,13 +350,139 @@ class MainWindow(QMainWindow):
             self.message(f"{kind} finished but its result cannot be used: {'; '.join(problems)}. "
                          "Your lanes are unchanged.", "error")
             return
-        paths = {stem: Path(path) for stem, path in files.items() if stem in self.session.lane_names}
+        paths = {stem: Path(path) for stem, path in files.items() if stem in self._lanes_written(job)}
 
         def failed() -> None:
             self.engine.end_job()
             self.task_bar.show_outcome(f"{kind}: failed")
 
+        if job.kind in TAKE_TASKS and job.takes > 1:  # its takes came one by one; this lists take 1 again
+            if job.takes_shown >= job.takes:
+                self._finish_takes(job)
+            return
+        if job.kind in TAKE_TASKS:
+            self._read(paths, lambda loaded: self._show_take(job, loaded, 1, int(job.options.get("seed", 0))),
+                       on_error=failed)
+            return
         self._read(paths, lambda loaded: self._show_result(job, loaded), on_error=failed)
+
+    def _lanes_written(self, job: Job) -> tuple[str, ...]:
+        """The lanes a job's result goes on: Regenerate's mix file is not put on the Mix
+        lane, which keeps the song you opened (the stems play)."""
+        names = self.session.lane_names
+        return tuple(n for n in names if not (job.kind == "regenerate" and n == MIX))
+
+    def _on_take(self, job: Job, number: int, seed: int, files: dict) -> None:
+        """One take of a job with several: on the lanes as soon as it is read (off the GUI thread)."""
+        if check_result(job, files):
+            return  # not usable: /msdm/done's check reports it
+        paths = {stem: Path(path) for stem, path in files.items() if stem in self._lanes_written(job)}
+        self._read(paths, lambda loaded: self._show_take(job, loaded, number, seed))
+
+    def _show_take(self, job: Job, loaded: Loaded, number: int, seed: int) -> None:
+        """A take of each lane the job wrote; the lanes play it. The job's first take is one undo step with
+        the ones after it."""
+        if self.engine.job is not job:
+            return
+        kind = job.kind.capitalize()
+        label = f"{kind} {number}/{job.takes}" if job.takes > 1 else kind
+        takes = {name: Take(audio, label, seed, dict(job.options)) for name, audio in loaded.audio.items()}
+        try:
+            self.session.add_takes(takes, kind, new_step=job.takes_shown == 0)
+        except StemMismatchError as error:
+            self.message(str(error), "error")
+            return
+        job.takes_shown += 1
+        muted = self._mute_mix_for_stems() if MIX not in takes else ""
+        self.refresh_lanes(fit=self.session.audio.get(MIX) is None or job.kind == "generate")
+        if job.takes > 1 and job.takes_shown < job.takes:
+            self.message(f"Take {number} of {job.takes} is on the lanes ({', '.join(takes)}): listen while the "
+                         f"next is made. {muted}")
+        if job.takes_shown >= job.takes and (job.answered or job.takes == 1):
+            self._finish_takes(job, muted)
+
+    def _finish_takes(self, job: Job, muted: str = "") -> None:
+        kind = job.kind.capitalize()
+        self.engine.end_job()
+        elapsed = time.monotonic() - job.started
+        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.{0 if elapsed >= 10 else 1}f} s", 1000)
+        what = f"{job.takes} takes" if job.takes > 1 else "a take"
+        self.message(f"{kind} done in {elapsed:.1f} s: {what} on each lane it wrote (files in {job.out_dir}). "
+                     f"Pick a take in a lane's box, or comp one into the ruler's Range from its Takes menu. "
+                     f"{muted}Undo (Ctrl+Z) puts the previous lanes back.")
+        self._update_controls()
+
+    # ---- takes: switch, audition, comp, keep, delete (each an undo step) ------------
+    def take_action(self, lane: str, action: str, number: int) -> bool:
+        """Do `action` (choose | audition | comp | delete | keep) with take `number` of `lane`; False and a
+        message when it cannot be done."""
+        if self.engine.job is not None or self.loader.busy:
+            self.message("Wait for the running job (or the files being read) before changing takes.")
+            return False
+        lane_takes = self.session.takes.get(lane)
+        if lane_takes is None:
+            self.message(f"The {lane} lane has no takes yet: Generate, Impute or Regenerate make them.")
+            return False
+        if action == "audition":
+            return self.audition(lane, number)
+        try:
+            if action == "choose":
+                changed = lane_takes.choose(number)
+            elif action == "comp":
+                region = self.ruler.selection()
+                if region is None:
+                    raise TakeError("Select the range to comp into first: press Range on the ruler and drag it.")
+                rate = lane_takes.takes[0].audio.sample_rate
+                changed = lane_takes.comp(round(region[0] * rate), round(region[1] * rate), number)
+            elif action == "delete":
+                changed = lane_takes.delete(number)
+            elif action == "keep":
+                changed = lane_takes.keep_chosen()
+            else:
+                raise ValueError(f"unknown take action {action!r}")
+        except TakeError as error:
+            self.message(str(error), "warning")
+            return False
+        self.auditioning = None
+        self.session.change_takes(lane, changed, self._comp_audio(lane, changed),
+                                  f"{action} take {number} on {lane}")
+        self.refresh_lanes()
+        self._update_controls()
+        return True
+
+    def _comp_audio(self, lane: str, takes: LaneTakes) -> LaneAudio:
+        """What the lane plays: a take's own audio (and file), or the comp rendered
+        and written (float WAV, atomically) into the session folder, so that jobs and
+        drags read it as a file too."""
+        from engine.audio.files import write_audio
+
+        single = takes.single_take()
+        if single is not None:
+            return single.audio
+        self._comps_written += 1
+        first = takes.takes[0].audio
+        samples = takes.render()
+        path = write_audio(self.session_dir / "comps" / f"{lane}-comp-{self._comps_written}.wav", samples,
+                           first.sample_rate, bits="32f")
+        return LaneAudio(samples, first.sample_rate, Path(path).resolve())
+
+    def audition(self, lane: str, number: int) -> bool:
+        """The lane plays take `number` instead of its comp until Stop, another take action or a job."""
+        try:
+            self.session.takes[lane].take(number)
+        except (TakeError, AttributeError) as error:
+            self.message(str(error) if isinstance(error, TakeError) else f"The {lane} lane has no takes.", "warning")
+            return False
+        self.auditioning = (lane, number)
+        self.refresh_lanes()
+        self.message(f"Auditioning take {number} on {lane}: pick it in the lane's box to keep it; Stop ends the "
+                     "audition.")
+        return True
+
+    def end_audition(self) -> None:
+        if self.auditioning is not None:
+            self.auditioning = None
+            self.refresh_lanes()
 
     def _on_first_guess(self, job: Job, files: dict) -> None:
         """A refined separation sent its first guess: put it on the lanes now
@@ -381,6 +530,7 @@ class MainWindow(QMainWindow):
         if self.loader.busy:
             self.message("Files are still being read onto the lanes: undo once they are there.")
             return
+        self.auditioning = None
         label = self.session.undo()
         if label:
             self.refresh_lanes(fit=True)
