@@ -148,6 +148,19 @@ class TaskBar(QFrame):
                             seconds=float(self.seconds.value()), separation=self.separation.currentText(),
                             takes=self.takes.value())
 
+    def apply_controls(self, values) -> None:
+        """Put saved settings (a session file's) back on the controls; unknown or out-of-range ones are skipped."""
+        spins = {"steps": self.steps, "resamples": self.resamples, "seed": self.seed, "seconds": self.seconds,
+                 "takes": self.takes}
+        combos = {"method": self.method, "likelihood": self.likelihood, "separation": self.separation}
+        for name, value in values.items():
+            if name in spins and isinstance(value, (int, float)) and not isinstance(value, bool):
+                spin = spins[name]
+                if spin.minimum() <= value <= spin.maximum():
+                    spin.setValue(value if isinstance(spin, QDoubleSpinBox) else int(value))
+            elif name in combos and combos[name].findText(str(value)) >= 0:
+                combos[name].setCurrentText(str(value))
+
     def store(self, settings: AppSettings) -> None:
         """The controls into the settings (saved when the window closes)."""
         controls = self.controls()
