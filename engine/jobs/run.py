@@ -34,9 +34,9 @@ def take_folder(number: int) -> str:
 
 
 def take_seed(seed: int, number: int) -> int:
-    """Take `number`'s seed: seed, seed + 1, ... (wrapping within the option's int32 range), so
-    that one take can be made again alone with `--seed`."""
-    return (seed + number - 1 + 2**31) % 2**32 - 2**31
+    """Take `number`'s seed: seed, seed + 1, ..., so that one take can be made again alone with
+    `--seed` (take 1's is the job's seed itself, whatever its range: bounce derives large ones)."""
+    return seed + number - 1
 
 
 @dataclass(frozen=True)
