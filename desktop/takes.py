@@ -20,7 +20,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .session import LaneAudio
+from engine.audio.files import Audio  # a lane's audio (session.LaneAudio) is one; session.py imports this module
+
 
 
 class TakeError(ValueError):
@@ -29,12 +30,12 @@ class TakeError(ValueError):
 
 @dataclass(frozen=True)
 class Take:
-    audio: LaneAudio
+    audio: Audio
     label: str                       # e.g. "Regenerate 2"
     seed: int | None = None
     settings: Mapping = field(default_factory=dict)   # the job's options, as sent
 
-    def fits(self, other: LaneAudio) -> bool:
+    def fits(self, other: Audio) -> bool:
         return (self.audio.sample_rate, self.audio.samples.shape) == (other.sample_rate, other.samples.shape)
 
 
