@@ -11,6 +11,8 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from engine.atomic import write_atomic
 
+from .qt_refcount import guard_bool_refcounts
+
 STYLE = """
 QMainWindow, QWidget { background: #1b1d22; color: #d8dbe2; }
 QFrame#lane { background: #202329; border: 1px solid #2c3038; border-radius: 4px; }
@@ -29,6 +31,8 @@ QToolButton:hover { background: #30343c; }
 QToolButton:checked { background: #3a6df0; color: white; }
 QToolButton#toggleM:checked { background: #e0a030; color: black; }
 QToolButton#toggleS:checked { background: #3ac070; color: black; }
+QToolButton#toggleGiven { border: 1px solid #4a505c; padding: 1px 6px; }
+QToolButton#toggleGiven:checked { background: #b07cff; color: black; border-color: #b07cff; }
 QToolButton#transport { font-size: 15px; min-width: 28px; }
 QFrame#messageBar { background: #23324a; border-radius: 4px; }
 QFrame#messageBar[level="warning"] { background: #4a3d1f; }
@@ -44,6 +48,7 @@ QMenu::item:selected, QMenuBar::item:selected { background: #3a6df0; }
 
 
 def make_application(argv: list[str] | None = None) -> QApplication:
+    guard_bool_refcounts()  # PySide6 6.12.0's emit() would otherwise crash the exit (desktop/qt_refcount.py)
     app = QApplication.instance() or QApplication(argv or [sys.argv[0]])
     app.setOrganizationName("MSDM Studio")
     app.setApplicationName("MSDM Studio")

@@ -42,6 +42,7 @@ class EngineClient(QObject):
     progress = Signal(str, float, str)      # job, fraction, message
     firstGuess = Signal(str, dict)          # job, {stem: path}: a refined separation's guess; the job goes on
     done = Signal(str, dict)                # job, {stem: path}
+    take = Signal(str, int, int, dict)      # job, take number, seed, {stem: path}: one take of several
     error = Signal(str, str, str)           # job ("" if none), code, message
     cancelled = Signal(str)                 # job
     unanswered = Signal(str)                # a ping got no pong in time: says where
@@ -164,6 +165,8 @@ class EngineClient(QObject):
                 self.progress.emit(str(a[0]), float(a[1]), str(a[2]) if len(a) > 2 else "")
             elif reply.name == "first_guess":
                 self.firstGuess.emit(str(a[0]), osc.pairs(a[1:]))
+            elif reply.name == "take":
+                self.take.emit(str(a[0]), int(a[1]), int(a[2]), osc.pairs(a[3:]))
             elif reply.name == "done":
                 self.done.emit(str(a[0]), osc.pairs(a[1:]))
             elif reply.name == "error":

@@ -36,6 +36,7 @@ class EngineLink(QObject):
     ended = Signal(str, object)       # the job ended without a result: label text, progress (0..1000 or None)
     answered = Signal(object, dict)   # the engine finished a Job: {lane: file}; the app reads them
     firstGuess = Signal(object, dict) # a refined separation's first guess, while the refinement runs
+    takeArrived = Signal(object, int, int, dict)  # one take of a job with several: Job, number, seed, {lane: file}
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -53,6 +54,7 @@ class EngineLink(QObject):
         c.accepted.connect(self._on_accepted)
         c.progress.connect(self._on_progress)
         c.firstGuess.connect(self._on_first_guess)
+        c.take.connect(self._on_take)
         c.done.connect(self._on_done)
         c.error.connect(self._on_error)
         c.cancelled.connect(self._on_cancelled)
@@ -192,8 +194,16 @@ class EngineLink(QObject):
         if job is not None:
             self.firstGuess.emit(job, files)
 
+    def _on_take(self, job_id: str, number: int, seed: int, files: dict) -> None:
+        job = self._running(job_id)
+        if job is not None:
+            self.takeArrived.emit(job, number, seed, files)
+
     def _unchanged(self, job: Job) -> str:
         """What a job that ends without a result left on the lanes."""
+        if job.takes_shown:
+            return (f"The {job.takes_shown} take(s) that arrived stay on the lanes (Undo puts back what was there "
+                    "before).")
         if job.first_guess_shown:
             return "The first guess stays on the lanes (Undo puts back what was there before)."
         return "Your lanes are unchanged."

@@ -14,7 +14,9 @@ from typing import Mapping
 from . import osc_messages as osc
 from .session import MIX
 
-TASKS = ("separate", "generate", "impute")
+TASKS = ("separate", "generate", "impute", "regenerate")
+# Tasks whose results are takes of the lanes they write (desktop/takes.py).
+TAKE_TASKS = ("generate", "impute", "regenerate")
 # How Separate works (the task bar's "Separate by"): the model's first-guess
 # separator alone (about a second per song minute), that guess refined by the
 # diffusion prior in Steps steps, or the prior from noise (the paper's sampler).
@@ -33,6 +35,7 @@ class TaskControls:
     likelihood: str
     seconds: float
     separation: str = "first guess"
+    takes: int = 1                      # takes per Generate / Impute / Regenerate (seeds seed, seed+1, ...)
 
 
 class JobRefused(ValueError):
@@ -44,6 +47,8 @@ def task_options(kind: str, controls: TaskControls) -> dict:
     Likelihood are Separate's)."""
     options = {"steps": controls.steps, "seed": controls.seed, "method": controls.method,
                "format": "wav", "bits": "32f"}
+    if kind in TAKE_TASKS and controls.takes > 1:
+        options["takes"] = controls.takes
     if kind == "separate":
         options["resamples"] = controls.resamples
         options["likelihood"] = controls.likelihood
@@ -56,8 +61,11 @@ def task_options(kind: str, controls: TaskControls) -> dict:
 
 def build_request(kind: str, job_id: str, out_dir: Path, controls: TaskControls, stems: tuple[str, ...], *,
                   mix: str | None = None, given: Mapping[str, str] | None = None,
-                  extra: Mapping | None = None) -> tuple[tuple[str, ...], bytes]:
-    """(the lanes the result must fill, the OSC request) for a task, or JobRefused."""
+                  extra: Mapping | None = None, time_range: tuple[float, float] | None = None,
+                  regenerate: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bytes]:
+    """(the lanes the result must fill, the OSC request) for a task, or JobRefused.
+    Regenerate: the stems `regenerate` anew inside `time_range` (seconds), every
+    filled stem lane `given` (an impute with range and regenerate options)."""
     opts = {**task_options(kind, controls), **(extra or {})}
     given = dict(given or {})
     if kind == "separate":
@@ -74,6 +82,20 @@ def build_request(kind: str, job_id: str, out_dir: Path, controls: TaskControls,
             raise JobRefused("Every stem is ticked 'given', so there is nothing to generate: untick the stems "
                              "you want the model to write.")
         return (*[s for s in stems if s not in given], MIX), osc.impute(job_id, str(out_dir), given, **opts)
+    if kind == "regenerate":
+        chosen = [s for s in stems if s in (regenerate or ())]
+        if time_range is None:
+            raise JobRefused("Regenerate needs a time range: press Range on the ruler and drag its edges over "
+                             "the part to write anew.")
+        if not chosen:
+            raise JobRefused("Regenerate needs the stem lanes to write anew: press 'sel' on each (bass, say).")
+        empty = [s for s in chosen if s not in given]
+        if empty:
+            raise JobRefused(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: Regenerate rewrites "
+                             "part of a lane that has audio (separate or open a file first).")
+        start, end = time_range
+        opts.update(range=f"{start:.6f}:{end:.6f}", regenerate=",".join(chosen))
+        return (*chosen, MIX), osc.impute(job_id, str(out_dir), given, **opts)
     raise ValueError(f"unknown task {kind!r}")
 
 
@@ -96,6 +118,9 @@ class Job:
     answered: bool = False             # the engine is done; the app reads the result's files
     first_guess_shown: bool = False    # a refined separation's first guess is on the lanes already
     first_report: tuple[float, float] | None = None   # (time, fraction) of the first progress > 0
+    options: Mapping = field(default_factory=dict)     # what was asked (kept with each take)
+    takes: int = 1                     # takes this job makes; more than one arrive one by one (/msdm/take)
+    takes_shown: int = 0               # takes already on the lanes
 
     def update(self, fraction: float, message: str, now: float | None = None) -> None:
         self.fraction = min(max(float(fraction), 0.0), 1.0)

@@ -30,6 +30,7 @@ class LaneState:
     mute: bool = False
     solo: bool = False
     given: bool = False                # Impute keeps this stem and writes the others
+    selected: bool = False             # Regenerate writes this stem anew inside the ruler's range
 
     @property
     def is_mix(self) -> bool:
@@ -54,6 +55,11 @@ def lane_states(names: Sequence[str], previous: Iterable[LaneState] = ()) -> lis
 def given_stems(states: Iterable[LaneState]) -> list[str]:
     """The stems Impute keeps: ticked 'given' and holding audio (never the mix)."""
     return [s.name for s in states if s.given and s.filled and not s.is_mix]
+
+
+def selected_stems(states: Iterable[LaneState]) -> list[str]:
+    """The stems Regenerate writes anew: selected (never the mix)."""
+    return [s.name for s in states if s.selected and not s.is_mix]
 
 
 def playback_rate(audio: Mapping[str, LaneAudio | None]) -> int | None:

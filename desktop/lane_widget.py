@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyqtgraph as pg
 from PySide6.QtCore import QMimeData, QPoint, QRectF, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDrag, QFont
-from PySide6.QtWidgets import (QCheckBox, QFrame, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout,
+from PySide6.QtWidgets import (QComboBox, QFrame, QMenu, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout,
                                QWidget)
 
 from .session import MIX, LaneAudio
@@ -53,6 +53,8 @@ class LaneWidget(QFrame):
     soloChanged = Signal(str, bool)
     gainChanged = Signal(str, float)
     filesDropped = Signal(str, list)     # lane name, [paths]
+    selectedChanged = Signal(str, bool)
+    takeRequested = Signal(str, str, int)  # lane, action (choose | audition | comp | delete | keep), take number
 
     def __init__(self, name: str, index: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -61,7 +63,7 @@ class LaneWidget(QFrame):
         self.color = lane_color(name, index)
         self.setObjectName("lane")
         self.setAcceptDrops(True)
-        self.setMinimumHeight(96)
+        self.setMinimumHeight(96)  # 120 with a takes row
 
         header = QWidget()
         header.setFixedWidth(HEADER_WIDTH)
@@ -76,9 +78,38 @@ class LaneWidget(QFrame):
         self.mute = self._toggle("M", "Mute this lane")
         self.solo = self._toggle("S", "Solo: play only soloed lanes")
         self.spectrum = self._toggle("~", "Show the spectrogram instead of the waveform")
-        self.given = QCheckBox("given")
-        self.given.setToolTip("Impute keeps this stem and generates the unticked ones to fit it")
+        # A framed toggle like M and S (a check box drew no visible box on the dark theme: issue 22).
+        self.given = QToolButton()
+        self.given.setText("given")
+        self.given.setCheckable(True)
+        self.given.setObjectName("toggleGiven")
+        self.given.setToolTip("Given: Impute keeps this stem and generates the lanes not given to fit it")
         self.given.setVisible(name != MIX)
+        self.select = self._toggle("sel", "Select this lane: Regenerate writes it anew inside the ruler's Range")
+        self.select.setFixedSize(30, 22)
+        self.select.setVisible(name != MIX)
+        self.select.toggled.connect(lambda on: self.selectedChanged.emit(self.name, on))
+        # Takes: the one the lane plays (switch), and what to do with the one shown in the box.
+        self.take_box = QComboBox()
+        self.take_box.setToolTip("The lane's takes: pick one to play it whole")
+        self.take_box.activated.connect(lambda index: self.takeRequested.emit(self.name, "choose", index + 1))
+        self.take_menu = QToolButton()
+        self.take_menu.setText("Takes")
+        self.take_menu.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.take_menu)
+        for action, text in (("audition", "Audition the shown take (the lane plays it until you stop)"),
+                             ("comp", "Use the shown take in the ruler's Range (comp)"),
+                             ("keep", "Keep only the takes the lane plays"),
+                             ("delete", "Delete the shown take")):
+            menu.addAction(text, lambda a=action: self.takeRequested.emit(
+                self.name, a, self.take_box.currentIndex() + 1))
+        self.take_menu.setMenu(menu)
+        self.takes_row = QWidget()
+        takes_line = QHBoxLayout(self.takes_row)
+        takes_line.setContentsMargins(0, 0, 0, 0)
+        takes_line.addWidget(self.take_box, 1)
+        takes_line.addWidget(self.take_menu)
+        self.takes_row.setVisible(False)
         self.level = QSlider(Qt.Orientation.Horizontal)
         self.level.setRange(0, 150)
         self.level.setValue(100)
@@ -91,7 +122,7 @@ class LaneWidget(QFrame):
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.title, 1)
-        for button in (self.mute, self.solo, self.spectrum):
+        for button in (self.select, self.mute, self.solo, self.spectrum):
             top.addWidget(button)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(0, 0, 0, 0)
@@ -102,6 +133,7 @@ class LaneWidget(QFrame):
         column.setSpacing(2)
         column.addLayout(top)
         column.addWidget(self.info)
+        column.addWidget(self.takes_row)
         column.addLayout(bottom)
 
         self.plot = pg.PlotWidget(background="#15171c")
@@ -148,6 +180,18 @@ class LaneWidget(QFrame):
         button.setFixedSize(24, 22)
         button.setObjectName(f"toggle{text}")
         return button
+
+    def set_takes(self, labels: list[str], playing: str) -> None:
+        """The lane's takes (none: the row hides) and which the lane plays (a take's label or "comp ...")."""
+        self.take_box.blockSignals(True)
+        self.take_box.clear()
+        self.take_box.addItems(labels)
+        if labels:
+            current = next((i for i, label in enumerate(labels) if label == playing), len(labels) - 1)
+            self.take_box.setCurrentIndex(current)
+        self.take_box.blockSignals(False)
+        self.take_box.setToolTip(f"The lane plays: {playing}" if playing else "The lane's takes")
+        self.takes_row.setVisible(bool(labels))
 
     # ---- audio ----------------------------------------------------------------
     def set_audio(self, audio: LaneAudio | None) -> None:

@@ -12,14 +12,16 @@ from typing import Mapping, Sequence
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from .lane_state import LaneState, given_stems, lane_states
+from .lane_state import LaneState, given_stems, lane_states, selected_stems
 from .lane_widget import LaneWidget
 from .session import LaneAudio
+from .takes import LaneTakes, take_label
 
 
 class Lanes(QScrollArea):
     settingChanged = Signal(str, dict)   # lane, {gain | mute | solo: value}
     filesDropped = Signal(str, list)     # lane, [paths]
+    takeRequested = Signal(str, str, int)  # lane, action, take number (desktop/lane_widget.py)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -62,12 +64,15 @@ class Lanes(QScrollArea):
             lane.mute.setChecked(state.mute)
             lane.solo.setChecked(state.solo)
             lane.given.setChecked(state.given)
+            lane.select.setChecked(state.selected)
             lane.set_audio(state.audio)
             lane.muteChanged.connect(lambda name, on: self._changed(name, mute=on))
             lane.soloChanged.connect(lambda name, on: self._changed(name, solo=on))
             lane.gainChanged.connect(lambda name, gain: self._changed(name, gain=gain))
             lane.given.toggled.connect(lambda on, s=state: setattr(s, "given", on))
             lane.filesDropped.connect(self.filesDropped)
+            lane.selectedChanged.connect(lambda name, on: setattr(self.state(name), "selected", on))
+            lane.takeRequested.connect(self.takeRequested)
             self._layout.addWidget(lane)
             self.widgets[state.name] = lane
         self._layout.addStretch(1)
@@ -79,6 +84,19 @@ class Lanes(QScrollArea):
             lane = self.widgets[state.name]
             if lane.audio is not state.audio:
                 lane.set_audio(state.audio)
+
+    def show_takes(self, takes: Mapping[str, "LaneTakes | None"]) -> None:
+        """Each lane's takes in its header (hidden where a lane has none)."""
+        for name, lane in self.widgets.items():
+            lane_takes = takes.get(name)
+            if lane_takes is None:
+                lane.set_takes([], "")
+                continue
+            labels = [take_label(number, take) for number, take in enumerate(lane_takes.takes, 1)]
+            single = lane_takes.single_take()
+            playing = labels[lane_takes.pieces[0].take - 1] if single is not None else \
+                "comp of takes " + ", ".join(str(n) for n in lane_takes.chosen)
+            lane.set_takes(labels, playing)
 
     def set_flags(self, name: str, *, mute: bool | None = None, solo: bool | None = None) -> None:
         """Press a lane's mute / solo as the musician would (the state and the mixer follow)."""
@@ -92,6 +110,14 @@ class Lanes(QScrollArea):
 
     def given_stems(self) -> list[str]:
         return given_stems(self.states)
+
+    def selected_stems(self) -> list[str]:
+        return selected_stems(self.states)
+
+    def set_selected(self, name: str, on: bool) -> None:
+        """Press a lane's 'sel' as the musician would."""
+        if name in self.widgets:
+            self.widgets[name].select.setChecked(on)
 
     def set_playhead(self, seconds: float) -> None:
         for lane in self.widgets.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QToolButton, QWidget
 
 from .lane_widget import HEADER_WIDTH
 
@@ -25,6 +25,7 @@ class TimeAxis(pg.AxisItem):
 class Ruler(QWidget):
     seekRequested = Signal(float)     # seconds
     loopChanged = Signal(object)      # (start, end) seconds, or None when looping is off
+    selectionChanged = Signal(object) # (start, end) seconds: the range Regenerate and comps work on, or None
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -33,10 +34,22 @@ class Ruler(QWidget):
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(0)
-        hint = QLabel("  click the ruler to seek")
+        left = QWidget()
+        left.setFixedWidth(HEADER_WIDTH + 1)  # the lane frame's border
+        hints = QHBoxLayout(left)
+        hints.setContentsMargins(6, 0, 4, 0)
+        hint = QLabel("click to seek")
         hint.setObjectName("rulerHint")
-        hint.setFixedWidth(HEADER_WIDTH + 1)  # the lane frame's border
-        row.addWidget(hint)
+        hints.addWidget(hint, 1)
+        self.range_button = QToolButton()
+        self.range_button.setText("Range")
+        self.range_button.setCheckable(True)
+        self.range_button.setObjectName("toggleRange")
+        self.range_button.setToolTip("Select a time range (drag its edges): Regenerate rewrites the selected "
+                                     "lanes there, and a lane's Takes menu comps a take into it")
+        self.range_button.toggled.connect(self._show_selection)
+        hints.addWidget(self.range_button)
+        row.addWidget(left)
         self.plot = pg.PlotWidget(background="#1d2026", axisItems={"top": TimeAxis("top")})
         self.plot.setFixedHeight(42)
         self.plot.showAxis("top")
@@ -55,6 +68,11 @@ class Ruler(QWidget):
         self.loop_item.setVisible(False)
         self.loop_item.sigRegionChanged.connect(self._emit_loop)
         self.plot.addItem(self.loop_item)
+        self.selection_item = pg.LinearRegionItem(values=(0, 2), brush=pg.mkBrush(58, 109, 240, 70),
+                                                  pen=pg.mkPen("#3a6df0", width=2))
+        self.selection_item.setVisible(False)
+        self.selection_item.sigRegionChanged.connect(lambda: self.selectionChanged.emit(self.selection()))
+        self.plot.addItem(self.selection_item)
         self.plot.scene().sigMouseClicked.connect(self._clicked)
         row.addWidget(self.plot, 1)
 
@@ -64,6 +82,30 @@ class Ruler(QWidget):
 
     def loop_region(self) -> tuple[float, float] | None:
         return tuple(self.loop_item.getRegion()) if self.looping else None
+
+    def selection(self) -> tuple[float, float] | None:
+        """The selected time range in seconds (None when Range is off)."""
+        if not self.range_button.isChecked():
+            return None
+        start, end = self.selection_item.getRegion()
+        return (max(0.0, float(start)), float(end))
+
+    def set_selection(self, region: tuple[float, float] | None) -> None:
+        """Select a range (seconds), or none."""
+        if region is not None:
+            self.selection_item.setRegion(region)
+        self.range_button.setChecked(region is not None)
+        self.selectionChanged.emit(self.selection())
+
+    def _show_selection(self, on: bool) -> None:
+        if on:  # where the musician is looking, if the last range is out of view
+            low, high = self.plot.getViewBox().viewRange()[0]
+            start, end = self.selection_item.getRegion()
+            if not (low <= start < end <= high):
+                span = high - low
+                self.selection_item.setRegion((low + span * 0.4, low + span * 0.6))
+        self.selection_item.setVisible(on)
+        self.selectionChanged.emit(self.selection())
 
     def set_playhead(self, seconds: float) -> None:
         self.playhead.setPos(seconds)

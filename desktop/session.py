@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from engine.audio.files import Audio
 
 MIX = "mix"
+
+if TYPE_CHECKING:
+    from .takes import LaneTakes, Take
 
 
 @dataclass(frozen=True)
@@ -24,27 +27,37 @@ class StemMismatchError(ValueError):
     """Files that cannot be placed on the model's stem lanes."""
 
 
+UNDO_STEPS = 50
+
+
 @dataclass
 class Session:
-    """The mix lane plus one lane per model stem, in the model's order."""
+    """The mix lane plus one lane per model stem, in the model's order; each
+    lane's takes (desktop/takes.py) and an undo history of results and take edits."""
 
     stems: tuple[str, ...]
     audio: dict[str, LaneAudio | None] = field(default_factory=dict)
-    _undo: list[dict[str, LaneAudio | None]] = field(default_factory=list)
-    undo_label: str = ""
+    takes: dict[str, "LaneTakes | None"] = field(default_factory=dict)
+    _undo: list[tuple[str, dict, dict]] = field(default_factory=list)   # (label, audio, takes) before each step
 
     def __post_init__(self) -> None:
         for name in self.lane_names:
             self.audio.setdefault(name, None)
+            self.takes.setdefault(name, None)
 
     @property
     def lane_names(self) -> tuple[str, ...]:
         return (MIX, *self.stems)
 
+    @property
+    def undo_label(self) -> str:
+        return self._undo[-1][0] if self._undo else ""
+
     def set_stems(self, stems: Sequence[str]) -> None:
         """The engine told us its model's stems: keep audio of lanes that still exist."""
         self.stems = tuple(stems)
         self.audio = {name: self.audio.get(name) for name in self.lane_names}
+        self.takes = {name: self.takes.get(name) for name in self.lane_names}
 
     def filled(self) -> list[str]:
         return [name for name in self.lane_names if self.audio.get(name) is not None]
@@ -55,12 +68,17 @@ class Session:
         self.audio[name] = audio
 
     # ---- results and undo -----------------------------------------------------
+    def _step(self, label: str) -> None:
+        self._undo.append((label, dict(self.audio), dict(self.takes)))
+        del self._undo[:-UNDO_STEPS]
+
     def apply_result(self, result: Mapping[str, LaneAudio], label: str) -> None:
-        """Put an engine result on its lanes, remembering what was there (undo)."""
+        """Put an engine result (or opened files) on its lanes, remembering what
+        was there (undo); those lanes' takes start afresh."""
         self._check_lanes(result)
-        self._undo = [dict(self.audio)]
-        self.undo_label = label
+        self._step(label)
         self.audio.update(result)
+        self.takes.update(dict.fromkeys(result))
 
     def refine_result(self, result: Mapping[str, LaneAudio]) -> None:
         """Replace a first guess already on the lanes by the refined result of the
@@ -68,7 +86,31 @@ class Session:
         self._check_lanes(result)
         self.audio.update(result)
 
-    def _check_lanes(self, result: Mapping[str, LaneAudio]) -> None:
+    def add_takes(self, takes: Mapping[str, "Take"], label: str, new_step: bool = True) -> None:
+        """A result's take of each lane it wrote; the lanes play it. The first
+        take of a job is a new undo step, the job's later ones join it."""
+        from .takes import LaneTakes, Take
+
+        self._check_lanes(takes)
+        if new_step or not self._undo:
+            self._step(label)
+        for name, take in takes.items():
+            current = self.takes.get(name)
+            if current is None:
+                # The lane's audio as it was (a separation, an opened file) is take 1 to come back to.
+                before = self.audio.get(name)
+                current = None if before is None else LaneTakes.first(Take(before, "before"))
+            self.takes[name] = LaneTakes.first(take) if current is None else current.added(take)
+            self.audio[name] = take.audio if self.takes[name].single_take() is take else self.audio[name]
+
+    def change_takes(self, name: str, takes: "LaneTakes", audio: LaneAudio, label: str) -> None:
+        """A take edit (switch, comp, keep, delete): the lane's takes and the audio it now plays."""
+        self._check_lanes({name: audio})
+        self._step(label)
+        self.takes[name] = takes
+        self.audio[name] = audio
+
+    def _check_lanes(self, result: Mapping[str, object]) -> None:
         unknown = [name for name in result if name not in self.lane_names]
         if unknown:
             raise StemMismatchError(
@@ -81,15 +123,18 @@ class Session:
         return bool(self._undo)
 
     def undo_audio(self) -> list[LaneAudio]:
-        """The audio undo would put back (kept ready to play, like the lanes')."""
-        return [audio for lanes in self._undo for audio in lanes.values() if audio is not None]
+        """The audio undo would put back (kept ready to play, like the lanes'), and every take's."""
+        out = [audio for _, lanes, _ in self._undo for audio in lanes.values() if audio is not None]
+        for _, _, takes in self._undo:
+            out += [t.audio for lane in takes.values() if lane is not None for t in lane.takes]
+        out += [t.audio for lane in self.takes.values() if lane is not None for t in lane.takes]
+        return out
 
     def undo(self) -> str:
-        """Put back the lanes as they were before the last result; returns its label."""
+        """Put back the lanes (and their takes) as they were before the last step; returns its label."""
         if not self._undo:
             return ""
-        self.audio = self._undo.pop()
-        label, self.undo_label = self.undo_label, ""
+        label, self.audio, self.takes = self._undo.pop()
         return label
 
 

@@ -21,13 +21,16 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMe
 
 from .engine_link import EngineLink
 from .export import ExportError, export_lanes
-from .jobs import Job, JobRefused, build_request, check_result, new_job_id
+from .jobs import TAKE_TASKS, Job, JobRefused, build_request, check_result, new_job_id, task_options
 from .lanes import Lanes
 from .loader import FileLoader, Loaded, LoadRequest
 from .message_bar import MessageBar
+from .qt_refcount import guard_bool_refcounts
 from .ruler import Ruler
 from .session import MIX, LaneAudio, Session, StemMismatchError, assign_stem_files
 from .settings import AppSettings, load_settings, save_settings
+from .window_session_file import SessionFiles
+from .takes import LaneTakes, Take, TakeError
 from .task_bar import TaskBar
 from .transport import Transport, make_action, tool_button
 
@@ -35,15 +38,18 @@ DEFAULT_STEMS = ("bass", "drums", "guitar", "piano")
 AUDIO_FILTER = "Audio (*.wav *.flac *.ogg *.mp3 *.aif *.aiff *.w64 *.opus);;All files (*)"
 
 
-class MainWindow(QMainWindow):
+class MainWindow(SessionFiles, QMainWindow):
     def __init__(self, settings: AppSettings | None = None, *, start_engine: bool = True) -> None:
         super().__init__()
+        guard_bool_refcounts()  # for windows made without make_application (tests): desktop/qt_refcount.py
         self.settings = settings or load_settings()
         self.setWindowTitle("MSDM Studio")
         self.resize(1280, 760)
         self.session = Session(stems=DEFAULT_STEMS)
         self.song = "untitled"
         self._jobs_run = 0
+        self._comps_written = 0
+        self.auditioning: tuple[str, int] | None = None   # (lane, take) the lane plays instead of its comp
         self.session_dir = (Path(self.settings.output_root).expanduser().resolve() /
                             f"session-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
 
@@ -78,6 +84,10 @@ class MainWindow(QMainWindow):
         self.stems_action = action("Open stems…", self._open_stems_dialog, "Ctrl+Shift+O",
                                    "Open stem files onto the stem lanes")
         self.export_action = action("Export…", self._export_dialog, "Ctrl+E", "Export the stems as files")
+        self.save_session_action = action("Save session…", self._save_session_dialog, "Ctrl+S",
+                                          "Save the lanes, takes, comps, selection and settings to a session file")
+        self.open_session_action = action("Open session…", self._open_session_dialog, "Ctrl+Shift+S",
+                                          "Open a saved session file")
         self.undo_action = action("Undo", self.undo, "Ctrl+Z", "Put back the lanes as they were before the last result")
         self.settings_action = action("Settings…", self._settings_dialog, None, "Engine and work folder")
         self.restart_action = action("Restart engine", self.restart_engine)
@@ -90,6 +100,9 @@ class MainWindow(QMainWindow):
         self.recent_menu = QMenu("Open recent", self)
         file_menu.addMenu(self.recent_menu)
         file_menu.addAction(self.export_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.open_session_action)
+        file_menu.addAction(self.save_session_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         menu.addMenu("&Edit").addAction(self.undo_action)
@@ -137,6 +150,9 @@ class MainWindow(QMainWindow):
         engine.ended.connect(self.task_bar.show_outcome)
         engine.answered.connect(self._on_answered)
         engine.firstGuess.connect(self._on_first_guess)
+        engine.takeArrived.connect(self._on_take)
+        lanes.takeRequested.connect(self.take_action)
+        transport.stop_action.triggered.connect(self.end_audition)
         self.task_bar.taskRequested.connect(self.run_task)
         self.task_bar.cancelRequested.connect(engine.cancel)
         transport.message.connect(self.message)
@@ -270,7 +286,12 @@ class MainWindow(QMainWindow):
 
     def refresh_lanes(self, fit: bool = False) -> None:
         """The session changed: redraw the lanes, play what they hold, fit the ruler (a new song)."""
-        self.lanes.show_audio(self.session.audio)
+        audio = dict(self.session.audio)
+        if self.auditioning is not None:
+            lane, number = self.auditioning
+            audio[lane] = self.session.takes[lane].take(number).audio
+        self.lanes.show_audio(audio)
+        self.lanes.show_takes(self.session.takes)
         self.transport.show_lanes(self.lanes.states, keep=self.session.undo_audio())
         self.ruler.set_length(self.transport.length, fit)
         self._update_controls()
@@ -301,15 +322,27 @@ class MainWindow(QMainWindow):
         job_id = new_job_id(kind)
         out_dir = self.session_dir / f"{self._jobs_run:02d}-{kind}"
         mix = self.session.audio.get(MIX)
-        given = {s: str(self.session.audio[s].path) for s in self.given_stems()} if kind == "impute" else {}
+        if kind == "impute":
+            given = {s: str(self.session.audio[s].path) for s in self.given_stems()}
+        elif kind == "regenerate":  # every stem lane with audio is heard; the selected ones change in the range
+            given = {s: str(self.session.audio[s].path) for s in self.session.stems if self.session.audio.get(s)}
+        else:
+            given = {}
+        controls = self.task_bar.controls()
         try:
-            expected, datagram = build_request(kind, job_id, out_dir, self.task_bar.controls(), self.session.stems,
+            expected, datagram = build_request(kind, job_id, out_dir, controls, self.session.stems,
                                                mix=str(mix.path) if mix is not None else None, given=given,
-                                               extra=extra)
+                                               extra=extra, time_range=self.ruler.selection(),
+                                               regenerate=tuple(self.lanes.selected_stems()))
         except JobRefused as refusal:
             self.message(str(refusal))
             return None
-        self.engine.submit(Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected)), datagram)
+        options = {**task_options(kind, controls), **extra}
+        if kind == "regenerate":
+            options.update(range=self.ruler.selection(), regenerate=",".join(self.lanes.selected_stems()))
+        self.end_audition()
+        self.engine.submit(Job(kind=kind, id=job_id, out_dir=out_dir, expected=tuple(expected), options=options,
+                               takes=controls.takes if kind in TAKE_TASKS else 1), datagram)
         return job_id
 
     def cancel_job(self) -> None:
@@ -325,13 +358,139 @@ class MainWindow(QMainWindow):
             self.message(f"{kind} finished but its result cannot be used: {'; '.join(problems)}. "
                          "Your lanes are unchanged.", "error")
             return
-        paths = {stem: Path(path) for stem, path in files.items() if stem in self.session.lane_names}
+        paths = {stem: Path(path) for stem, path in files.items() if stem in self._lanes_written(job)}
 
         def failed() -> None:
             self.engine.end_job()
             self.task_bar.show_outcome(f"{kind}: failed")
 
+        if job.kind in TAKE_TASKS and job.takes > 1:  # its takes came one by one; this lists take 1 again
+            if job.takes_shown >= job.takes:
+                self._finish_takes(job)
+            return
+        if job.kind in TAKE_TASKS:
+            self._read(paths, lambda loaded: self._show_take(job, loaded, 1, int(job.options.get("seed", 0))),
+                       on_error=failed)
+            return
         self._read(paths, lambda loaded: self._show_result(job, loaded), on_error=failed)
+
+    def _lanes_written(self, job: Job) -> tuple[str, ...]:
+        """The lanes a job's result goes on: Regenerate's mix file is not put on the Mix
+        lane, which keeps the song you opened (the stems play)."""
+        names = self.session.lane_names
+        return tuple(n for n in names if not (job.kind == "regenerate" and n == MIX))
+
+    def _on_take(self, job: Job, number: int, seed: int, files: dict) -> None:
+        """One take of a job with several: on the lanes as soon as it is read (off the GUI thread)."""
+        if check_result(job, files):
+            return  # not usable: /msdm/done's check reports it
+        paths = {stem: Path(path) for stem, path in files.items() if stem in self._lanes_written(job)}
+        self._read(paths, lambda loaded: self._show_take(job, loaded, number, seed))
+
+    def _show_take(self, job: Job, loaded: Loaded, number: int, seed: int) -> None:
+        """A take of each lane the job wrote; the lanes play it. The job's first take is one undo step with
+        the ones after it."""
+        if self.engine.job is not job:
+            return
+        kind = job.kind.capitalize()
+        label = f"{kind} {number}/{job.takes}" if job.takes > 1 else kind
+        takes = {name: Take(audio, label, seed, dict(job.options)) for name, audio in loaded.audio.items()}
+        try:
+            self.session.add_takes(takes, kind, new_step=job.takes_shown == 0)
+        except StemMismatchError as error:
+            self.message(str(error), "error")
+            return
+        job.takes_shown += 1
+        muted = self._mute_mix_for_stems() if MIX not in takes else ""
+        self.refresh_lanes(fit=self.session.audio.get(MIX) is None or job.kind == "generate")
+        if job.takes > 1 and job.takes_shown < job.takes:
+            self.message(f"Take {number} of {job.takes} is on the lanes ({', '.join(takes)}): listen while the "
+                         f"next is made. {muted}")
+        if job.takes_shown >= job.takes and (job.answered or job.takes == 1):
+            self._finish_takes(job, muted)
+
+    def _finish_takes(self, job: Job, muted: str = "") -> None:
+        kind = job.kind.capitalize()
+        self.engine.end_job()
+        elapsed = time.monotonic() - job.started
+        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.{0 if elapsed >= 10 else 1}f} s", 1000)
+        what = f"{job.takes} takes" if job.takes > 1 else "a take"
+        self.message(f"{kind} done in {elapsed:.1f} s: {what} on each lane it wrote (files in {job.out_dir}). "
+                     f"Pick a take in a lane's box, or comp one into the ruler's Range from its Takes menu. "
+                     f"{muted}Undo (Ctrl+Z) puts the previous lanes back.")
+        self._update_controls()
+
+    # ---- takes: switch, audition, comp, keep, delete (each an undo step) ------------
+    def take_action(self, lane: str, action: str, number: int) -> bool:
+        """Do `action` (choose | audition | comp | delete | keep) with take `number` of `lane`; False and a
+        message when it cannot be done."""
+        if self.engine.job is not None or self.loader.busy:
+            self.message("Wait for the running job (or the files being read) before changing takes.")
+            return False
+        lane_takes = self.session.takes.get(lane)
+        if lane_takes is None:
+            self.message(f"The {lane} lane has no takes yet: Generate, Impute or Regenerate make them.")
+            return False
+        if action == "audition":
+            return self.audition(lane, number)
+        try:
+            if action == "choose":
+                changed = lane_takes.choose(number)
+            elif action == "comp":
+                region = self.ruler.selection()
+                if region is None:
+                    raise TakeError("Select the range to comp into first: press Range on the ruler and drag it.")
+                rate = lane_takes.takes[0].audio.sample_rate
+                changed = lane_takes.comp(round(region[0] * rate), round(region[1] * rate), number)
+            elif action == "delete":
+                changed = lane_takes.delete(number)
+            elif action == "keep":
+                changed = lane_takes.keep_chosen()
+            else:
+                raise ValueError(f"unknown take action {action!r}")
+        except TakeError as error:
+            self.message(str(error), "warning")
+            return False
+        self.auditioning = None
+        self.session.change_takes(lane, changed, self._comp_audio(lane, changed),
+                                  f"{action} take {number} on {lane}")
+        self.refresh_lanes()
+        self._update_controls()
+        return True
+
+    def _comp_audio(self, lane: str, takes: LaneTakes) -> LaneAudio:
+        """What the lane plays: a take's own audio (and file), or the comp rendered
+        and written (float WAV, atomically) into the session folder, so that jobs and
+        drags read it as a file too."""
+        from engine.audio.files import write_audio
+
+        single = takes.single_take()
+        if single is not None:
+            return single.audio
+        self._comps_written += 1
+        first = takes.takes[0].audio
+        samples = takes.render()
+        path = write_audio(self.session_dir / "comps" / f"{lane}-comp-{self._comps_written}.wav", samples,
+                           first.sample_rate, bits="32f")
+        return LaneAudio(samples, first.sample_rate, Path(path).resolve())
+
+    def audition(self, lane: str, number: int) -> bool:
+        """The lane plays take `number` instead of its comp until Stop, another take action or a job."""
+        try:
+            self.session.takes[lane].take(number)
+        except (TakeError, AttributeError) as error:
+            self.message(str(error) if isinstance(error, TakeError) else f"The {lane} lane has no takes.", "warning")
+            return False
+        self.auditioning = (lane, number)
+        self.refresh_lanes()
+        self.message(f"Auditioning take {number} on {lane}: pick it in the lane's box to keep it; Stop ends the "
+                     "audition.")
+        return True
+
+    def end_audition(self) -> None:
+        if self.auditioning is not None:
+            self.auditioning = None
+            self.refresh_lanes()
 
     def _on_first_guess(self, job: Job, files: dict) -> None:
         """A refined separation sent its first guess: put it on the lanes now
@@ -345,10 +504,10 @@ class MainWindow(QMainWindow):
             if self.engine.job is not job or job.answered or not self._apply(loaded.audio, job.kind.capitalize()):
                 return  # the job ended (or its result came) while the guess was read
             job.first_guess_shown = True
-            self.lanes.set_flags(MIX, mute=True)
+            muted = self._mute_mix_for_stems()
             self.refresh_lanes()
             self.message("First guess on the lanes: listen while the model refines it; the refined stems "
-                         "replace it when ready.")
+                         f"replace it when ready. {muted}")
 
         self._read(paths, show)
 
@@ -358,12 +517,19 @@ class MainWindow(QMainWindow):
         if not self._apply(loaded.audio, kind, refine=job.first_guess_shown):
             return
         elapsed = time.monotonic() - job.started
-        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.0f} s", 1000)
-        # The stems sum to the mix: play them, not both.
-        self.lanes.set_flags(MIX, mute=True)
+        self.task_bar.show_outcome(f"{kind}: done in {elapsed:.{0 if elapsed >= 10 else 1}f} s", 1000)
+        # The stems sum to the mix: play them, not both, and say so (issue 22: a silent mute puzzled).
+        muted = self._mute_mix_for_stems()
         self.refresh_lanes(fit=self.session.audio.get(MIX) is None or kind == "Generate")
         self.message(f"{kind} done in {elapsed:.1f} s: {len(loaded.audio)} lanes filled (files in {job.out_dir}). "
-                     "Undo (Ctrl+Z) puts the previous lanes back.")
+                     f"{muted}Undo (Ctrl+Z) puts the previous lanes back.")
+
+    def _mute_mix_for_stems(self) -> str:
+        """Mute the mix lane (the stems sum to it, playing both doubles it); the sentence that says so."""
+        if self.lanes.state(MIX).mute:
+            return ""
+        self.lanes.set_flags(MIX, mute=True)
+        return "The mix lane is muted so you hear the stems (its M button unmutes it). "
 
     def undo(self) -> None:
         if self.engine.job is not None:
@@ -372,6 +538,7 @@ class MainWindow(QMainWindow):
         if self.loader.busy:
             self.message("Files are still being read onto the lanes: undo once they are there.")
             return
+        self.auditioning = None
         label = self.session.undo()
         if label:
             self.refresh_lanes(fit=True)

@@ -51,7 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
                               description="Writes the generated stems and mix.<ext> (given + generated) "
                                           "at the given stems' sample rate, length and channel count.")
     imp.add_argument("--given", action="append", required=True, metavar="STEM=FILE",
-                     help="a stem you have, e.g. drums=drums.wav; repeat for more")
+                     help="a stem you have, e.g. drums=drums.wav; repeat for more (with --range: every stem "
+                          "you keep, and the ones to regenerate)")
     add_model_options(imp)
     add_job_options(imp, "impute", "imputation")
 
@@ -135,11 +136,20 @@ def _run(args) -> int:
               given=parse_given(args.given) if args.command == "impute" else {})
     models = load_models_for(args)
     bar = ProgressBar(args.quiet)
+    takes = getattr(options, "takes", 1)
+
+    def report_take(number: int, seed: int, files) -> None:
+        if takes > 1 and not args.quiet:
+            bar.write(f"take {number} (seed {seed}):")
+            for name, path in files.items():
+                bar.write(f"{name}: {path}")
+
     try:
-        paths = run_job(models, job, progress=bar)
+        paths = run_job(models, job, progress=bar, on_take=report_take)
     finally:
         bar.close()
-    _report(paths, args.quiet)
+    if takes == 1:
+        _report(paths, args.quiet)
     return 0
 
 

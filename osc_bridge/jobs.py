@@ -73,7 +73,8 @@ class JobQueue:
 
     `execute(job, progress, first_guess)` runs a job and returns {name: path};
     it may call `first_guess({name: path})` once, before it ends, when a
-    refined separation's first guess is written; it may raise ProtocolError,
+    refined separation's first guess is written, and `first_guess({name: path},
+    take=(number, seed))` for each take of a job with several (/msdm/take); it may raise ProtocolError,
     engine errors, or engine.core.diffusion.Cancelled."""
 
     def __init__(self, execute: Callable[[Job, Callable[[float, str], None], Callable[[dict], None]], dict],
@@ -187,6 +188,13 @@ class JobQueue:
                 for target in [job.reply_to] + job.watchers:
                     self.send(target, protocol.first_guess(job.id, paths))
 
+    def _take(self, job: Job, take: tuple[int, int], paths: dict) -> None:
+        """One take's files (take number, seed), to the job's reply address and its watchers."""
+        with job.lock:
+            if not job.finished:
+                for target in [job.reply_to] + job.watchers:
+                    self.send(target, protocol.take(job.id, *take, paths))
+
     def _progress(self, job: Job, fraction: float, message: str, force: bool = False) -> None:
         with job.lock:
             job.fraction, job.message = max(job.fraction, fraction), message
@@ -217,7 +225,8 @@ class JobQueue:
                 # The folder may have been swapped for a symlink since the job was accepted;
                 # from here on the job writes into the folder it opens (engine.output_folder).
                 contained_output_dir(str(job.out_dir), self.output_root, job.id)
-                paths = self.execute(job, progress, lambda guess: self._first_guess(job, guess))
+                paths = self.execute(job, progress, lambda files, take=None: self._first_guess(job, files)
+                                     if take is None else self._take(job, take, files))
                 if job.cancel.is_set():  # cancelled after the last sampler step: drop nothing already written
                     log.info("job %s: cancel arrived after the files were written", job.id)
                 self._progress(job, 1.0, "done", force=True)
@@ -280,4 +289,6 @@ def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], m
     return run_job(models, EngineJob(request.kind, job.out_dir, request.options, mix=request.mix_path,
                                      seconds=request.seconds, given=request.given),
                    progress=progress, max_seconds=max_seconds, output_root=output_root,
-                   on_first_guess=first_guess)
+                   on_first_guess=first_guess,
+                   on_take=None if first_guess is None or request.options.takes < 2 else
+                   lambda number, seed, files: first_guess(files, take=(number, seed)))

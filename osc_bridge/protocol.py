@@ -175,7 +175,16 @@ def _parser(option: job_options.Option) -> Callable[[Any], Any]:
         return lambda v: as_choice(v, option.name, option.choices)
     if option.type is int:
         return lambda v: as_int(v, option.name, option.low, option.high)
+    if option.type is str:  # a text option with a format of its own (range "START:END", regenerate "bass,drums")
+        return lambda v: _checked_text(option, v)
     return lambda v: as_float(v, option.name, option.low, option.high)
+
+
+def _checked_text(option: job_options.Option, value: Any) -> str:
+    text = as_text(value, option.name)
+    if (reason := option.problem(text)) is not None:
+        raise ProtocolError(BAD_REQUEST, reason)
+    return text
 
 
 METHODS = job_options.METHODS
@@ -315,7 +324,7 @@ def parse_impute(args: Sequence[Any], stems: Sequence[str]) -> JobRequest:
         if not given:
             raise ProtocolError(BAD_REQUEST, f"give at least one stem you have as <stem> <path>; "
                                              f"this model's stems are {', '.join(stems)}")
-        if len(given) == len(stems):
+        if len(given) == len(stems) and parsed.range is None:  # with a range, the regenerated stems are given too
             raise ProtocolError(BAD_REQUEST, f"all stems ({', '.join(stems)}) are given: nothing is left to generate")
         return JobRequest("impute", job_id, out_dir, parsed, given=given)
 
@@ -350,15 +359,17 @@ ADDRESSES: tuple[Address, ...] = (
             "/msdm/accepted, /msdm/progress..., [/msdm/first_guess <job_id> <stem> <path> ...], "
             "/msdm/done <job_id> <stem> <path> ..."),
     Address("/msdm/generate", parse_generate, "<job_id> <out_dir> <seconds> [key value ...]",
-            "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ... mix <path>"),
+            "/msdm/accepted, /msdm/progress..., [/msdm/take <job_id> <take> <seed> <stem> <path> ... (takes > 1)], "
+            "/msdm/done <job_id> <stem> <path> ... mix <path>"),
     Address("/msdm/impute", parse_impute, "<job_id> <out_dir> <stem> <path> [...] [key value ...]",
-            "/msdm/accepted, /msdm/progress..., /msdm/done <job_id> <stem> <path> ... mix <path>"),
+            "/msdm/accepted, /msdm/progress..., [/msdm/take <job_id> <take> <seed> <stem> <path> ... (takes > 1)], "
+            "/msdm/done <job_id> <stem> <path> ... mix <path>"),
     Address("/msdm/cancel", parse_cancel, "<job_id> [reply_port]", "/msdm/cancelled <job_id>"),
 )
 ADDRESS_TABLE = {entry.address: entry for entry in ADDRESSES}
 # Addresses that only ever travel from the server to a client; the server ignores them.
 REPLY_ONLY_ADDRESSES = frozenset({"/msdm/pong", "/msdm/accepted", "/msdm/progress", "/msdm/first_guess",
-                                  "/msdm/done", "/msdm/error", "/msdm/cancelled"})
+                                  "/msdm/done", "/msdm/error", "/msdm/cancelled", "/msdm/take"})
 
 
 def parse_request(address: str, args: Sequence[Any], stems: Sequence[str], *,
@@ -462,6 +473,12 @@ def done(job_id: str, paths: dict[str, Any]) -> Reply:
     for stem, path in paths.items():
         args += [stem, str(path)]
     return "/msdm/done", args
+
+
+def take(job_id: str, number: int, seed: int, paths: dict[str, Any]) -> Reply:
+    """One take of a job with several (option takes N), as soon as it is written
+    (the job goes on; /msdm/done follows, listing take 1's files)."""
+    return "/msdm/take", [job_id, int(number), int(seed), *done(job_id, paths)[1][1:]]
 
 
 def first_guess(job_id: str, paths: dict[str, Any]) -> Reply:

@@ -18,6 +18,18 @@ import torch
 os.environ["MSDM_CONFIG_DIR"] = tempfile.mkdtemp(prefix="msdm-test-config-")
 atexit.register(shutil.rmtree, os.environ["MSDM_CONFIG_DIR"], ignore_errors=True)
 
+
+def pytest_configure(config):
+    """PySide6 6.12.0's Signal.emit() takes a reference to True on every call: a
+    test process that emits enough aborts at exit (desktop/qt_refcount.py)."""
+    from desktop.qt_refcount import guard_bool_refcounts
+
+    try:
+        guard_bool_refcounts()
+    except ImportError:  # no PySide6: nothing emits signals
+        pass
+
+
 from engine.core.config import TINY
 from support.gaussian_prior import GaussianStemPrior, band_spectrum, flat_spectrum
 from engine.storage.model import MSDMModel, ModelSet

@@ -130,6 +130,7 @@ def test_open_separate_export_and_read_back(qtbot, window, workdir):
     total = sum(window.session.audio[s].samples for s in STEMS)
     np.testing.assert_allclose(total, window.session.audio[MIX].samples, atol=1e-4)
     assert window.lanes[MIX].mute.isChecked()  # the stems play, not the mix on top of them
+    assert "mix lane is muted" in window.messages[-1][1]  # and the window says so (issue 22)
     # The lane drags out as its file.
     assert [u.toLocalFile() for u in window.lanes["drums"].mime_data().urls()] == \
         [str(window.session.audio["drums"].path)]

@@ -126,7 +126,10 @@ def test_session_results_and_undo():
     session.apply_result({"bass": lane(9.0), MIX: lane(1.0)}, "impute")
     assert session.undo() == "impute"
     assert session.audio["bass"] is first["bass"] and session.audio[MIX] is mix
-    assert not session.can_undo and session.undo() == ""
+    assert session.undo() == "separate" and session.undo() == "open"  # every step, newest first
+    assert not session.can_undo and session.undo() == "" and session.filled() == []
+    session.apply_result({MIX: mix}, "open")
+    session.apply_result(first, "separate")
     with pytest.raises(StemMismatchError, match="vocals"):
         session.apply_result({"vocals": lane(1.0)}, "x")
     session.set_stems(("bass", "vocals"))

@@ -54,7 +54,7 @@ def run_lua(body: str) -> list[str]:
 @pytest.mark.skipif(LUAC is None, reason="luac not installed: apt-get install lua5.4")
 def test_every_lua_script_compiles():
     scripts = sorted(REAPER.glob("*.lua"))
-    assert len(scripts) == 4
+    assert len(scripts) == 5
     for script in scripts:
         result = subprocess.run([LUAC, "-p", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -189,8 +189,8 @@ def test_installer_copies_scripts_writes_config_and_registers_actions_once(tmp_p
         assert result.returncode == 0, result.stderr
     target = reaper_dir / "Scripts" / "MSDM Studio"
     assert sorted(p.name for p in target.iterdir()) == sorted([
-        "MSDM generate accompaniment for selected items.lua", "MSDM separate selected item.lua",
-        "msdm_config.lua", "msdm_osc.lua", "msdm_reaper.lua"])
+        "MSDM generate accompaniment for selected items.lua", "MSDM regenerate selected items as takes.lua",
+        "MSDM separate selected item.lua", "msdm_config.lua", "msdm_osc.lua", "msdm_reaper.lua"])
     keymap = (reaper_dir / "reaper-kb.ini").read_text().splitlines()
     assert keymap == [
         "KEY 1 65 40001 0",
@@ -199,6 +199,8 @@ def test_installer_copies_scripts_writes_config_and_registers_actions_once(tmp_p
         '"MSDM Studio/MSDM separate selected item.lua"',
         'SCR 4 0 RS_MSDM_ACCOMPANY "Custom: MSDM: generate accompaniment for selected items" '
         '"MSDM Studio/MSDM generate accompaniment for selected items.lua"',
+        'SCR 4 0 RS_MSDM_REGENERATE "Custom: MSDM: regenerate selected items as takes" '
+        '"MSDM Studio/MSDM regenerate selected items as takes.lua"',
     ]
     if LUA:
         config = subprocess.run([LUA, "-e", f"local c = dofile({json.dumps(str(target / 'msdm_config.lua'))}) "
@@ -210,3 +212,61 @@ def test_installer_copies_scripts_writes_config_and_registers_actions_once(tmp_p
     missing = subprocess.run([sys.executable, str(REAPER / "install.py"), "--reaper-dir", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "Show REAPER resource path" in missing.stderr
+
+
+# A fake of the REAPER API functions the takes import calls, recording each call.
+FAKE_REAPER = r"""
+calls = {}
+local function record(name) return function(...) calls[#calls + 1] = { name, ... } ; return #calls end end
+reaper = setmetatable({
+  get_action_context = function() return true, SCRIPT end,
+  GetOS = function() return "Linux" end,
+  AddTakeToMediaItem = function(item) calls[#calls + 1] = { "AddTakeToMediaItem", item }
+                                      return item .. "/take" .. #calls end,
+  PCM_Source_CreateFromFile = function(path) return "source:" .. path end,
+}, { __index = function(_, name) return record(name) end })
+"""
+
+
+@needs_lua
+def test_regenerate_results_arrive_as_reaper_takes_of_the_selected_items():
+    """The replies of a 3-take regenerate job (as the server sends them) become three REAPER takes of
+    each selected item, named with their seed, offset into the rendered span, the last one active."""
+    script = str(REAPER / "MSDM regenerate selected items as takes.lua")
+    body = f"SCRIPT = {json.dumps(script)}\n{FAKE_REAPER}\n" + r"""
+local M = dofile(SCRIPT:match("^(.*[/\\])") .. "msdm_reaper.lua")
+local osc = dofile(SCRIPT:match("^(.*[/\\])") .. "msdm_osc.lua")
+local lines = {
+  "/msdm/accepted\tj\t0",
+  "/msdm/take\tj\t1\t40\tbass\t/o/take-1/bass.wav\tmix\t/o/take-1/mix.wav",
+  "/msdm/progress\tj\t0.7\ttake 3/3: imputing window 1/1",
+  "/msdm/take\tj\t2\t41\tbass\t/o/take-2/bass.wav\tmix\t/o/take-2/mix.wav",
+  "/msdm/take\tj\t3\t42\tbass\t/o/take-3/bass.wav\tmix\t/o/take-3/mix.wav",
+  "/msdm/done\tj\tbass\t/o/take-1/bass.wav\tmix\t/o/take-1/mix.wav",
+}
+local state = osc.job_state(lines, "j")
+print(state.state, #state.takes, state.takes[3].number, state.takes[3].seed, state.takes[2].paths.bass)
+M.add_result_takes({ { item = "bassitem", stem = "bass", position = 12.5 } }, state, 10.0)
+for _, call in ipairs(calls) do
+  local words = {}
+  for i, v in ipairs(call) do words[i] = tostring(v) end
+  print(table.concat(words, " "))
+end
+"""
+    result = subprocess.run([LUA, "-"], input=body, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "done\t3\t3\t42\t/o/take-2/bass.wav"
+    calls = lines[1:]
+    assert calls[0] == "Undo_BeginBlock" and calls[-1] == "Undo_EndBlock MSDM: regenerate as takes -1"
+    added = [c for c in calls if c.startswith("AddTakeToMediaItem")]
+    assert added == ["AddTakeToMediaItem bassitem"] * 3
+    sources = [c for c in calls if c.startswith("SetMediaItemTake_Source")]
+    assert [s.split("source:")[1] for s in sources] == [f"/o/take-{k}/bass.wav" for k in (1, 2, 3)]
+    names = [c for c in calls if "P_NAME" in c]
+    assert [n.split("P_NAME ")[1] for n in names] == [f"MSDM bass take {k} (seed {39 + k}) true" for k in (1, 2, 3)]
+    assert [c for c in calls if "D_STARTOFFS" in c] == [c for c in calls if c.endswith("D_STARTOFFS 2.5")]
+    assert len([c for c in calls if "D_STARTOFFS" in c]) == 3
+    active = [c for c in calls if c.startswith("SetActiveTake")]
+    last_added = max(i for i, c in enumerate(calls) if c.startswith("AddTakeToMediaItem")) + 1  # Lua's #calls then
+    assert active == [f"SetActiveTake bassitem/take{last_added}"]  # the newest take plays

@@ -242,9 +242,12 @@ def generate_stems(
     given_stems: tuple[int, ...] = (),
     overlap: float = DEFAULT_OVERLAP,
     progress: ProgressFn | None = None,
+    given_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """All stems at the model's rate, [N, frames]. With `given` ([N, frames],
-    only rows `given_stems` are read) the other stems are imputed.
+    only rows `given_stems` are read) the other stems are imputed; with
+    `given_mask` ([N, frames] bool, instead of `given_stems`) exactly the
+    samples it marks are given (a time range of some stems regenerated).
     Windows after the first continue the previous one through its overlap."""
     _require_joint(models, "generation")
     if settings.prior == "latent":
@@ -255,14 +258,19 @@ def generate_stems(
     num = len(models.stems)
     window = models.window
     plan = WindowPlan.make(frames, window, overlap)
-    out = np.zeros((num, plan.start(plan.count - 1) + window), dtype=np.float32)
+    total = plan.start(plan.count - 1) + window
+    known = np.zeros((num, total), dtype=bool)
+    if given_mask is not None:
+        known[:, :frames] = given_mask
+    else:
+        known[list(given_stems), :frames] = True
+    out = np.zeros((num, total), dtype=np.float32)
     if given is not None:
-        out[list(given_stems), :frames] = given[list(given_stems)]
-    label = "imputing" if given_stems else "generating"
+        out[:, :frames] = np.where(known[:, :frames], given, 0.0)
+    label = "imputing" if known.any() else "generating"
     for index in range(plan.count):
         start = plan.start(index)
-        mask = np.zeros((num, window), dtype=bool)
-        mask[list(given_stems)] = True
+        mask = known[:, start:start + window].copy()
         if index > 0:
             continued = plan.start(index - 1) + window - start  # overlap with the previous window
             mask[:, :continued] = True
@@ -335,9 +343,16 @@ def impute_file(
     output: OutputFormat = OutputFormat(),
     max_seconds: float | None = None,
     progress: ProgressFn | None = None,
+    time_range: tuple[float, float] | None = None,
+    regenerate: tuple[str, ...] = (),
 ) -> dict[str, Path]:
-    """Write the stems not given (and the full mix) to `out_dir`."""
+    """Write the stems not given (and the full mix) to `out_dir`; with
+    `time_range` (seconds) and `regenerate` (given stems), write those stems
+    anew inside the range only (regenerate_range)."""
     _require_joint(models, "imputation")
+    if time_range is not None:
+        return regenerate_range(models, given, out_dir, time_range, regenerate, seed=seed, settings=settings,
+                                overlap=overlap, output=output, max_seconds=max_seconds, progress=progress)
     audio = read_given_stems(models, given, max_seconds)
     first = next(iter(audio.values()))
     rate_in, frames_in = first.sample_rate, first.frames
@@ -363,4 +378,115 @@ def impute_file(
             writers.write(stem, back)
             mix += back
         writers.write("mix", mix)
+    return writers.paths
+
+
+# Regenerating a time range -------------------------------------------------
+# The stems to regenerate are free inside the range and given outside it; every
+# other stem is given everywhere (a stem with no file is given as silence).
+# The sampler so sees the context on both sides of the range at every step
+# (the imputation condition masks time as well as stems: RePaint, Lugmayr et
+# al. 2022). In the file, everything outside the range is the input itself,
+# sample for sample, and the regenerated audio is faded in and out over
+# RANGE_FADE_S inside the range's edges (raised cosine), so an edge is the
+# input's own sample and no step is written there.
+RANGE_FADE_S = 0.02
+
+
+def range_context(frames: int, begin: int, end: int, window: int) -> tuple[int, int]:
+    """The part of a song the sampler works on for a range [begin, end) (model
+    frames): one window centred on the range (more if the range is longer, with
+    a quarter window of context on each side), within the song."""
+    length = min(frames, max(window, end - begin + window // 2))
+    start = min(max(0, (begin + end) // 2 - length // 2), frames - length)
+    return start, start + length
+
+
+def fade_in_range(original: np.ndarray, new: np.ndarray, begin: int, end: int, fade: int) -> np.ndarray:
+    """`original` [C, T] with `new` [C, T] inside [begin, end): raised-cosine
+    fades of `fade` samples at both edges, inside the range; outside, `original`."""
+    out = original.copy()
+    length = end - begin
+    fade = max(1, min(fade, length // 2))
+    weight = np.ones(length, dtype=np.float64)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)  # 0 at the edge itself
+    weight[:fade] = ramp
+    weight[length - fade:] = np.minimum(weight[length - fade:], ramp[::-1])
+    inside = original[:, begin:end].astype(np.float64)
+    out[:, begin:end] = (inside + weight * (new[:, begin:end] - inside)).astype(np.float32)
+    return out
+
+
+def regenerate_range(
+    models: ModelSet,
+    given: Mapping[str, str | os.PathLike],
+    out_dir: str | os.PathLike | OutputFolder,
+    time_range: tuple[float, float],
+    regenerate: tuple[str, ...],
+    *,
+    seed: int = 0,
+    settings: SamplerSettings = IMPUTE,
+    overlap: float = DEFAULT_OVERLAP,
+    output: OutputFormat = OutputFormat(),
+    max_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Path]:
+    """Write the `regenerate` stems (whole files, new inside `time_range`
+    seconds) and the mix of every given stem to `out_dir`."""
+    if not regenerate:
+        raise InputError("name the stems to regenerate in the range, e.g. --regenerate bass")
+    unknown = [stem for stem in regenerate if stem not in models.stems]
+    if unknown:
+        raise InputError(f"cannot regenerate {unknown}: this model's stems are {list(models.stems)}")
+    missing = [stem for stem in regenerate if stem not in given]
+    if missing:
+        raise InputError(f"give the stems to regenerate too ({', '.join(f'--given {s}=FILE' for s in missing)}): "
+                         "their audio outside the range is kept")
+    unknown_given = [name for name in given if name not in models.stems]
+    if unknown_given:
+        raise InputError(f"unknown stem(s) {unknown_given}: this model's stems are {list(models.stems)}")
+    audio = {name: read_audio(path, max_seconds=max_seconds) for name, path in given.items()}
+    if len({a.sample_rate for a in audio.values()}) > 1 or len({a.frames for a in audio.values()}) > 1:
+        raise AudioInputError("given stems have different sample rates or lengths: "
+                              f"{ {n: (a.sample_rate, a.frames) for n, a in audio.items()} }; export them at one "
+                              "rate from the same start to the same end")
+    first = next(iter(audio.values()))
+    rate_in, frames_in = first.sample_rate, first.frames
+    start_s, end_s = time_range
+    if start_s >= frames_in / rate_in:
+        raise InputError(f"the range {start_s:g}:{end_s:g} s starts after the end of the stems "
+                         f"({frames_in / rate_in:.2f} s)")
+    begin_in, end_in = round(start_s * rate_in), min(frames_in, round(end_s * rate_in))
+    rate_model = models.sample_rate
+    frames_model = max(1, round(frames_in * rate_model / rate_in))
+    begin_m = max(0, int(math.floor(begin_in * rate_model / rate_in)))
+    end_m = min(frames_model, int(math.ceil(end_in * rate_model / rate_in)))
+    lo, hi = range_context(frames_model, begin_m, end_m, models.window)
+    lo_in = int(math.floor(lo * rate_in / rate_model))
+    hi_in = min(frames_in, int(math.ceil(hi * rate_in / rate_model)))
+
+    num = len(models.stems)
+    given_model = np.zeros((num, hi - lo), dtype=np.float32)
+    mask = np.ones((num, hi - lo), dtype=bool)  # a stem with no file is given as silence
+    for name, a in audio.items():
+        whole = resample(to_mono(a.samples), rate_in, rate_model, length=frames_model)[0]
+        given_model[models.stems.index(name)] = whole[lo:hi]
+    for stem in regenerate:
+        mask[models.stems.index(stem), begin_m - lo:end_m - lo] = False
+    channels = max(a.channels for a in audio.values())
+    with _output_folder(out_dir) as folder, \
+            _open_writers(folder, dict.fromkeys((*regenerate, "mix"), channels), rate_in, output,
+                          inputs=given.values()) as writers:
+        stems = generate_stems(models, hi - lo, seed=seed, settings=settings, given=given_model,
+                               given_mask=mask, overlap=overlap, progress=progress)
+        fade = max(1, round(RANGE_FADE_S * rate_in))
+        finals = {name: np.broadcast_to(a.samples, (channels, frames_in)).astype(np.float32)
+                  for name, a in audio.items()}
+        for stem in regenerate:
+            n = models.stems.index(stem)
+            new = np.zeros((channels, frames_in), dtype=np.float32)
+            new[:, lo_in:hi_in] = resample(stems[n:n + 1], rate_model, rate_in, length=hi_in - lo_in)
+            finals[stem] = fade_in_range(finals[stem], new, begin_in, end_in, fade)
+            writers.write(stem, finals[stem])
+        writers.write("mix", np.sum(list(finals.values()), axis=0, dtype=np.float32))
     return writers.paths

@@ -14,9 +14,10 @@ parsers are built on every `msdm` call, including the light ones.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from engine.audio.windows import MAX_OVERLAP
 from engine.errors import CommandError
@@ -47,6 +48,7 @@ class Option:
     choices: tuple[str, ...] = ()
     tasks: tuple[str, ...] = TASKS
     group: str = "sampler"           # sampler | task | output
+    check: Callable[[Any], str | None] | None = None   # a text option's format: why a value is wrong, or None
 
     @property
     def flag(self) -> str:
@@ -58,7 +60,46 @@ class Option:
             return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
             return f"{self.name} must be between {self.low:g} and {self.high:g}, got {value!r}"
+        if self.check is not None and (reason := self.check(value)) is not None:
+            return f"{self.name} {reason}, got {value!r}"
         return None
+
+
+MAX_TAKES = 16
+
+
+def parse_time_range(text: str) -> tuple[float, float]:
+    """"START:END" in seconds (e.g. "4:6.5") -> (start, end); ValueError says what is wrong."""
+    start, sep, end = str(text).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        begin, finish = float(start), float(end)
+    except ValueError:
+        raise ValueError("must be START:END in seconds, e.g. 4:6.5") from None
+    if not (math.isfinite(begin) and math.isfinite(finish) and 0 <= begin < finish):
+        raise ValueError("must have 0 <= START < END")
+    return begin, finish
+
+
+def parse_stem_list(text: str) -> tuple[str, ...]:
+    """"bass,drums" -> ("bass", "drums"); empty names or a name twice are a ValueError."""
+    names = tuple(name.strip() for name in str(text).split(","))
+    if not all(names):
+        raise ValueError("must name stems separated by commas, e.g. bass,drums")
+    if len(set(names)) != len(names):
+        raise ValueError("names a stem twice")
+    return names
+
+
+def _reason(parse: Callable[[str], Any]) -> Callable[[Any], str | None]:
+    def reason(value: Any) -> str | None:
+        try:
+            parse(value)
+        except ValueError as error:
+            return str(error)
+        return None
+    return reason
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -84,6 +125,14 @@ OPTIONS: tuple[Option, ...] = (
            choices=PRIORS, tasks=("generate", "impute"), group="task"),
     Option("mono", bool, False, "downmix to mono first (half the work for stereo)", tasks=("separate",),
            group="task"),
+    Option("range", str, None, "with --regenerate: regenerate only START:END (seconds) of those stems; "
+                               "everything outside it and the other stems are kept (a stem not given is silent)",
+           tasks=("impute",), group="task", check=_reason(parse_time_range)),
+    Option("regenerate", str, None, "with --range: the given stems to write anew inside the range, e.g. bass or "
+                                    "bass,drums", tasks=("impute",), group="task", check=_reason(parse_stem_list)),
+    Option("takes", int, 1, f"how many takes (seeds seed, seed+1, ...) to make, each written when done into "
+                            f"take-K/ under the output folder when more than one (default 1)", 1, MAX_TAKES,
+           tasks=("generate", "impute"), group="task"),
     Option("format", str, "wav", "file format (default wav)", choices=FORMATS, group="output"),
     Option("bits", str, None, "sample format: 16, 24 or 32f (float, WAV only); default 32f for WAV, 24 for FLAC",
            choices=BITS, group="output"),
@@ -109,9 +158,20 @@ class JobOptions:
     start: str | None = None
     prior: str | None = None
     mono: bool = False
+    range: str | None = None
+    regenerate: str | None = None
+    takes: int = 1
     format: str = "wav"
     bits: str | None = None
     overwrite: bool = False
+
+    @property
+    def time_range(self) -> tuple[float, float] | None:
+        return None if self.range is None else parse_time_range(self.range)
+
+    @property
+    def regenerated_stems(self) -> tuple[str, ...]:
+        return () if self.regenerate is None else parse_stem_list(self.regenerate)
 
     @property
     def sample_format(self) -> str:
@@ -123,6 +183,8 @@ class JobOptions:
             value = getattr(self, option.name)
             if value is not None and (reason := option.problem(value)):
                 return reason
+        if (self.range is None) != (self.regenerate is None):
+            return "range and regenerate go together: the time range, and the stems to write anew in it"
         if self.format == "flac" and self.sample_format == "32f":
             return "FLAC cannot store 32-bit float: use bits 16 or 24, or format wav"
         return None

@@ -21,6 +21,13 @@ class ProgressBar:
             self.bar.set_description_str(message, refresh=False)
             self.bar.update(max(0, round(fraction * 1000) - self.bar.n))
 
+    def write(self, line: str) -> None:
+        """A line on stdout that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            print(line)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

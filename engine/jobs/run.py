@@ -19,12 +19,24 @@ from engine.output_folder import OutputFolder
 
 ProgressFn = Callable[[float, str], None]
 FirstGuessFn = Callable[[dict[str, Path]], None]
+TakeFn = Callable[[int, int, dict[str, Path]], None]   # take number (from 1), its seed, its files
 
 # Where a refined separation delivers its first guess before the refinement,
 # inside the job's folder, and the share of the progress bar the guess takes
 # (one separator pass per window against N prior evaluations per window).
 FIRST_GUESS_FOLDER = "first-guess"
 FIRST_GUESS_SHARE = 0.05
+
+
+def take_folder(number: int) -> str:
+    """Where take `number` (from 1) of a job with several takes goes, under the job's folder."""
+    return f"take-{number}"
+
+
+def take_seed(seed: int, number: int) -> int:
+    """Take `number`'s seed: seed, seed + 1, ..., so that one take can be made again alone with
+    `--seed` (take 1's is the job's seed itself, whatever its range: bounce derives large ones)."""
+    return seed + number - 1
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ def parse_given(items: list[str]) -> dict[str, str]:
 
 def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_seconds: float | None = None,
             output: Any = None, settings: Any = None, output_root: str | os.PathLike | None = None,
-            on_first_guess: FirstGuessFn | None = None) -> dict[str, Path]:
+            on_first_guess: FirstGuessFn | None = None, on_take: TakeFn | None = None) -> dict[str, Path]:
     """Run `job` on `models` (a ModelSet, or anything that looks like one) and
     return {stem or "mix": file written}. `output` replaces the OutputFormat the
     options give (bounce names files by a pattern); `settings` replaces the
@@ -104,12 +116,25 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
                                           settings=settings, seed=options.seed, mono=options.mono,
                                           overlap=options.overlap, output=output, max_seconds=max_seconds,
                                           progress=progress)
-        if job.task == "generate":
-            return pipeline.generate_file(models, folder, job.seconds, seed=options.seed, settings=settings,
-                                          overlap=options.overlap, output=output, progress=progress)
-        return pipeline.impute_file(models, job.given, folder, seed=options.seed, settings=settings,
-                                    overlap=options.overlap, output=output, max_seconds=max_seconds,
-                                    progress=progress)
+        count = options.takes
+        first: dict[str, Path] = {}
+        for number in range(1, count + 1):
+            seed = take_seed(options.seed, number)
+            take_output = dataclasses.replace(output, subfolder=take_folder(number)) if count > 1 else output
+            take_progress = _part(progress, (number - 1) / count, number / count,
+                                  f"take {number}/{count}: " if count > 1 else "")
+            if job.task == "generate":
+                files = pipeline.generate_file(models, folder, job.seconds, seed=seed, settings=settings,
+                                               overlap=options.overlap, output=take_output, progress=take_progress)
+            else:
+                files = pipeline.impute_file(models, job.given, folder, seed=seed, settings=settings,
+                                             overlap=options.overlap, output=take_output, max_seconds=max_seconds,
+                                             progress=take_progress, time_range=options.time_range,
+                                             regenerate=options.regenerated_stems)
+            first = first or files
+            if on_take is not None:
+                on_take(number, seed, files)
+        return first
 
 
 def _part(progress: ProgressFn | None, begin: float, end: float, label: str) -> ProgressFn | None:

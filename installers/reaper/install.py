@@ -31,11 +31,12 @@ sys.path.insert(0, str(HERE.parent.parent))  # the project, for osc_bridge.auth 
 
 from osc_bridge.auth import secret_path  # noqa: E402
 SCRIPTS = ("msdm_osc.lua", "msdm_reaper.lua", "MSDM separate selected item.lua",
-           "MSDM generate accompaniment for selected items.lua")
+           "MSDM generate accompaniment for selected items.lua", "MSDM regenerate selected items as takes.lua")
 ACTIONS = {  # command id -> (script, name in the action list)
     "RS_MSDM_SEPARATE": ("MSDM separate selected item.lua", "MSDM: separate selected item"),
     "RS_MSDM_ACCOMPANY": ("MSDM generate accompaniment for selected items.lua",
                           "MSDM: generate accompaniment for selected items"),
+    "RS_MSDM_REGENERATE": ("MSDM regenerate selected items as takes.lua", "MSDM: regenerate selected items as takes"),
 }
 FOLDER = "MSDM Studio"
 

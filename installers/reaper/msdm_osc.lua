@@ -137,7 +137,8 @@ end
 -- "error", "cancelled"), progress 0..1, message, and for done the stems in
 -- order with their paths.
 function M.job_state(lines, job_id)
-  local state = { state = "waiting", progress = 0.0, message = "waiting for the server", stems = {}, paths = {} }
+  local state = { state = "waiting", progress = 0.0, message = "waiting for the server", stems = {}, paths = {},
+                  takes = {} }
   for _, line in ipairs(lines) do
     local address, f = M.parse_reply(line)
     if address == "msdm-osc-send" then
@@ -155,6 +156,13 @@ function M.job_state(lines, job_id)
           state.stems[#state.stems + 1] = f[i]
           state.paths[f[i]] = f[i + 1]
         end
+      elseif address == "/msdm/take" then  -- one take of a job with takes > 1: number, seed, stem path ...
+        local take = { number = tonumber(f[2]), seed = tonumber(f[3]), stems = {}, paths = {} }
+        for i = 4, #f - 1, 2 do
+          take.stems[#take.stems + 1] = f[i]
+          take.paths[f[i]] = f[i + 1]
+        end
+        state.takes[#state.takes + 1] = take
       elseif address == "/msdm/error" then
         state.state, state.code, state.message = "error", f[2], f[3]
       elseif address == "/msdm/cancelled" then
@@ -163,6 +171,28 @@ function M.job_state(lines, job_id)
     end
   end
   return state
+end
+
+-- REAPER takes to add for a regenerate job's result: for each selected item
+-- ({ stem = ..., position = seconds }), one take per job take (in order) whose source is
+-- that take's file of the item's stem, starting `position - render_start` into the file
+-- (the given stems were rendered from `render_start`). A job with one take has no
+-- /msdm/take: its /msdm/done files are the take.
+function M.take_plan(items, state, render_start)
+  local takes = state.takes
+  if #takes == 0 then takes = { { number = 1, seed = state.seed, paths = state.paths } } end
+  local plan = {}
+  for index, item in ipairs(items) do
+    for _, take in ipairs(takes) do
+      local path = take.paths[item.stem]
+      if path then
+        plan[#plan + 1] = { item = index, path = path, offset = item.position - render_start,
+                            name = string.format("MSDM %s take %d%s", item.stem, take.number,
+                                                 take.seed and (" (seed " .. math.floor(take.seed) .. ")") or "") }
+      end
+    end
+  end
+  return plan
 end
 
 -- Which stem a track holds, from its name ("Drums", "bass DI", "Piano L"...).

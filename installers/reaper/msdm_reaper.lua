@@ -315,4 +315,88 @@ function M.run_generate()
   end)
 end
 
+-- The result of a regenerate job as REAPER takes of the selected items (one undo
+-- block): the newest take plays, the item's own take stays, so REAPER's take tools
+-- (switch, explode, crop, comp with takes lanes) work on them.
+function M.add_result_takes(items, state, render_start)
+  reaper.Undo_BeginBlock()
+  reaper.PreventUIRefresh(1)
+  local last = {}
+  for _, step in ipairs(osc.take_plan(items, state, render_start)) do
+    local item = items[step.item].item
+    local take = reaper.AddTakeToMediaItem(item)
+    reaper.SetMediaItemTake_Source(take, reaper.PCM_Source_CreateFromFile(step.path))
+    reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", step.name, true)
+    reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", step.offset)
+    last[item] = take
+  end
+  for _, take in pairs(last) do reaper.SetActiveTake(take) end
+  reaper.PreventUIRefresh(-1)
+  reaper.UpdateArrange()
+  reaper.Undo_EndBlock("MSDM: regenerate as takes", -1)
+end
+
+-- "MSDM: regenerate selected items as takes": the selected items' stems (their tracks'
+-- names) are written anew inside the time selection (or over the items), every other
+-- track named for a stem is given; config.takes (default 3) takes arrive as REAPER takes.
+function M.run_regenerate()
+  local count = reaper.CountSelectedMediaItems(0)
+  if count == 0 then return message("Select the items to regenerate (e.g. the bass item) first.") end
+  local items, start_pos, end_pos = {}, math.huge, -math.huge
+  for i = 0, count - 1 do
+    local item = reaper.GetSelectedMediaItem(0, i)
+    local position = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+    local _, name = reaper.GetTrackName(reaper.GetMediaItem_Track(item))
+    local stem = osc.stem_for_name(name)
+    if not stem then return message("Name the track of each selected item after its stem (bass, drums...).") end
+    items[#items + 1] = { item = item, stem = stem, position = position }
+    start_pos = math.min(start_pos, position)
+    end_pos = math.max(end_pos, position + reaper.GetMediaItemInfo_Value(item, "D_LENGTH"))
+  end
+  local sel_start, sel_end = reaper.GetSet_LoopTimeRange(false, false, 0, 0, false)
+  local range_start, range_end = start_pos, end_pos
+  if sel_end > sel_start then range_start, range_end = math.max(sel_start, start_pos), math.min(sel_end, end_pos) end
+  if range_end <= range_start then return message("The time selection does not overlap the selected items.") end
+  with_server(function(root)
+    local job_id = osc.job_id("regen", os.time(), math.random())
+    local out_dir = job_folder(root, "regenerate", job_id)
+    reaper.RecursiveCreateDirectory(out_dir, 0)
+    local tracks, selected = {}, {}
+    for i = 0, reaper.CountTracks(0) - 1 do
+      local t = reaper.GetTrack(0, i)
+      local _, name = reaper.GetTrackName(t)
+      selected[t] = reaper.IsTrackSelected(t)
+      tracks[t] = osc.stem_for_name(name)
+      reaper.SetTrackSelected(t, tracks[t] ~= nil)
+    end
+    local files = render(2, start_pos, end_pos, out_dir .. SEP .. "given", "$tracknumber")
+    for t, was in pairs(selected) do reaper.SetTrackSelected(t, was) end
+    local given, seen, regenerate = {}, {}, {}
+    for t, stem in pairs(tracks) do
+      local number = math.floor(reaper.GetMediaTrackInfo_Value(t, "IP_TRACKNUMBER"))
+      for _, path in ipairs(files) do
+        if path:match("[/\\]0*" .. number .. "%.wav$") and not seen[stem] then
+          given[#given + 1] = { stem, path }
+          seen[stem] = true
+        end
+      end
+    end
+    for _, entry in ipairs(items) do
+      if not seen[entry.stem] then return message("Rendering gave no file for the " .. entry.stem .. " track.") end
+      regenerate[#regenerate + 1] = entry.stem
+    end
+    local options = { seed = math.random(0, 2 ^ 31 - 1), takes = config.takes or 3,
+                      range = string.format("%.6f:%.6f", range_start - start_pos, range_end - start_pos),
+                      regenerate = table.concat(regenerate, ",") }
+    for k, v in pairs(config.options) do options[k] = v end
+    local log_path = out_dir .. SEP .. "replies.log"
+    local address, args = osc.impute_request(job_id, out_dir .. SEP .. "takes", given, options)
+    start_background(address, args, log_path)
+    follow(job_id, log_path, "regenerating", function(state)
+      state.seed = options.seed
+      M.add_result_takes(items, state, start_pos)
+    end)
+  end)
+end
+
 return M
