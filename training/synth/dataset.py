@@ -29,6 +29,9 @@ from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render
 # Bump when a change alters the audio, so a resumed run never mixes versions.
 GENERATOR_VERSION = "1"
 
+# The diverse/holdout engine's own version (2: avldrums keys remapped).
+TIMBRE_VERSION = 2
+
 RELEASE_SECONDS = 1.5  # kept after the last note-off for the decay
 
 
@@ -61,7 +64,7 @@ def _identity(job: Job) -> dict:
             "generator_version": GENERATOR_VERSION,
             # The original engine's folders keep their identity (they resume as before).
             **({} if job.timbres == "soundfonts" and job.music == "corpus"
-               else {"timbres": job.timbres, "music": job.music})}
+               else {"timbres": job.timbres, "music": job.music, "timbre_version": TIMBRE_VERSION})}
 
 
 def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:

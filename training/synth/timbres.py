@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrangement import DRUM_KITS, PROGRAMS
+from .avldrums import kit_notes
 from .corpus import MidiNote, SynthError
 from .instruments import apply_effects, draw_effects, render_stem_synth
 from .rendering import render_stem, write_midi
@@ -98,8 +99,10 @@ def render_timbre(timbre: Timbre, stem: str, notes: list[MidiNote], seconds: flo
         raise SynthError(f"unknown timbre source {timbre.source!r}")
     font = Path(timbre.soundfont)
     if stem == "drums" and font in DRUM_SOUNDFONTS:
-        # A kit stored as a melodic preset (bank 0): played on a melodic channel.
-        notes = [MidiNote(0, n.pitch, n.on, n.off, n.velocity) for n in notes]
+        # A kit stored as a melodic preset (bank 0): played on a melodic
+        # channel, with the keys it lacks moved to near ones (avldrums.KEY_MAP:
+        # its 48 and 50 are a hat and a cymbal, not toms).
+        notes = kit_notes(notes)
     midi = work_dir / f"{stem}.mid"
     write_midi(midi, notes, timbre.program, seconds)
     rendered = work_dir / f"{stem}.render.wav"
