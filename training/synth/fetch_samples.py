@@ -132,7 +132,7 @@ def fetch_npm_layer(dest: Path, layer: int, integrity: str) -> Path:
         if folder.exists():
             shutil.rmtree(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(unpacked, folder)
+        unpacked.rename(folder)  # a folder moved into place whole (the files inside are fresh, not replaced)
     return folder
 
 
