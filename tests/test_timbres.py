@@ -62,14 +62,14 @@ def test_diverse_tracks_render_and_sum(tmp_path):
 
 @needs_fluidsynth
 def test_a_failing_track_is_skipped_and_listed(tmp_path, monkeypatch):
-    real = dataset_module.render_diverse_track
+    real = dataset_module.render_track
 
     def flaky(job):
         if job.plan.index == 1:
             raise synth.SynthError("fluidsynth did not finish bass.mid within 120 s")
         return real(job)
 
-    monkeypatch.setattr(dataset_module, "render_diverse_track", flaky)
+    monkeypatch.setattr(dataset_module, "render_track", flaky)
     summary = synth.render_dataset(tmp_path / "d", tracks=3, seed=0, max_seconds=13.0, jobs=1,
                                    timbres="diverse")
     assert summary["skipped"] == ["Track00002: fluidsynth did not finish bass.mid within 120 s"]

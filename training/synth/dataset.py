@@ -73,86 +73,46 @@ def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
 
 
 def render_track(job: Job) -> dict:
-    """Render one track into a temporary folder and rename it into place."""
-    if job.timbres != "soundfonts" or job.music != "corpus":
-        return render_diverse_track(job)
+    """Render one track into a temporary folder and rename it into place.
+
+    The original engine (timbres "soundfonts", music "corpus") renders each
+    stem with the track's GM program through one of the dataset's SoundFonts;
+    the timbre-diverse one (issue 19) takes its music from the corpus or a
+    composed song and each stem's instrument from training.synth.timbres,
+    each from its own random stream (seed, track, 100 + stem). Both level,
+    mix and write the track the same way."""
     plan, sr = job.plan, job.sample_rate
     split_dir = Path(job.out_dir) / plan.split
     rng = np.random.default_rng([job.seed, plan.index])  # per track: independent of jobs and order
-    piece = first_usable_piece(plan, Path(job.out_dir) / ".cache" / "pieces")
-    notes, info = arrange(piece, rng, job.max_seconds)
-    gains_db = {"bass": rng.uniform(-4, 2), "drums": rng.uniform(-3, 3),
-                "guitar": rng.uniform(-5, 1), "piano": rng.uniform(-5, 1)}
-    seconds = min(job.max_seconds, info["music_seconds"] + RELEASE_SECONDS)
-    frames = round(seconds * sr)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f"{plan.name}.tmp-", dir=split_dir))
-    try:
-        (tmp / "midi").mkdir()
-        raw = {}
-        for stem in STEMS:
-            midi = tmp / "midi" / f"{stem}.mid"
-            write_midi(midi, notes[stem], info["programs"][stem], seconds)
-            rendered = tmp / f"{stem}.render.wav"
-            raw[stem] = _fit(render_stem(job.fluidsynth, Path(job.soundfont_for(stem)), midi, rendered, sr), frames, sr)
-            rendered.unlink()
-        stems, mix, scale = mix_stems(raw, gains_db)
-        for stem in STEMS:
-            write_wav_float32(tmp / f"{stem}.wav", stems[stem], sr)
-        write_wav_float32(tmp / "mix.wav", mix, sr)
-        metadata = {
-            "track": plan.name, **_identity(job), "piece": piece.id, "track_index": plan.index,
-            "composer": piece.id.split("/")[0], **info,
-            "gains_db": {s: round(float(g), 4) for s, g in gains_db.items()},
-            "normalise_gain": scale, "duration_seconds": frames / sr, "frames": frames,
-            "stems": list(STEMS), "mix": "((bass + drums) + guitar) + piano, float32",
-            **({"stem_soundfonts": {s: Path(job.soundfont_for(s)).name for s in STEMS}}
-               if len(job.soundfonts) > 1 else {}),
-        }
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        os.rename(tmp, split_dir / plan.name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return metadata
-
-
-MIXED_GENERATED_SHARE = 0.5  # music "mixed": this share of the tracks are composed songs
-
-
-def render_diverse_track(job: Job) -> dict:
-    """A track of the timbre-diverse engine (issue 19): its music from the
-    corpus or composed, each stem's instrument drawn by training.synth.timbres,
-    each from its own random stream (seed, track, 100 + stem)."""
-    plan, sr = job.plan, job.sample_rate
-    split_dir = Path(job.out_dir) / plan.split
-    rng = np.random.default_rng([job.seed, plan.index])
-    source = "corpus"
-    if job.music == "mixed" and np.random.default_rng([job.seed, plan.index, 99]).random() < MIXED_GENERATED_SHARE:
-        source = "generated"
-    notes, info = arrange_track(plan, rng, job.max_seconds, source, Path(job.out_dir) / ".cache" / "pieces")
-    gains_db = {"bass": rng.uniform(-4, 2), "drums": rng.uniform(-3, 3),
-                "guitar": rng.uniform(-5, 1), "piano": rng.uniform(-5, 1)}
-    seconds = min(job.max_seconds, info["music_seconds"] + RELEASE_SECONDS)
-    frames = round(seconds * sr)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{plan.name}.tmp-", dir=split_dir))
-    try:
-        (tmp / "midi").mkdir()
-        raw, instruments = {}, {}
-        for index, stem in enumerate(STEMS):
-            stem_rng = np.random.default_rng([job.seed, plan.index, 100 + index])
-            timbre = draw_timbre(stem, stem_rng, job.timbres)
-            audio, instruments[stem] = render_timbre(timbre, stem, notes[stem], seconds, frames, sr, tmp / "midi",
-                                                     job.fluidsynth, stem_rng)
-            raw[stem] = _fit(audio, frames, sr)
-        stems, mix, scale = mix_stems(raw, gains_db)
-        for stem in STEMS:
-            write_wav_float32(tmp / f"{stem}.wav", stems[stem], sr)
-        write_wav_float32(tmp / "mix.wav", mix, sr)
+    cache = Path(job.out_dir) / ".cache" / "pieces"
+    diverse = job.timbres != "soundfonts" or job.music != "corpus"
+    if diverse:
+        source = "corpus"
+        if job.music == "mixed" and np.random.default_rng([job.seed, plan.index, 99]).random() < MIXED_GENERATED_SHARE:
+            source = "generated"
+        notes, info = arrange_track(plan, rng, job.max_seconds, source, cache)
         piece = info.pop("piece", f"generated/{plan.index + 1:05d}")
+    else:
+        corpus_piece = first_usable_piece(plan, cache)
+        notes, info = arrange(corpus_piece, rng, job.max_seconds)
+        piece = corpus_piece.id
+    gains_db = {"bass": rng.uniform(-4, 2), "drums": rng.uniform(-3, 3),
+                "guitar": rng.uniform(-5, 1), "piano": rng.uniform(-5, 1)}
+    seconds = min(job.max_seconds, info["music_seconds"] + RELEASE_SECONDS)
+    frames = round(seconds * sr)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{plan.name}.tmp-", dir=split_dir))
+    try:
+        (tmp / "midi").mkdir()
+        render = _render_diverse_stems if diverse else _render_soundfont_stems
+        raw, described = render(job, notes, info, seconds, frames, tmp)
+        stems, mix, scale = mix_stems(raw, gains_db)
+        for stem in STEMS:
+            write_wav_float32(tmp / f"{stem}.wav", stems[stem], sr)
+        write_wav_float32(tmp / "mix.wav", mix, sr)
         metadata = {
             "track": plan.name, **_identity(job), "piece": piece, "track_index": plan.index,
-            "composer": piece.split("/")[0], **info, "instruments": instruments,
+            "composer": piece.split("/")[0], **info, **described,
             "gains_db": {s: round(float(g), 4) for s, g in gains_db.items()},
             "normalise_gain": scale, "duration_seconds": frames / sr, "frames": frames,
             "stems": list(STEMS), "mix": "((bass + drums) + guitar) + piano, float32",
@@ -163,6 +123,37 @@ def render_diverse_track(job: Job) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metadata
+
+
+def _render_soundfont_stems(job: Job, notes: dict, info: dict, seconds: float, frames: int,
+                            tmp: Path) -> tuple[dict, dict]:
+    """Each stem with its GM program through one of the dataset's SoundFonts."""
+    sr, raw = job.sample_rate, {}
+    for stem in STEMS:
+        midi = tmp / "midi" / f"{stem}.mid"
+        write_midi(midi, notes[stem], info["programs"][stem], seconds)
+        rendered = tmp / f"{stem}.render.wav"
+        raw[stem] = _fit(render_stem(job.fluidsynth, Path(job.soundfont_for(stem)), midi, rendered, sr), frames, sr)
+        rendered.unlink()
+    described = ({"stem_soundfonts": {s: Path(job.soundfont_for(s)).name for s in STEMS}}
+                 if len(job.soundfonts) > 1 else {})
+    return raw, described
+
+
+MIXED_GENERATED_SHARE = 0.5  # music "mixed": this share of the tracks are composed songs
+
+
+def _render_diverse_stems(job: Job, notes: dict, info: dict, seconds: float, frames: int,
+                          tmp: Path) -> tuple[dict, dict]:
+    """Each stem's instrument drawn by training.synth.timbres from its own stream."""
+    sr, raw, instruments = job.sample_rate, {}, {}
+    for index, stem in enumerate(STEMS):
+        stem_rng = np.random.default_rng([job.seed, job.plan.index, 100 + index])
+        timbre = draw_timbre(stem, stem_rng, job.timbres)
+        audio, instruments[stem] = render_timbre(timbre, stem, notes[stem], seconds, frames, sr, tmp / "midi",
+                                                 job.fluidsynth, stem_rng)
+        raw[stem] = _fit(audio, frames, sr)
+    return raw, {"instruments": instruments}
 
 
 def _plain(value):
