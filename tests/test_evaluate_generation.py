@@ -7,15 +7,18 @@ synthesised tracks, on a small FluidSynth render, and through
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
+from support.latent_models import tiny_latent_model
 from support.tones import RATE, track
 
 from engine.cli import main
 from engine.errors import CommandError
+from engine.storage.model import MSDMModel
 from training import audio_features as af
 from training.evaluate_generation import Judge, score_task
 from training.generation_candidates import load_real_windows
@@ -139,3 +142,29 @@ def test_evaluate_generation_command(tmp_path, tiny_model_path, capsys, monkeypa
     assert "--windows" in capsys.readouterr().err
     assert main(["evaluate-generation", "--data", str(tmp_path / "none"), "--model", str(tiny_model_path), "-q"]) == 2
     assert "msdm dataset synth" in capsys.readouterr().err
+
+
+def test_evaluate_generation_samples_the_latent_prior(tmp_path, capsys):
+    """A model file with a latent prior is judged on it by default (the path
+    `msdm generate` takes: given stems unchanged), and on its waveform prior
+    with --prior waveform; a file without one refuses --prior latent."""
+    model = tiny_latent_model()
+    path = model.save(tmp_path / "latent.safetensors")
+    data = write_tracks(tmp_path / "data", count=6, seconds=3.0, seed=2)
+    common = ["evaluate-generation", "--data", str(data), "--model", str(path), "--windows", "2", "--steps", "2",
+              "--given", "piano", "--draws", "4", "--cache", str(tmp_path / "cache"), "-q"]
+    assert main([*common, "--csv", str(tmp_path / "l.csv"), "--markdown", str(tmp_path / "l.md")]) == 0
+    rows = list(csv.DictReader((tmp_path / "l.csv").open()))
+    settings = {json.loads(r["settings"])["sampler"]["prior"] for r in rows if r["method"].startswith("model")}
+    assert settings == {"latent"}
+    kept = sorted((tmp_path / "cache" / "impute-piano").glob("*/window-00/piano.wav"))
+    assert len(kept) == 1
+    assert main([*common, "--prior", "waveform", "--csv", str(tmp_path / "w.csv"),
+                 "--markdown", str(tmp_path / "w.md")]) == 0
+    rows = list(csv.DictReader((tmp_path / "w.csv").open()))
+    assert {json.loads(r["settings"])["sampler"]["prior"] for r in rows if r["method"].startswith("model")} == {"waveform"}
+    capsys.readouterr()
+    plain = MSDMModel(model.config, model.network).save(tmp_path / "plain.safetensors")
+    assert main([*common[:4], str(plain), *common[5:], "--prior", "latent", "--csv", str(tmp_path / "x.csv"),
+                 "--markdown", str(tmp_path / "x.md")]) == 2
+    assert "latent prior" in capsys.readouterr().err

@@ -19,24 +19,9 @@ from engine.core.tasks import LATENT_GENERATE, generation_settings, SettingsErro
 from engine.errors import ModelFileError
 from engine.storage.model import MSDMModel, ModelSet
 
-from engine.core.config import TINY
+from support.latent_models import tiny_latent_model
 
 SR = 22050
-
-
-def tiny_latent_model(seed: int = 0) -> MSDMModel:
-    """Random weights, small enough for tests (the waveform part is the tiny preset's)."""
-    torch.manual_seed(seed)
-    model = MSDMModel.build(TINY)
-    model.autoencoder = StemAutoencoder(AutoencoderConfig(latent_channels=8, hidden=32, blocks=1,
-                                                          griffin_lim_iterations=4))
-    # The output layer starts at zero (EDM's convention); random weights there
-    # make the test exercise the network's path too.
-    net = LatentUNet(LatentPriorConfig(latent_channels=8, channels=16, attention_heads=2))
-    torch.nn.init.normal_(net.stem_out.weight, std=0.02)
-    model.latent_prior = LatentDenoiser(net)
-    model.__post_init__()
-    return model
 
 
 def harmonic_tone(f0: float, seconds: float = 1.0) -> np.ndarray:
@@ -160,3 +145,77 @@ def test_imputation_keeps_the_given_stems_and_changes_with_them(tmp_path):
     sf.write(tmp_path / "drums2.wav", drums[::-1].copy(), SR, subtype="FLOAT")
     other = impute_file(models, {"drums": tmp_path / "drums2.wav"}, tmp_path / "out2", seed=1, settings=settings)
     assert not np.allclose(sf.read(str(other["bass"]), dtype="float32")[0], out["bass"])
+
+
+def test_latent_statistics_standardise_and_travel_in_the_model_file(tmp_path):
+    """Per-channel shift/scale: diffusion space has unit variance per channel,
+    from_diffusion inverts it exactly, and the statistics survive save/load."""
+    from training.train_latent_prior import latent_statistics
+
+    rng = np.random.default_rng(0)
+    width = 4 * 8
+    true_std = np.linspace(0.05, 0.5, width)
+    true_mean = np.linspace(-0.2, 0.2, width)
+    latents = [(true_mean[:, None] + true_std[:, None] * rng.standard_normal((width, 3000))).reshape(4, 8, 3000)
+               .astype(np.float32) for _ in range(3)]
+    shift, scale = latent_statistics(latents)
+    np.testing.assert_allclose(shift[:, 0].numpy(), true_mean, atol=0.01)
+    np.testing.assert_allclose(scale[:, 0].numpy(), true_std, rtol=0.03)
+
+    model = tiny_latent_model()
+    config = model.latent_prior.config.with_latent_statistics(shift[:, 0], scale[:, 0])
+    net = LatentUNet(config)
+    net.load_state_dict(model.latent_prior.net.state_dict())
+    model.latent_prior = LatentDenoiser(net)
+    model.__post_init__()
+    z = torch.from_numpy(latents[0].reshape(width, -1))
+    u = model.latent_prior.to_diffusion(z)
+    np.testing.assert_allclose(u.std(dim=-1).numpy(), 1.0, rtol=0.05)
+    torch.testing.assert_close(model.latent_prior.from_diffusion(u), z, atol=1e-5, rtol=1e-5)
+
+    path = model.save(tmp_path / "m.safetensors")
+    loaded = MSDMModel.load(path)
+    assert loaded.latent_prior.config == config
+    torch.testing.assert_close(loaded.latent_prior.scale, model.latent_prior.scale)
+    # Generation through the standardised space still returns the given stems untouched.
+    given = np.stack([harmonic_tone(110.0, 0.5)] * 4)
+    out = generate_latent_stems(loaded, given.shape[-1], seed=1, settings=LATENT_GENERATE.override(steps=2),
+                                given=given, given_stems=(0,))
+    np.testing.assert_array_equal(out[0], given[0])
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("field,value", [("latent_shift", (0.0,) * 3), ("latent_scale", (0.0,) * 32)])
+def test_latent_statistics_of_the_wrong_size_or_zero_scale_are_refused(field, value):
+    good = {"latent_shift": (0.0,) * 32, "latent_scale": (1.0,) * 32}
+    with pytest.raises(ValueError, match="latent_s"):
+        LatentPriorConfig(latent_channels=8, channels=16, attention_heads=2, **{**good, field: value})
+
+
+def test_pack_model_adds_the_latent_prior_from_training_files(tmp_path):
+    """training.pack_model puts a trained autoencoder and latent prior (the
+    training scripts' own files, float16 as the checkpoints are kept) beside
+    the prior; a file of the wrong kind is a clear error."""
+    from training.pack_model import main as pack_main
+    from training.train_autoencoder import save_autoencoder
+    from training.train_latent_prior import save_prior
+
+    model = tiny_latent_model()
+    base = MSDMModel(model.config, model.network)
+    base.save(tmp_path / "prior.safetensors")
+    save_autoencoder(model.autoencoder, tmp_path / "ae.safetensors", {"step": 1})
+    save_prior(model.latent_prior, tmp_path / "lp.safetensors", {"step": 1})
+    half = {k: v.half() for k, v in model.latent_prior.net.state_dict().items()}
+    with safe_open(str(tmp_path / "lp.safetensors"), framework="pt") as handle:
+        save_file(half, str(tmp_path / "lp16.safetensors"), metadata=handle.metadata())
+    out = tmp_path / "packed.safetensors"
+    assert pack_main(["--prior", str(tmp_path / "prior.safetensors"), "--autoencoder", str(tmp_path / "ae.safetensors"),
+                      "--latent-prior", str(tmp_path / "lp16.safetensors"), "-o", str(out)]) == 0
+    packed = MSDMModel.load(out)
+    assert packed.latent_prior is not None and packed.separator is None
+    for name, tensor in model.latent_prior.net.state_dict().items():
+        torch.testing.assert_close(packed.latent_prior.net.state_dict()[name], tensor.half().float())
+    with pytest.raises(SystemExit) as wrong:
+        pack_main(["--prior", str(tmp_path / "prior.safetensors"), "--autoencoder", str(tmp_path / "lp.safetensors"),
+                   "--latent-prior", str(tmp_path / "lp.safetensors"), "-o", str(tmp_path / "bad.safetensors")])
+    assert wrong.value.code == 2 and not (tmp_path / "bad.safetensors").exists()

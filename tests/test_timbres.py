@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +14,39 @@ import soundfile as sf
 from training import synth
 from training.synth import dataset as dataset_module
 from training.synth import timbres
+from training.synth.corpus import MidiNote
 from training.synth.instruments import HOLDOUT_FAMILIES, HOLDOUT_KITS
+from training.synth.sampler import SAMPLES_ENV
+
+SR = 22050
 
 needs_fluidsynth = pytest.mark.skipif(shutil.which("fluidsynth") is None or not timbres.installed(timbres.TRAINING_SOUNDFONTS),
                                       reason="needs fluidsynth and a training SoundFont (apt-get install fluidsynth "
                                              "timgm6mb-soundfont)")
 
 
+@pytest.fixture
+def no_samples(tmp_path, monkeypatch):
+    """No sampled instruments installed: the draws do not depend on this machine's cache."""
+    monkeypatch.setenv(SAMPLES_ENV, str(tmp_path / "no-samples"))
+
+
+@pytest.fixture
+def sample_library(tmp_path, monkeypatch) -> Path:
+    """One sampled piano (a decaying sine at C4) installed under $MSDM_SAMPLES."""
+    folder = tmp_path / "samples" / "test-piano"
+    folder.mkdir(parents=True)
+    t = np.arange(SR * 2) / SR
+    sf.write(str(folder / "c4.wav"), (0.5 * np.sin(2 * np.pi * 261.63 * t) * np.exp(-t)).astype(np.float32), SR)
+    (folder / "instrument.json").write_text(json.dumps({
+        "name": "test-piano", "stem": "piano", "kind": "pitched", "release_s": 0.1,
+        "zones": [{"file": "c4.wav", "root": 60, "velocity": [1, 127]}]}))
+    monkeypatch.setenv(SAMPLES_ENV, str(tmp_path / "samples"))
+    return folder
+
+
 @pytest.mark.parametrize("stem", ["bass", "drums", "guitar", "piano"])
-def test_diverse_plan_never_draws_held_out_timbres(stem):
+def test_diverse_plan_never_draws_held_out_timbres(stem, no_samples):
     held_out = {str(p) for p in timbres.HOLDOUT_SOUNDFONTS}
     sources = set()
     for i in range(400):
@@ -35,6 +60,29 @@ def test_diverse_plan_never_draws_held_out_timbres(stem):
     assert sources == {"synth", *map(str, fonts)}
 
 
+def test_installed_sampled_instruments_are_drawn_for_their_stem_only(sample_library):
+    for stem in ("piano", "guitar"):
+        draws = [timbres.draw_timbre(stem, np.random.default_rng([0, i]), "diverse") for i in range(400)]
+        sampled = [t for t in draws if t.source == "sampled"]
+        if stem == "piano":
+            # SAMPLED_SHARE of the draws, within binomial noise (sd ~7 of 400).
+            assert abs(len(sampled) - 400 * timbres.SAMPLED_SHARE) < 30
+            assert {t.soundfont for t in sampled} == {"test-piano"}
+        else:
+            assert sampled == []
+    for i in range(200):
+        assert timbres.draw_timbre("piano", np.random.default_rng([1, i]), "holdout").source != "sampled"
+
+
+def test_a_sampled_stem_renders_its_notes(sample_library, tmp_path):
+    notes = [MidiNote(0, 60, 0.1, 0.6, 100), MidiNote(0, 67, 0.7, 1.2, 90)]
+    audio, meta = timbres.render_timbre(timbres.Timbre("sampled", "test-piano"), "piano", notes, 1.5, SR * 3 // 2,
+                                        SR, tmp_path, "fluidsynth", np.random.default_rng(0))
+    assert meta["source"] == "sampled" and meta["instrument"] == "test-piano"
+    assert audio.shape[0] >= SR * 3 // 2
+    assert np.sqrt(np.mean(audio[: SR // 20] ** 2)) < 1e-6 < np.sqrt(np.mean(audio[SR // 5: SR // 2] ** 2))
+
+
 def test_holdout_plan_draws_only_held_out_timbres():
     for i in range(200):
         timbre = timbres.draw_timbre("guitar", np.random.default_rng([1, i]), "holdout")
@@ -43,7 +91,7 @@ def test_holdout_plan_draws_only_held_out_timbres():
 
 
 @needs_fluidsynth
-def test_diverse_tracks_render_and_sum(tmp_path):
+def test_diverse_tracks_render_and_sum(tmp_path, no_samples):
     summary = synth.render_dataset(tmp_path / "d", tracks=3, seed=0, max_seconds=13.0, jobs=1,
                                    timbres="diverse", music="mixed")
     assert summary["timbres"] == "diverse" and summary["skipped"] == []
@@ -61,7 +109,7 @@ def test_diverse_tracks_render_and_sum(tmp_path):
 
 
 @needs_fluidsynth
-def test_a_failing_track_is_skipped_and_listed(tmp_path, monkeypatch):
+def test_a_failing_track_is_skipped_and_listed(tmp_path, monkeypatch, no_samples):
     real = dataset_module.render_track
 
     def flaky(job):

@@ -142,6 +142,33 @@ def test_train_tiny_then_resume_and_use_the_model(tmp_path):
     assert (run / "logs" / "version_1" / "metrics.csv").is_file()
 
 
+def test_init_continues_from_a_model_file(tmp_path):
+    """--init starts from a model file's prior: a run of 1 step from it stays
+    next to it, while a fresh run with the same seed starts elsewhere."""
+    data = make_folder_dataset(tmp_path / "data")
+    first = tmp_path / "first"
+    done = run_msdm("train", "--data", str(data), "-o", str(first), "--preset", "tiny", "--accelerator", "cpu",
+                    "--max-steps", "2", "--seed", "1", "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    start = MSDMModel.load(first / "model.safetensors")
+    runs = {}
+    for name, extra in (("continued", ["--init", str(first / "model.safetensors")]), ("fresh", [])):
+        done = run_msdm("train", "--data", str(data), "-o", str(tmp_path / name), "--preset", "tiny",
+                        "--accelerator", "cpu", "--max-steps", "1", "-q", *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = MSDMModel.load(tmp_path / name / "model.safetensors")
+
+    def distance(model):
+        pairs = zip(model.network.state_dict().values(), start.network.state_dict().values())
+        return sum(float((a.float() - b.float()).pow(2).sum()) for a, b in pairs) ** 0.5
+
+    assert runs["continued"].config == start.config
+    assert distance(runs["continued"]) < 0.1 * distance(runs["fresh"])
+    both = run_msdm("train", "--data", str(data), "-o", str(tmp_path / "bad"), "--preset", "tiny",
+                    "--init", str(first / "model.safetensors"), "--resume", str(first / "checkpoints" / "last.ckpt"))
+    assert both.returncode != 0 and "not both" in both.stderr
+
+
 def test_isdm_training_gives_a_single_stem_model(tmp_path):
     data = make_folder_dataset(tmp_path / "data")
     run = tmp_path / "run"

@@ -96,7 +96,9 @@ def register(commands) -> None:
                     help="what to score (default both)")
     eg.add_argument("--given", nargs="+", default=["bass+drums", "piano"], metavar="STEM[+STEM...]",
                     help="given stems of each imputation run (default: bass+drums piano)")
-    eg.add_argument("--steps", type=int, help="sampler steps (default: the task's, 150 / 256)")
+    eg.add_argument("--prior", choices=("waveform", "latent"),
+                    help="which prior samples (default: the latent prior when the model file has one)")
+    eg.add_argument("--steps", type=int, help="sampler steps (default: the task's and prior's)")
     eg.add_argument("--method", choices=("euler", "heun", "dpmpp2m"), help="sampler method (default: the task's)")
     eg.add_argument("--churn", type=float, help="S_churn (default: the task's)")
     eg.add_argument("--resamples", type=int, help="resamples per step (default 1)")
@@ -131,6 +133,9 @@ def register(commands) -> None:
     trn.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
     trn.add_argument("--precision", help="e.g. bf16-mixed, 32-true (default: the preset's)")
     trn.add_argument("--resume", type=Path, help="Lightning checkpoint to resume from (e.g. OUT/checkpoints/last.ckpt)")
+    trn.add_argument("--init", type=Path, metavar="MODEL",
+                     help="start from the diffusion prior in this model file (e.g. the shipped one): its weights "
+                          "and config; the optimizer starts fresh")
     trn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     trn.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     trn.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -235,9 +240,9 @@ def run_evaluate_generation(args) -> int:
         rows, imputed, notes = [], {}, []
         for index, run in enumerate(runs):
             task, given = (run, ()) if run == "generate" else run
-            base = tasks.GENERATE if task == "generate" else tasks.IMPUTE
-            settings = base.override(steps=args.steps, method=args.method, s_churn=args.churn,
-                                     num_resamples=args.resamples, sigma_max=args.sigma_max)
+            settings = tasks.generation_settings(task, models.latent is not None, args.prior, steps=args.steps,
+                                                 method=args.method, s_churn=args.churn,
+                                                 num_resamples=args.resamples, sigma_max=args.sigma_max)
 
             def progress(fraction, message, index=index):
                 bar(0.1 + 0.9 * (index + fraction) / len(runs), message)
@@ -320,7 +325,7 @@ def run_train(args) -> int:
                  max_steps=args.max_steps, max_time=args.max_time, batch_size=args.batch_size, devices=devices,
                  accelerator=args.accelerator, num_nodes=args.num_nodes, strategy=args.strategy,
                  precision=args.precision, resume=args.resume, seed=args.seed,
-                 num_workers=args.workers, quiet=args.quiet)
+                 num_workers=args.workers, quiet=args.quiet, init=args.init)
     if path.exists():
         print(f"wrote {path}")
     return 0

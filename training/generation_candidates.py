@@ -170,6 +170,11 @@ def sample_candidates(models, task: str, real: RealWindows, settings, *, given: 
               if cache else None)
     if folder is not None and (kept := read_candidates(folder, real.stems, count, record)) is not None:
         return kept
+    if getattr(settings, "prior", "waveform") == "latent":
+        audio = _sample_latent(models, task, real, settings, given, seed, progress)
+        if folder is not None:
+            write_candidates(folder, real.stems, audio, real.sample_rate, record)
+        return audio
     mask = torch.tensor([stem in given for stem in real.stems])
     out = []
     for begin in range(0, count, batch):
@@ -194,3 +199,28 @@ def sample_candidates(models, task: str, real: RealWindows, settings, *, given: 
     if folder is not None:
         write_candidates(folder, real.stems, audio, real.sample_rate, record)
     return audio
+
+
+def _sample_latent(models, task: str, real: RealWindows, settings, given: Sequence[str], seed: int,
+                   progress: ProgressFn | None) -> np.ndarray:
+    """The latent prior's windows, one at a time through the same path as
+    `msdm generate/impute` (engine.audio.latent_generation): given stems come
+    back unchanged, the others are decoded from sampled latents."""
+    from engine.audio.latent_generation import generate_latent_stems
+    from engine.core.diffusion import seed_for
+
+    model = models.latent
+    if model is None:
+        raise CommandError("this model file has no latent prior: use --prior waveform, or a file with one")
+    rows = tuple(real.stems.index(g) for g in given) if task == "impute" else ()
+    count = len(real.evaluation)
+    out = np.zeros((count, len(real.stems), real.window), dtype=np.float32)
+    for k in range(count):
+        def window_progress(fraction: float, message: str, k: int = k) -> None:
+            if progress:
+                progress((k + fraction) / count, f"{task} window {k + 1}/{count}: {message}")
+
+        given_audio = real.evaluation_stems[k] if rows else None
+        out[k] = generate_latent_stems(model, real.window, seed=seed_for(seed, k), settings=settings,
+                                       given=given_audio, given_stems=rows, progress=window_progress)
+    return out

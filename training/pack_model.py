@@ -1,39 +1,92 @@
-"""One model file for every task: the diffusion prior plus the first-guess separator.
+"""One model file for every task: the diffusion prior plus the first-guess
+separator, and optionally the latent prior (stem autoencoder + latent
+diffusion model).
 
     python -m training.pack_model --prior engine/models/default.safetensors \\
         --separator runs/sep/best.safetensors -o engine/models/default.safetensors
+    python -m training.pack_model --prior engine/models/default.safetensors \\
+        --autoencoder training/checkpoints/autoencoder-v1.safetensors \\
+        --latent-prior training/checkpoints/latent-prior-v1.safetensors -o runs/latent.safetensors
 
-The prior's weights and config are kept as they are; the separator's tensors
-go in under `separator.` with its config (engine.storage.model).
+The prior's weights and config are kept as they are; each part given replaces
+the same part of the prior's file: the separator's tensors go in under
+`separator.`, the autoencoder's under `autoencoder.`, the latent model's under
+`latent_prior.`, each with its config (engine.storage.model).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
+from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet
+from engine.errors import ModelFileError
 from engine.storage.model import MSDMModel, load_separator
 
 
-def pack(prior: Path, separator: Path, out: Path, source: str | None = None) -> MSDMModel:
+def _config_and_tensors(path: Path, expected_format: str) -> tuple[dict, dict]:
+    """A training run's file: its config (metadata) and float32 tensors. Files
+    are read as safetensors only, so loading runs no code."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != expected_format or "config" not in metadata:
+        raise ModelFileError(f"{path}: not a {expected_format} file (format {metadata.get('format')!r})")
+    tensors = {k: v.float() for k, v in load_file(str(path)).items()}
+    return json.loads(metadata["config"]), tensors
+
+
+def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoencoder, LatentDenoiser]:
+    from training.train_autoencoder import AUTOENCODER_FORMAT
+    from training.train_latent_prior import LATENT_PRIOR_FORMAT
+
+    config, tensors = _config_and_tensors(autoencoder, AUTOENCODER_FORMAT)
+    encoder = StemAutoencoder(AutoencoderConfig.from_dict(config))
+    encoder.load_state_dict(tensors, strict=True)
+    config, tensors = _config_and_tensors(latent_prior, LATENT_PRIOR_FORMAT)
+    net = LatentUNet(LatentPriorConfig.from_dict(config))
+    net.load_state_dict(tensors, strict=True)
+    return encoder.eval(), LatentDenoiser(net).eval()
+
+
+def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
+         autoencoder: Path | None = None, latent_prior: Path | None = None) -> MSDMModel:
+    if (autoencoder is None) != (latent_prior is None):
+        raise ModelFileError("a latent prior needs both --autoencoder and --latent-prior")
     model = MSDMModel.load(prior)
-    model.separator, meta = load_separator(separator)
-    model.__post_init__()  # checks the stems agree and puts the separator in eval mode
-    note = f"{model.source}; first-guess separator from {separator.name} (step {meta.get('step', '?')})"
-    model.save(out, source=source or note)
+    notes = [model.source]
+    if separator is not None:
+        model.separator, meta = load_separator(separator)
+        notes.append(f"first-guess separator from {separator.name} (step {meta.get('step', '?')})")
+    if autoencoder is not None:
+        model.autoencoder, model.latent_prior = load_latent_parts(autoencoder, latent_prior)
+        notes.append(f"latent prior {latent_prior.name} over autoencoder {autoencoder.name}")
+    model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode
+    model.save(out, source=source or "; ".join(notes))
     return model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prior", type=Path, required=True, help="an MSDM Studio model file (the diffusion prior)")
-    parser.add_argument("--separator", type=Path, required=True, help="a separator file from training.train_separator")
+    parser.add_argument("--separator", type=Path, help="a separator file from training.train_separator")
+    parser.add_argument("--autoencoder", type=Path, help="a stem autoencoder file from training.train_autoencoder")
+    parser.add_argument("--latent-prior", type=Path, help="a latent diffusion file from training.train_latent_prior")
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--source", help="the provenance line stored in the file")
     args = parser.parse_args(argv)
-    model = pack(args.prior, args.separator, args.out, args.source)
+    if args.separator is None and args.autoencoder is None:
+        parser.error("give --separator, or --autoencoder with --latent-prior (or all three)")
+    try:
+        model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior)
+    except ModelFileError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.out}: prior {model.num_parameters:,} parameters + separator "
-          f"{model.separator_parameters:,} parameters")
+          f"{model.separator_parameters:,} parameters + latent prior {model.latent_parameters:,} parameters")
     return 0
 
 

@@ -153,6 +153,7 @@ def train(
     seed: int = 0,
     num_workers: int = 0,
     quiet: bool = False,
+    init: str | os.PathLike | None = None,
 ) -> Path:
     """Train and write `out_dir/model.safetensors` (plus Lightning checkpoints and
     `logs/version_N/metrics.csv`, one per run or resume). Returns the model path."""
@@ -177,6 +178,14 @@ def train(
             raise CommandError(f"--isdm-stem {isdm_stem!r} is not one of the dataset's stems {list(stems)}")
         config = config.with_stems((isdm_stem,))
     config = dataclasses.replace(config, window=settings.crop)
+    start = None
+    if init is not None:
+        if resume is not None:
+            raise CommandError("give --init (a model file to start from) or --resume (a checkpoint), not both")
+        start = MSDMModel.load(init)
+        if isdm_stem is None and tuple(start.config.stems) != tuple(config.stems):
+            raise CommandError(f"{init} models the stems {list(start.config.stems)}, the data has {list(config.stems)}")
+        config = dataclasses.replace(start.config, window=settings.crop)
     pl.seed_everything(seed, workers=True)
 
     def dataset(folder: Path, items: int, shift: bool) -> StemCrops:
@@ -193,6 +202,8 @@ def train(
                                                 num_workers=num_workers)
 
     module = make_module(config, settings.learning_rate, settings.betas)
+    if start is not None:
+        module.network.load_state_dict(start.network.state_dict())
     callbacks = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=settings.val_every)]
     if settings.ema_decay:

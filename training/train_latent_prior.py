@@ -115,6 +115,23 @@ class LatentCrops(Dataset):
         return torch.from_numpy(crop.reshape(n * c, k)), torch.from_numpy(draw_mask(rng, n, k))
 
 
+def latent_statistics(latents: list[np.ndarray], frames_per_file: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per stacked channel (stem x latent channel): mean and std of the training
+    latents ([N x C, 1] each), from up to `frames_per_file` frames of every file."""
+    total = squares = None
+    count = 0
+    for latent in latents:
+        part = np.asarray(latent[:, :, :frames_per_file], dtype=np.float64)
+        part = part.reshape(-1, part.shape[-1])
+        total = part.sum(1) if total is None else total + part.sum(1)
+        squares = (part ** 2).sum(1) if squares is None else squares + (part ** 2).sum(1)
+        count += part.shape[-1]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-8))
+    as_column = lambda v: torch.from_numpy(v.astype(np.float32))[:, None]
+    return as_column(mean), as_column(np.maximum(std, 1e-3))
+
+
 def save_prior(denoiser: LatentDenoiser, path: Path, metadata: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in denoiser.net.state_dict().items()}
     header = {"format": LATENT_PRIOR_FORMAT, "config": json.dumps(denoiser.config.to_dict()),
@@ -143,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, help="start from this prior's weights (a best.safetensors)")
+    parser.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=True,
+                        help="diffuse each latent channel standardised by its training mean and std "
+                             "(default; --no-normalise: the raw latents, as v1)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -152,14 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     valid_files = cache_latents(args.data[:1], "valid", autoencoder, digest)
     dataset = LatentCrops(train_files, args.frames, args.seed)
     valid_set = LatentCrops(valid_files, args.frames, seed=12345)
+    shift, scale = latent_statistics(dataset.latents) if args.normalise else (None, None)
     valid = [tuple(torch.stack(v) for v in zip(*[valid_set[b * 16 + i] for i in range(16)])) for b in range(4)]
+    if shift is not None:
+        valid = [((x - shift) / scale, m) for x, m in valid]
     sigma_data = float(torch.cat([x for x, _ in valid]).std())
     config = LatentPriorConfig(latent_channels=autoencoder.config.latent_channels, channels=args.channels,
                                sigma_data=round(sigma_data, 4))
+    if shift is not None:
+        config = config.with_latent_statistics(shift[:, 0], scale[:, 0])
     torch.manual_seed(args.seed)
     denoiser = LatentDenoiser(LatentUNet(config))
     if args.init is not None and not (args.out / "last.pt").is_file():
-        denoiser.net.load_state_dict(load_file(str(args.init)))
+        denoiser.net.load_state_dict({k: v.float() for k, v in load_file(str(args.init)).items()})
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99))
     state_path, log_path = args.out / "last.pt", args.out / "log.csv"
@@ -187,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         lr = learning_rate(args.lr, step, time.perf_counter() - began, budget)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = denoiser.loss(x, mask)
+        loss = denoiser.loss(denoiser.to_diffusion(x), mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)

@@ -154,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset whose VALID split chooses the best weights (default: the first --data); "
                              "e.g. the held-out timbres of `msdm dataset synth --timbres holdout`")
     parser.add_argument("--valid-tracks", type=int, default=10)
+    parser.add_argument("--monitor-data", type=Path,
+                        help="a second dataset whose VALID split is scored and logged beside --valid-data (e.g. "
+                             "the original engine's data/synth, to watch the in-domain score while selecting on "
+                             "held-out timbres)")
+    parser.add_argument("--monitor-min", type=float, default=-math.inf, metavar="DB",
+                        help="keep weights as best only while the --monitor-data score is at least this "
+                             "(a floor on the in-domain score, e.g. 12.2)")
     parser.add_argument("--valid-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
     valid = valid_windows(args.valid_data or args.data[0], args.valid_tracks)
+    monitor = valid_windows(args.monitor_data, args.valid_tracks) if args.monitor_data else []
     config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers)
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     log = open(log_path, "a", newline="")
     writer = csv.writer(log)
     if new_log:
-        writer.writerow(["step", "minutes", "lr", "train_loss", *STEMS, "All"])
+        writer.writerow(["step", "minutes", "lr", "train_loss", *STEMS, "All",
+                         *([f"monitor_{s}" for s in (*STEMS, "All")] if monitor else [])])
     budget = args.minutes * 60
     losses: list[float] = []
     began = time.perf_counter() - elapsed
@@ -219,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         done = time.perf_counter() - began >= budget
         if step % args.valid_every == 0 or done:
             scores = score(model, valid)
+            watched = score(model, monitor) if monitor else {}
             writer.writerow([step, f"{(time.perf_counter() - began) / 60:.2f}", f"{lr:.3g}",
-                             f"{np.mean(losses):.3f}", *(f"{scores[s]:.3f}" for s in (*STEMS, "All"))])
+                             f"{np.mean(losses):.3f}", *(f"{scores[s]:.3f}" for s in (*STEMS, "All")),
+                             *(f"{watched[s]:.3f}" for s in (*STEMS, "All") if watched)])
             log.flush()
             print(f"step {step} {(time.perf_counter() - began) / 60:.1f} min loss {np.mean(losses):.2f} "
-                  + " ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+                  + " ".join(f"{k} {v:.2f}" for k, v in scores.items())
+                  + (f" | monitor All {watched['All']:.2f}" if watched else ""), flush=True)
             losses = []
-            if scores["All"] > best:
+            if scores["All"] > best and watched.get("All", math.inf) >= args.monitor_min:
                 best = scores["All"]
                 save_separator(model, args.out / "best.safetensors",
                                {"step": step, "valid_all_db": round(best, 3), "data": ",".join(map(str, args.data))})

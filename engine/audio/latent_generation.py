@@ -46,9 +46,12 @@ def encode_stems(model: MSDMModel, stems: np.ndarray, chunk_frames: int = 1024) 
 
 @torch.no_grad()
 def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int) -> np.ndarray:
-    """[N x C, K] -> [N, frames] waveforms (Griffin-Lim's start phase from `seed`)."""
+    """[N x C, K] -> [N, frames] waveforms (Griffin-Lim's start phase from `seed`).
+    Latents are clipped to (-1, 1), the encoder's tanh range: the decoder was
+    never trained outside it, and a sampled latent past it can decode to
+    magnitudes far above anything real."""
     channels = model.autoencoder.config.latent_channels
-    stacked = latents.reshape(-1, channels, latents.shape[-1])
+    stacked = latents.clamp(-1.0, 1.0).reshape(-1, channels, latents.shape[-1])
     generator = torch.Generator().manual_seed(seed)
     return model.autoencoder.decode(stacked, frames, generator=generator).cpu().numpy()
 
@@ -80,7 +83,8 @@ def generate_latent_stems(
         rows = list(given_stems)
         encoded = encode_stems(model, given[rows]).reshape(len(rows), channels, -1)
         for i, n in enumerate(rows):
-            latents[n * channels:(n + 1) * channels, :frames_latent] = encoded[i]
+            part = slice(n * channels, (n + 1) * channels)
+            latents[part, :frames_latent] = (encoded[i] - prior.shift[part]) / prior.scale[part]
         stem_mask[rows] = True
     label = "imputing" if given_stems else "generating"
     for index in range(plan.count):
@@ -108,6 +112,7 @@ def generate_latent_stems(
     free = [n for n in range(num) if n not in given_stems]
     out = np.zeros((num, frames), dtype=np.float32)
     if free:
+        latents = prior.from_diffusion(latents)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
         out[free] = decode_stems(model, rows, frames, seed)
     if given_stems:

@@ -45,6 +45,14 @@ class LatentPriorConfig:
     # Training noise law, sigma ~ LogNormal(mean, std) (EDM: -1.2, 1.2).
     sigma_mean: float = -1.2
     sigma_std: float = 1.2
+    # Per stacked channel (stem x latent channel), the latents' mean and std
+    # on the training set: the diffusion runs on (z - shift) / scale, so every
+    # channel has unit variance (empty: identity). Without it the channels of
+    # small variance (the autoencoder's trailing principal components) are
+    # drowned in the sampler's noise and come out 2-4x too wide, which
+    # decodes to spectra tens of dB too loud (docs/models.md, latent prior v2).
+    latent_shift: tuple[float, ...] = ()
+    latent_scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -59,6 +67,10 @@ class LatentPriorConfig:
             "sigma_data": 1e-3 <= self.sigma_data <= 10,
             "sigma_mean": -10 <= self.sigma_mean <= 10,
             "sigma_std": 1e-3 <= self.sigma_std <= 10,
+            "latent_shift": len(self.latent_shift) in (0, self.width)
+                            and all(math.isfinite(v) and abs(v) <= 10 for v in self.latent_shift),
+            "latent_scale": len(self.latent_scale) == len(self.latent_shift)
+                            and all(math.isfinite(v) and 1e-4 <= v <= 10 for v in self.latent_scale),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -87,6 +99,10 @@ class LatentPriorConfig:
         if unknown:
             raise ValueError(f"unknown LatentPriorConfig fields: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def with_latent_statistics(self, shift, scale) -> "LatentPriorConfig":
+        return dataclasses.replace(self, latent_shift=tuple(round(float(v), 5) for v in shift),
+                                   latent_scale=tuple(round(float(v), 5) for v in scale))
 
 
 class NoiseEmbedding(nn.Module):
@@ -203,6 +219,21 @@ class LatentDenoiser(nn.Module):
         super().__init__()
         self.net = net
         self.config = net.config
+        width = self.config.width
+        shift = self.config.latent_shift or (0.0,) * width
+        scale = self.config.latent_scale or (1.0,) * width
+        # Buffers, not parameters: they follow .to(device) and are not trained
+        # (non-persistent: the config carries them, the weights stay as they were).
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32)[:, None], persistent=False)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32)[:, None], persistent=False)
+
+    def to_diffusion(self, latents: Tensor) -> Tensor:
+        """Autoencoder latents [..., N x C, K] -> the space the diffusion runs in."""
+        return (latents - self.shift) / self.scale
+
+    def from_diffusion(self, sample: Tensor) -> Tensor:
+        """The inverse of to_diffusion."""
+        return sample * self.scale + self.shift
 
     def frame_mask(self, mask: Tensor, frames: int) -> Tensor:
         """A mask per stem [B, N] or per stem and latent frame [B, N, K] -> bool [B, N, K]."""

@@ -22,6 +22,7 @@ from engine.atomic import write_atomic
 from .arrangement import arrange, STEMS
 from .corpus import _music21, first_usable_piece, plan_tracks, SPLITS, SynthError, TrackPlan
 from .generated import arrange_track
+from .sampler import available_sample_instruments
 from .timbres import TIMBRE_PLANS, draw_timbre, render_timbre
 from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
 
@@ -29,8 +30,9 @@ from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render
 # Bump when a change alters the audio, so a resumed run never mixes versions.
 GENERATOR_VERSION = "1"
 
-# The diverse/holdout engine's own version (2: avldrums keys remapped).
-TIMBRE_VERSION = 2
+# The diverse/holdout engine's own version (2: avldrums keys remapped;
+# 3: the installed sampled instruments drawn).
+TIMBRE_VERSION = 3
 
 RELEASE_SECONDS = 1.5  # kept after the last note-off for the decay
 
@@ -64,7 +66,14 @@ def _identity(job: Job) -> dict:
             "generator_version": GENERATOR_VERSION,
             # The original engine's folders keep their identity (they resume as before).
             **({} if job.timbres == "soundfonts" and job.music == "corpus"
-               else {"timbres": job.timbres, "music": job.music, "timbre_version": TIMBRE_VERSION})}
+               else {"timbres": job.timbres, "music": job.music, "timbre_version": TIMBRE_VERSION,
+                     # What the diverse plan may draw depends on what is installed.
+                     **({"sampled_instruments": installed_sampled_instruments()} if job.timbres == "diverse"
+                        else {})})}
+
+
+def installed_sampled_instruments() -> list[str]:
+    return sorted(name for stem in STEMS for name in available_sample_instruments(stem))
 
 
 def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:

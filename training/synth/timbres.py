@@ -10,6 +10,10 @@ everything the project may train on:
   piano 0-7; drums one of the font's kits);
 - the recorded acoustic kits of avldrums.lv2-soundfont (Black Pearl, Red
   Zeppelin) for drums;
+- the recorded instruments of the sample player (training.synth.sampler)
+  when installed (`python -m training.synth.fetch_samples`: Salamander
+  Grand Piano, the Sonic Pi kits; docs/data-sources.md), through the same
+  random effects as SoundFont stems;
 - the project's own synthesised instruments with random parameters and
   effects (training.synth.instruments, training families only);
 
@@ -32,6 +36,7 @@ from .arrangement import DRUM_KITS, PROGRAMS
 from .avldrums import kit_notes
 from .corpus import MidiNote, SynthError
 from .instruments import apply_effects, draw_effects, render_stem_synth
+from .sampler import available_sample_instruments, render_sampled
 from .rendering import render_stem, write_midi
 
 TIMBRE_PLANS = ("soundfonts", "diverse", "holdout")
@@ -46,6 +51,8 @@ HOLDOUT_SOUNDFONTS = (Path("/usr/share/sounds/sf3/MuseScore_General_Lite.sf3"),)
 
 # Per stem: P(SoundFont), P(recorded kit) (drums only); the rest is synthesised.
 DIVERSE_SHARES = {"bass": (0.55, 0.0), "guitar": (0.55, 0.0), "piano": (0.6, 0.0), "drums": (0.4, 0.25)}
+# P(an installed sampled instrument of the stem), taken from the synthesised share.
+SAMPLED_SHARE = 0.15
 HOLDOUT_SYNTH_SHARE = 0.5
 SOUNDFONT_EFFECTS_P = 0.6   # SoundFont stems through the random effect chain
 
@@ -54,8 +61,8 @@ SOUNDFONT_EFFECTS_P = 0.6   # SoundFont stems through the random effect chain
 class Timbre:
     """One stem's instrument: a SoundFont and program, or a synthesised family."""
 
-    source: str                 # "soundfont" | "synth"
-    soundfont: str | None = None
+    source: str                 # "soundfont" | "sampled" | "synth"
+    soundfont: str | None = None  # the SoundFont's path, or the sampled instrument's name
     program: int | None = None  # GM program, or the drum kit (bank 128 program)
     holdout: bool = False
 
@@ -81,6 +88,9 @@ def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
         return Timbre("soundfont", str(fonts[int(rng.integers(len(fonts)))]), _program(stem, rng))
     if kits and u < p_font + p_kit:
         return Timbre("soundfont", str(kits[int(rng.integers(len(kits)))]), 0)
+    sampled = available_sample_instruments(stem)
+    if sampled and u < p_font + p_kit + SAMPLED_SHARE:
+        return Timbre("sampled", sampled[int(rng.integers(len(sampled)))])
     return Timbre("synth")
 
 
@@ -95,6 +105,10 @@ def render_timbre(timbre: Timbre, stem: str, notes: list[MidiNote], seconds: flo
     if timbre.source == "synth":
         audio, metadata = render_stem_synth(stem, notes, sample_rate, frames, rng, holdout=timbre.holdout)
         return audio, metadata
+    if timbre.source == "sampled":
+        audio = render_sampled(stem, timbre.soundfont, notes, sample_rate, frames, rng)
+        return _with_effects(audio, stem, {"source": "sampled", "instrument": timbre.soundfont,
+                                           "holdout": False}, sample_rate, frames, rng)
     if timbre.source != "soundfont":
         raise SynthError(f"unknown timbre source {timbre.source!r}")
     font = Path(timbre.soundfont)
@@ -109,6 +123,12 @@ def render_timbre(timbre: Timbre, stem: str, notes: list[MidiNote], seconds: flo
     audio = render_stem(fluidsynth, font, midi, rendered, sample_rate)
     rendered.unlink()
     metadata = {"source": "soundfont", "soundfont": font.name, "program": timbre.program, "holdout": timbre.holdout}
+    return _with_effects(audio, stem, metadata, sample_rate, frames, rng)
+
+
+def _with_effects(audio: np.ndarray, stem: str, metadata: dict, sample_rate: int, frames: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A recorded stem (SoundFont or samples) through the random effect chain, most of the time."""
     if rng.random() < SOUNDFONT_EFFECTS_P:
         effects = draw_effects(stem, rng)
         audio = apply_effects(np.ascontiguousarray(audio[:frames]), effects, sample_rate)
