@@ -61,3 +61,19 @@ def test_training_scores_resumes_and_packs(tmp_path, tiny_model_path):
     with open(again / "log.csv", newline="") as handle:
         first = next(csv.DictReader(handle))
     assert abs(float(first["All"]) - best) < 0.05, (first, best)
+
+
+def test_monitor_set_is_logged_and_its_floor_holds_back_best(tmp_path):
+    make_dataset(tmp_path / "data", np.random.default_rng(1))
+    data = str(tmp_path / "data")
+    common = ["--data", data, "--monitor-data", data, *TINY, "--valid-every", "2", "--minutes", "0.03"]
+    assert train_separator.main([*common, "-o", str(tmp_path / "free")]) == 0
+    with open(tmp_path / "free" / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # The monitor set is the valid set here: the same scores, in their own columns.
+    assert rows and all(float(r["monitor_All"]) == float(r["All"]) for r in rows)
+    assert (tmp_path / "free" / "best.safetensors").is_file()
+    # A floor no score reaches: nothing is kept as best, though training ran and logged.
+    assert train_separator.main([*common, "-o", str(tmp_path / "floor"), "--monitor-min", "1000"]) == 0
+    assert (tmp_path / "floor" / "log.csv").is_file()
+    assert not (tmp_path / "floor" / "best.safetensors").exists()

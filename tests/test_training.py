@@ -246,6 +246,8 @@ def test_showcase_writes_audio_and_pictures(tmp_path, tiny_model_path):
     for kind in ("generation", "imputation"):
         assert (tmp_path / "docs" / "audio" / kind / "spectrogram.png").stat().st_size > 1000
         assert (tmp_path / "docs" / "audio" / kind / "mix.flac").is_file()
+    # Real, generated and imputed side by side: 4 stems x 3 panels.
+    assert (tmp_path / "docs" / "images" / "real-generated-imputed.png").stat().st_size > 5000
     separated = tmp_path / "docs" / "audio" / "separation"
     assert (separated / "spectrogram.png").stat().st_size > 1000
     mix = sum(stems.values())[:11025]

@@ -1,6 +1,8 @@
 """Listening material for the docs: the README's example mix, a generated piece,
 an imputation (drums given, the rest generated) and the example mix separated
-by the model's default, each with a spectrogram.
+by the model's default, each with a spectrogram, and one picture of the real
+stems beside the generated and the imputed ones
+(docs/images/real-generated-imputed.png).
 
     python -m training.showcase --model engine/models/default.safetensors \
         --data data/synth --docs docs --examples examples
@@ -20,12 +22,12 @@ import numpy as np
 from engine.atomic import write_atomic
 from engine.audio.files import read_audio, write_audio
 from engine.audio.pipeline import generate_stems, separate_array
-from engine.core.tasks import GENERATE, IMPUTE, SamplerSettings, separation_settings
+from engine.core.tasks import GENERATE, IMPUTE, SamplerSettings, generation_settings, separation_settings
 from engine.storage.loading import load_models
 from engine.storage.model import ModelSet
 
 from .evaluate import si_snr
-from .figures import plot_separation, plot_spectrograms
+from .figures import plot_separation, plot_spectrogram_grid, plot_spectrograms
 
 PARTS = ("example", "generation", "imputation", "separation")
 
@@ -79,6 +81,21 @@ def imputation_example(models: ModelSet, track: Path, out: Path, seconds: float,
     return named
 
 
+def comparison_figure(models: ModelSet, track: Path, generated: dict[str, np.ndarray],
+                      imputed: dict[str, np.ndarray], out_png: Path, seconds: float, given: str = "drums") -> Path:
+    """Per stem, a row: the real stem of the track, a generated one, the one
+    imputed from the track's given stem (up to 5 kHz, where the notes are)."""
+    frames = int(seconds * models.sample_rate)
+    panels = {}
+    for stem in models.stems:
+        panels[f"{stem}: real ({track.name})"] = read_audio(track / f"{stem}.wav").samples[0, :frames]
+        panels[f"{stem}: generated"] = generated[stem]
+        label = f"{stem} (given)" if stem == given else stem
+        panels[f"{stem}: {'given' if stem == given else f'imputed from {given}'}"] = imputed[label]
+    return plot_spectrogram_grid(panels, models.sample_rate, out_png, columns=3, max_hz=5000,
+                                 title="real stems, generated stems, stems imputed from the real drums")
+
+
 def separation_example(models: ModelSet, track: Path, out: Path, seconds: float, seed: int,
                        steps: int | None = None) -> dict[str, float]:
     """The track's first `seconds` separated as `msdm separate` does by default
@@ -122,12 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_atomic(args.examples / "example_mix.json", json.dumps(
             {"track": track.name, "split": "test", "seconds": args.seconds,
              "source": "msdm dataset synth --tracks 400 --seed 0 (test split)"}, indent=2) + "\n")
+    # generate and impute as `msdm generate/impute` do: the latent prior when the model has one.
+    has_latent = getattr(models, "latent", None) is not None
+    generated = imputed = None
     if "generation" in args.only:
-        generation_example(models, args.docs / "audio" / "generation", args.seconds, args.seed,
-                           GENERATE.override(steps=args.steps))
+        generated = generation_example(models, args.docs / "audio" / "generation", args.seconds, args.seed,
+                                       generation_settings("generate", has_latent, steps=args.steps))
     if "imputation" in args.only:
-        imputation_example(models, track, args.docs / "audio" / "imputation", args.seconds, args.seed,
-                           settings=IMPUTE.override(steps=args.steps))
+        imputed = imputation_example(models, track, args.docs / "audio" / "imputation", args.seconds, args.seed,
+                                     settings=generation_settings("impute", has_latent, steps=args.steps))
+    if generated is not None and imputed is not None:
+        comparison_figure(models, track, generated, imputed, args.docs / "images" / "real-generated-imputed.png",
+                          args.seconds)
     if "separation" in args.only:
         scores = separation_example(models, track, args.docs / "audio" / "separation", args.seconds, args.seed,
                                     steps=args.steps)
