@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.audio.latent_generation import generate_latent_stems
-from engine.audio.pipeline import generate_file, impute_file
+from engine.audio.pipeline import generate_file, generate_stems, impute_file
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder, griffin_lim
 from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet
 from engine.core.tasks import LATENT_GENERATE, generation_settings, SettingsError
@@ -219,3 +219,33 @@ def test_pack_model_adds_the_latent_prior_from_training_files(tmp_path):
         pack_main(["--prior", str(tmp_path / "prior.safetensors"), "--autoencoder", str(tmp_path / "lp.safetensors"),
                    "--latent-prior", str(tmp_path / "lp.safetensors"), "-o", str(tmp_path / "bad.safetensors")])
     assert wrong.value.code == 2 and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_float16_storage_halves_the_latent_part_and_survives_a_reload(tmp_path):
+    """A model file may store the latent parts in float16 (the shipped file
+    does); they compute in float32 once loaded, generate what the float32
+    file generates within the rounding, and a load-save round trip keeps the
+    storage (no silent doubling)."""
+    model = tiny_latent_model()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    model.save(full)
+    model.latent_storage = "float16"
+    model.save(half)
+    latent_bytes = model.latent_parameters * 4
+    assert 0.4 < (full.stat().st_size - half.stat().st_size) / latent_bytes < 0.6
+    loaded = MSDMModel.load(half)
+    assert loaded.latent_storage == "float16" and MSDMModel.load(full).latent_storage == "float32"
+    assert all(p.dtype == torch.float32 for p in loaded.latent_prior.parameters())
+    again = tmp_path / "again.safetensors"
+    loaded.save(again)
+    assert again.stat().st_size == half.stat().st_size
+    frames = 4096
+    outputs = []
+    for path in (full, half):
+        models = ModelSet([MSDMModel.load(path)])
+        outputs.append(generate_stems(models, frames, seed=3, settings=LATENT_GENERATE.override(steps=4)))
+    scale = np.abs(outputs[0]).max()
+    assert scale > 0 and np.abs(outputs[0] - outputs[1]).max() < 0.05 * scale
+    with pytest.raises(ModelFileError, match="latent_storage"):
+        model.latent_storage = "bfloat16"
+        model.__post_init__()

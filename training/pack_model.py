@@ -54,7 +54,8 @@ def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoen
 
 
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
-         autoencoder: Path | None = None, latent_prior: Path | None = None) -> MSDMModel:
+         autoencoder: Path | None = None, latent_prior: Path | None = None,
+         latent_storage: str | None = None) -> MSDMModel:
     if (autoencoder is None) != (latent_prior is None):
         raise ModelFileError("a latent prior needs both --autoencoder and --latent-prior")
     model = MSDMModel.load(prior)
@@ -65,6 +66,8 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
     if autoencoder is not None:
         model.autoencoder, model.latent_prior = load_latent_parts(autoencoder, latent_prior)
         notes.append(f"latent prior {latent_prior.name} over autoencoder {autoencoder.name}")
+    if latent_storage is not None:
+        model.latent_storage = latent_storage
     model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode
     model.save(out, source=source or "; ".join(notes))
     return model
@@ -76,13 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--separator", type=Path, help="a separator file from training.train_separator")
     parser.add_argument("--autoencoder", type=Path, help="a stem autoencoder file from training.train_autoencoder")
     parser.add_argument("--latent-prior", type=Path, help="a latent diffusion file from training.train_latent_prior")
+    parser.add_argument("--latent-storage", choices=("float32", "float16"),
+                        help="how the autoencoder and latent model are stored (default: as in --prior's file, "
+                             "else float32; float16 halves their size, computing stays float32)")
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--source", help="the provenance line stored in the file")
     args = parser.parse_args(argv)
     if args.separator is None and args.autoencoder is None:
         parser.error("give --separator, or --autoencoder with --latent-prior (or all three)")
     try:
-        model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior)
+        model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior,
+                     args.latent_storage)
     except ModelFileError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.out}: prior {model.num_parameters:,} parameters + separator "

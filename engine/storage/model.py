@@ -38,6 +38,9 @@ AUTOENCODER_PREFIX = "autoencoder."
 LATENT_PRIOR_PREFIX = "latent_prior."
 
 
+LATENT_STORAGE = {"float32": torch.float32, "float16": torch.float16}
+
+
 @dataclass
 class MSDMModel:
     config: ModelConfig
@@ -48,8 +51,14 @@ class MSDMModel:
     separator: MaskSeparator | None = None
     autoencoder: StemAutoencoder | None = None
     latent_prior: LatentDenoiser | None = None
+    # How save() stores the autoencoder's and latent model's tensors: "float16"
+    # halves the shipped file (both compute in float32 once loaded); load()
+    # keeps what the file had, so a model loaded and saved again stays as small.
+    latent_storage: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.latent_storage not in LATENT_STORAGE:
+            raise ModelFileError(f"latent_storage must be one of {sorted(LATENT_STORAGE)}, got {self.latent_storage!r}")
         self.network.eval()
         check_latent_parts(self.autoencoder, self.latent_prior, len(self.config.stems))
         for part in (self.autoencoder, self.latent_prior):
@@ -149,8 +158,10 @@ class MSDMModel:
         elif parts[AUTOENCODER_PREFIX] or parts[LATENT_PRIOR_PREFIX]:
             raise ModelFileError(f"{path}: latent prior weights without their configs")
         network.to(device)
+        stored = {str(v.dtype).removeprefix("torch.") for v in parts[LATENT_PRIOR_PREFIX].values()}
         return cls(config, network, source=metadata.get("source", str(path)), path=path, metadata=metadata,
-                   separator=separator, autoencoder=autoencoder, latent_prior=latent_prior)
+                   separator=separator, autoencoder=autoencoder, latent_prior=latent_prior,
+                   latent_storage="float16" if stored == {"float16"} else "float32")
 
     def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
         """Write atomically (engine.atomic): a crash never leaves half a model."""
@@ -167,10 +178,14 @@ class MSDMModel:
         if self.latent_prior is not None:
             metadata["autoencoder_config"] = json.dumps(self.autoencoder.config.to_dict())
             metadata["latent_prior_config"] = json.dumps(self.latent_prior.config.to_dict())
-            tensors.update({AUTOENCODER_PREFIX + k: v.detach().cpu().contiguous()
-                            for k, v in self.autoencoder.state_dict().items()})
-            tensors.update({LATENT_PRIOR_PREFIX + k: v.detach().cpu().contiguous()
-                            for k, v in self.latent_prior.net.state_dict().items()})
+            dtype = LATENT_STORAGE[self.latent_storage]
+
+            def stored(v: torch.Tensor) -> torch.Tensor:
+                v = v.detach().cpu()
+                return (v.to(dtype) if v.is_floating_point() else v).contiguous()
+
+            tensors.update({AUTOENCODER_PREFIX + k: stored(v) for k, v in self.autoencoder.state_dict().items()})
+            tensors.update({LATENT_PRIOR_PREFIX + k: stored(v) for k, v in self.latent_prior.net.state_dict().items()})
         return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @property
