@@ -170,7 +170,7 @@ def sample_candidates(models, task: str, real: RealWindows, settings, *, given: 
               if cache else None)
     if folder is not None and (kept := read_candidates(folder, real.stems, count, record)) is not None:
         return kept
-    if getattr(settings, "prior", "waveform") == "latent":
+    if settings.prior == "latent":
         audio = _sample_latent(models, task, real, settings, given, seed, progress)
         if folder is not None:
             write_candidates(folder, real.stems, audio, real.sample_rate, record)

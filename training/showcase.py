@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"track": track.name, "split": "test", "seconds": args.seconds,
              "source": "msdm dataset synth --tracks 400 --seed 0 (test split)"}, indent=2) + "\n")
     # generate and impute as `msdm generate/impute` do: the latent prior when the model has one.
-    has_latent = getattr(models, "latent", None) is not None
+    has_latent = models.latent is not None
     generated = imputed = None
     if "generation" in args.only:
         generated = generation_example(models, args.docs / "audio" / "generation", args.seconds, args.seed,
