@@ -223,3 +223,28 @@ def plot_spectrogram_grid(panels: Mapping[str, np.ndarray], sample_rate: int, ou
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(plt, fig, out_png)
+
+
+def plot_separator_before_after(records: Sequence[Mapping], labels: tuple[str, str], out_png: str | os.PathLike,
+                                columns: Sequence[str]) -> Path:
+    """training.separator_report's records -> one panel per data source, a pair
+    of bars (before, after) per column, the ideal mask as a tick where known."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(records), figsize=(3.6 * len(records), 3.4), sharey=True, squeeze=False)
+    width = 0.38
+    for ax, record in zip(axes[0], records):
+        xs = range(len(columns))
+        ax.bar([x - width / 2 for x in xs], [record["before"][c] for c in columns], width, label=labels[0],
+               color="#9e9e9e")
+        ax.bar([x + width / 2 for x in xs], [record["after"][c] for c in columns], width, label=labels[1],
+               color="#1f77b4")
+        if record["oracle"]:
+            ax.scatter(list(xs), [record["oracle"][c] for c in columns], marker="_", s=300, color="black",
+                       label="ideal mask")
+        ax.set_xticks(list(xs), columns, rotation=30)
+        ax.set_title(record["source"], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("SI-SNRi (dB)")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return _save(plt, fig, out_png)

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 from engine.atomic import write_atomic
 from engine.core.config import SLAKH_STEMS
-from training.figures import _pyplot, _save
+from training.figures import plot_separator_before_after
 
 COLUMNS = (*SLAKH_STEMS, "All")
 
@@ -68,28 +68,6 @@ def markdown(records: Sequence[Mapping], labels: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(records: Sequence[Mapping], labels: tuple[str, str], out_png: str | os.PathLike) -> Path:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(records), figsize=(3.6 * len(records), 3.4), sharey=True, squeeze=False)
-    width = 0.38
-    for ax, record in zip(axes[0], records):
-        xs = range(len(COLUMNS))
-        ax.bar([x - width / 2 for x in xs], [record["before"][c] for c in COLUMNS], width, label=labels[0],
-               color="#9e9e9e")
-        ax.bar([x + width / 2 for x in xs], [record["after"][c] for c in COLUMNS], width, label=labels[1],
-               color="#1f77b4")
-        if record["oracle"]:
-            ax.scatter(list(xs), [record["oracle"][c] for c in COLUMNS], marker="_", s=300, color="black",
-                       label="ideal mask")
-        ax.set_xticks(list(xs), COLUMNS, rotation=30)
-        ax.set_title(record["source"], fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("SI-SNRi (dB)")
-    axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    return _save(plt, fig, out_png)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", nargs=3, action="append", required=True, metavar=("NAME", "BEFORE_CSV", "AFTER_CSV"))
@@ -106,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.markdown:
         write_atomic(args.markdown, table)
     if args.figure:
-        print(f"wrote {plot(records, tuple(args.labels), args.figure)}")
+        print(f"wrote {plot_separator_before_after(records, tuple(args.labels), args.figure, COLUMNS)}")
 
 
 if __name__ == "__main__":
