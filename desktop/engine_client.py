@@ -40,7 +40,8 @@ class EngineClient(QObject):
     status = Signal(str, str, float, int)   # state, running job, progress, queued
     accepted = Signal(str, int)             # job, queue position
     progress = Signal(str, float, str)      # job, fraction, message
-    firstGuess = Signal(str, dict)          # job, {stem: path}: a refined separation's guess; the job goes on
+    firstGuess = Signal(str, dict)          # job, {stem: path}: an interim result (a refined separation's
+                                            # guess, a generation's preview); the job goes on
     done = Signal(str, dict)                # job, {stem: path}
     take = Signal(str, int, int, dict)      # job, take number, seed, {stem: path}: one take of several
     error = Signal(str, str, str)           # job ("" if none), code, message
@@ -163,7 +164,7 @@ class EngineClient(QObject):
                 self.accepted.emit(str(a[0]), int(a[1]))
             elif reply.name == "progress":
                 self.progress.emit(str(a[0]), float(a[1]), str(a[2]) if len(a) > 2 else "")
-            elif reply.name == "first_guess":
+            elif reply.name in ("first_guess", "preview"):
                 self.firstGuess.emit(str(a[0]), osc.pairs(a[1:]))
             elif reply.name == "take":
                 self.take.emit(str(a[0]), int(a[1]), int(a[2]), osc.pairs(a[3:]))

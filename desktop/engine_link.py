@@ -35,7 +35,7 @@ class EngineLink(QObject):
     progressed = Signal(object)       # the running Job moved
     ended = Signal(str, object)       # the job ended without a result: label text, progress (0..1000 or None)
     answered = Signal(object, dict)   # the engine finished a Job: {lane: file}; the app reads them
-    firstGuess = Signal(object, dict) # a refined separation's first guess, while the refinement runs
+    firstGuess = Signal(object, dict) # an interim result (a first guess, a preview) while the job goes on
     takeArrived = Signal(object, int, int, dict)  # one take of a job with several: Job, number, seed, {lane: file}
 
     def __init__(self, parent: QObject | None = None) -> None:

@@ -49,6 +49,9 @@ def task_options(kind: str, controls: TaskControls) -> dict:
                "format": "wav", "bits": "32f"}
     if kind in TAKE_TASKS and controls.takes > 1:
         options["takes"] = controls.takes
+    elif kind in ("generate", "impute"):
+        # The first window alone comes first (/msdm/preview): heard within a second or two.
+        options["preview"] = 1
     if kind == "separate":
         options["resamples"] = controls.resamples
         options["likelihood"] = controls.likelihood

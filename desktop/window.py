@@ -493,9 +493,10 @@ class MainWindow(SessionFiles, QMainWindow):
             self.refresh_lanes()
 
     def _on_first_guess(self, job: Job, files: dict) -> None:
-        """A refined separation sent its first guess: put it on the lanes now
-        (read off the GUI thread), while the engine refines it; the refined
-        stems replace it in the same undo step."""
+        """A refined separation sent its first guess (or a generation its
+        preview, the first window alone): put it on the lanes now (read off
+        the GUI thread), while the engine goes on; the final stems replace it
+        in the same undo step."""
         if check_result(job, files):
             return  # not usable: wait for the refined result, which is checked and reported
         paths = {stem: Path(path) for stem, path in files.items() if stem in self.session.lane_names}
@@ -506,8 +507,12 @@ class MainWindow(SessionFiles, QMainWindow):
             job.first_guess_shown = True
             muted = self._mute_mix_for_stems()
             self.refresh_lanes()
-            self.message("First guess on the lanes: listen while the model refines it; the refined stems "
-                         f"replace it when ready. {muted}")
+            if job.kind == "separate":
+                self.message("First guess on the lanes: listen while the model refines it; the refined stems "
+                             f"replace it when ready. {muted}")
+            else:
+                self.message("Preview on the lanes (the first few seconds): listen while the rest is generated; "
+                             f"the whole result replaces it when ready. {muted}")
 
         self._read(paths, show)
 

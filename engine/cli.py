@@ -144,8 +144,13 @@ def _run(args) -> int:
             for name, path in files.items():
                 bar.write(f"{name}: {path}")
 
+    def report_preview(files) -> None:
+        if not args.quiet:
+            folder = Path(next(iter(files.values()))).parent
+            bar.write(f"preview (the first window) written: {folder}")
+
     try:
-        paths = run_job(models, job, progress=bar, on_take=report_take)
+        paths = run_job(models, job, progress=bar, on_take=report_take, on_preview=report_preview)
     finally:
         bar.close()
     if takes == 1:

@@ -74,7 +74,9 @@ class JobQueue:
     `execute(job, progress, first_guess)` runs a job and returns {name: path};
     it may call `first_guess({name: path})` once, before it ends, when a
     refined separation's first guess is written, and `first_guess({name: path},
-    take=(number, seed))` for each take of a job with several (/msdm/take); it may raise ProtocolError,
+    take=(number, seed))` for each take of a job with several (/msdm/take), and
+    `first_guess({name: path}, preview=True)` once when a generation's preview
+    is written (/msdm/preview); it may raise ProtocolError,
     engine errors, or engine.core.diffusion.Cancelled."""
 
     def __init__(self, execute: Callable[[Job, Callable[[float, str], None], Callable[[dict], None]], dict],
@@ -188,6 +190,13 @@ class JobQueue:
                 for target in [job.reply_to] + job.watchers:
                     self.send(target, protocol.first_guess(job.id, paths))
 
+    def _preview(self, job: Job, paths: dict) -> None:
+        """A generation's preview files, to the job's reply address and its watchers."""
+        with job.lock:
+            if not job.finished:
+                for target in [job.reply_to] + job.watchers:
+                    self.send(target, protocol.preview(job.id, paths))
+
     def _take(self, job: Job, take: tuple[int, int], paths: dict) -> None:
         """One take's files (take number, seed), to the job's reply address and its watchers."""
         with job.lock:
@@ -225,8 +234,9 @@ class JobQueue:
                 # The folder may have been swapped for a symlink since the job was accepted;
                 # from here on the job writes into the folder it opens (engine.output_folder).
                 contained_output_dir(str(job.out_dir), self.output_root, job.id)
-                paths = self.execute(job, progress, lambda files, take=None: self._first_guess(job, files)
-                                     if take is None else self._take(job, take, files))
+                paths = self.execute(job, progress, lambda files, take=None, preview=False:
+                                     self._preview(job, files) if preview else
+                                     self._first_guess(job, files) if take is None else self._take(job, take, files))
                 if job.cancel.is_set():  # cancelled after the last sampler step: drop nothing already written
                     log.info("job %s: cancel arrived after the files were written", job.id)
                 self._progress(job, 1.0, "done", force=True)
@@ -291,4 +301,5 @@ def execute_job(models: Any, job: Job, progress: Callable[[float, str], None], m
                    progress=progress, max_seconds=max_seconds, output_root=output_root,
                    on_first_guess=first_guess,
                    on_take=None if first_guess is None or request.options.takes < 2 else
-                   lambda number, seed, files: first_guess(files, take=(number, seed)))
+                   lambda number, seed, files: first_guess(files, take=(number, seed)),
+                   on_preview=None if first_guess is None else lambda files: first_guess(files, preview=True))

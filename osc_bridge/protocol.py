@@ -359,17 +359,19 @@ ADDRESSES: tuple[Address, ...] = (
             "/msdm/accepted, /msdm/progress..., [/msdm/first_guess <job_id> <stem> <path> ...], "
             "/msdm/done <job_id> <stem> <path> ..."),
     Address("/msdm/generate", parse_generate, "<job_id> <out_dir> <seconds> [key value ...]",
-            "/msdm/accepted, /msdm/progress..., [/msdm/take <job_id> <take> <seed> <stem> <path> ... (takes > 1)], "
+            "/msdm/accepted, /msdm/progress..., [/msdm/preview <job_id> <stem> <path> ... (preview 1)], "
+            "[/msdm/take <job_id> <take> <seed> <stem> <path> ... (takes > 1)], "
             "/msdm/done <job_id> <stem> <path> ... mix <path>"),
     Address("/msdm/impute", parse_impute, "<job_id> <out_dir> <stem> <path> [...] [key value ...]",
-            "/msdm/accepted, /msdm/progress..., [/msdm/take <job_id> <take> <seed> <stem> <path> ... (takes > 1)], "
+            "/msdm/accepted, /msdm/progress..., [/msdm/preview <job_id> <stem> <path> ... (preview 1)], "
+            "[/msdm/take <job_id> <take> <seed> <stem> <path> ... (takes > 1)], "
             "/msdm/done <job_id> <stem> <path> ... mix <path>"),
     Address("/msdm/cancel", parse_cancel, "<job_id> [reply_port]", "/msdm/cancelled <job_id>"),
 )
 ADDRESS_TABLE = {entry.address: entry for entry in ADDRESSES}
 # Addresses that only ever travel from the server to a client; the server ignores them.
 REPLY_ONLY_ADDRESSES = frozenset({"/msdm/pong", "/msdm/accepted", "/msdm/progress", "/msdm/first_guess",
-                                  "/msdm/done", "/msdm/error", "/msdm/cancelled", "/msdm/take"})
+                                  "/msdm/done", "/msdm/error", "/msdm/cancelled", "/msdm/take", "/msdm/preview"})
 
 
 def parse_request(address: str, args: Sequence[Any], stems: Sequence[str], *,
@@ -479,6 +481,12 @@ def take(job_id: str, number: int, seed: int, paths: dict[str, Any]) -> Reply:
     """One take of a job with several (option takes N), as soon as it is written
     (the job goes on; /msdm/done follows, listing take 1's files)."""
     return "/msdm/take", [job_id, int(number), int(seed), *done(job_id, paths)[1][1:]]
+
+
+def preview(job_id: str, paths: dict[str, Any]) -> Reply:
+    """A generate or impute job's preview (option preview 1): its first window
+    alone, written before the whole job (the job goes on; /msdm/done follows)."""
+    return "/msdm/preview", done(job_id, paths)[1]
 
 
 def first_guess(job_id: str, paths: dict[str, Any]) -> Reply:

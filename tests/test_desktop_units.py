@@ -358,10 +358,16 @@ def test_requests_are_built_from_the_task_bar_without_qt():
     assert expected == (*STEMS, MIX)
     request = parse_request(*decode_datagram(datagram)[0], STEMS)
     assert (request.seconds, request.options.steps, request.options.resamples) == (3.0, 4, None)
+    # One take: its first window comes first as a preview (/msdm/preview); several takes arrive one by one instead.
+    assert request.options.preview and request.options.takes == 1
+    _, datagram = build_request("generate", "j2", Path("/out/j2"), dataclasses.replace(controls, takes=3), STEMS)
+    request = parse_request(*decode_datagram(datagram)[0], STEMS)
+    assert (request.options.preview, request.options.takes) == (False, 3)
 
     expected, datagram = build_request("impute", "j3", Path("/out/j3"), controls, STEMS, given={"drums": "/d.wav"})
     assert expected == ("bass", "guitar", "piano", MIX)
-    assert parse_request(*decode_datagram(datagram)[0], STEMS).given == {"drums": "/d.wav"}
+    request = parse_request(*decode_datagram(datagram)[0], STEMS)
+    assert request.given == {"drums": "/d.wav"} and request.options.preview
 
     with pytest.raises(JobRefused, match="needs a mix"):
         build_request("separate", "j", Path("/o"), controls, STEMS)

@@ -117,3 +117,39 @@ def test_cli_refuses_a_range_it_cannot_do_before_any_work(tmp_path, capsys, tiny
         main(base + ["--range", "5:1", "--regenerate", "bass"])
     assert "START < END" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written by a refused job
+
+
+def test_latent_frame_mask_frees_every_frame_that_hears_a_free_sample():
+    from engine.audio.latent_generation import latent_frame_mask
+
+    hop, n_fft = 256, 1024
+    mask = np.ones((2, 40 * hop), dtype=bool)
+    mask[1, 10 * hop:20 * hop] = False
+    frames = latent_frame_mask(mask, hop, n_fft, 40 * hop // hop + 1)
+    assert frames[0].all()
+    free = np.flatnonzero(~frames[1])
+    # Frames whose window (centre +- n_fft / 2) reaches into [10, 20) hops are free; no other.
+    assert (free.min(), free.max()) == (10 - n_fft // 2 // hop + 1, 20 + n_fft // 2 // hop - 1)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_latent_range_regeneration_listens_to_the_other_stems(tmp_path):
+    """The latent prior regenerates the range in context: the same seed with
+    other given stems around it gives other audio (before, the latent path
+    dropped the mask and generated the range from nothing)."""
+    from engine.storage.model import ModelSet
+    from support.latent_models import tiny_latent_model
+
+    models = ModelSet([tiny_latent_model()])
+    options = JobOptions(seed=2, range="0.5:1.5", regenerate="bass", prior="latent", steps=2)
+    given = stems_on_disk(tmp_path / "a", seconds=2.0, rate=22050, channels=1)
+    first = read(run_job(models, Job("impute", tmp_path / "out-a", options, given=given))["bass"])[0]
+    other = dict(given)
+    data, rate = sf.read(given["guitar"], dtype="float32")
+    other["guitar"] = tmp_path / "other-guitar.wav"
+    sf.write(other["guitar"], data[::-1].copy(), rate, subtype="FLOAT")
+    second = read(run_job(models, Job("impute", tmp_path / "out-b", options, given=other))["bass"])[0]
+    original = read(given["bass"])[0]
+    begin, end = round(0.5 * 22050), round(1.5 * 22050)
+    np.testing.assert_array_equal(first[:, :begin + 1], original[:, :begin + 1])
+    assert np.abs(first[:, begin:end] - second[:, begin:end]).max() > 1e-4

@@ -148,15 +148,19 @@ def parse_setting(text: str):
     -> (likelihood, steps, resamples, churn, method, start); missing fields are None.
     START is 'noise' (the paper's start) or a noise level: begin there from the
     model's first-guess separator (a warm start). 'guess' is the first guess
-    alone: ('dirac', 0, None, None, None, 'guess')."""
+    alone: ('dirac', 0, None, None, None, 'guess'). 'latent:8:1:0:dpmpp2m:1.0'
+    refines the first guess with the latent prior from noise level 1.0
+    (engine.audio.latent_refinement; START may only be a level)."""
     from engine.core.diffusion import METHODS  # torch: only when evaluating
 
     if text == "guess":
         return "dirac", 0, None, None, None, "guess"
     parts = text.split(":")
-    if not 1 <= len(parts) <= 6 or parts[0] not in ("dirac", "gaussian"):
+    if not 1 <= len(parts) <= 6 or parts[0] not in ("dirac", "gaussian", "latent"):
         raise CommandError(f"--settings {text!r}: write guess, or LIKELIHOOD[:STEPS[:RESAMPLES[:CHURN[:METHOD[:START]]]]], "
-                           "e.g. dirac:50:1, dirac:16:2:20:dpmpp2m or dirac:4:1:0:dpmpp2m:0.05")
+                           "e.g. dirac:50:1, dirac:16:2:20:dpmpp2m or dirac:4:1:0:dpmpp2m:0.05, or "
+                           "latent[:STEPS[:RESAMPLES[:CHURN[:METHOD[:SIGMA]]]]] (the first guess refined by the "
+                           "latent prior from SIGMA)")
     method = parts[4] if len(parts) > 4 and parts[4] else None
     if method is not None and method not in METHODS:
         raise CommandError(f"--settings {text!r}: unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -168,6 +172,9 @@ def parse_setting(text: str):
     except ValueError:
         raise CommandError(f"--settings {text!r}: steps and resamples are integers, churn a number, "
                            "start 'noise' or a noise level") from None
+    if parts[0] == "latent" and start == "noise":
+        raise CommandError(f"--settings {text!r}: the latent prior only refines the first guess: "
+                           "give a noise level, not 'noise'")
     if isinstance(start, float) and not 0 < start <= 100:
         raise CommandError(f"--settings {text!r}: a warm start's noise level must be in (0, 100]")
     return parts[0], steps, resamples, churn, method, start
@@ -178,6 +185,10 @@ def settings_for(setting, models):
     from engine.core import tasks
 
     likelihood, steps, resamples, churn, method, start = setting
+    if likelihood == "latent":
+        # The stems are the mix masked, so they sum to it: scored as Dirac.
+        base = tasks.LATENT_REFINE.override(sigma_max=start)
+        return "dirac", base.override(steps=steps, num_resamples=resamples, s_churn=churn, method=method)
     base = tasks.default_separation_settings(likelihood, models.is_isdm)
     if start == "guess":
         base = tasks.SEPARATE_WARM

@@ -298,7 +298,8 @@ def _rows(results: Sequence[EvaluationResult]):
                 label = "model (first guess alone)"
             else:
                 start = f", from the first guess at sigma {s.get('sigma_max')}" if s.get("warm_start") else ""
-                label = (f"model ({r.settings.get('likelihood')}, {s.get('method')} {s.get('steps')} steps, "
+                kind = "latent prior" if s.get("prior") == "latent" else r.settings.get("likelihood")
+                label = (f"model ({kind}, {s.get('method')} {s.get('steps')} steps, "
                          f"R={s.get('num_resamples')}, churn {s.get('s_churn')}{start})")
         out.append([label, method, r])
     labels = [row[0] for row in out]

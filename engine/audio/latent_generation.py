@@ -56,6 +56,18 @@ def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int
     return model.autoencoder.decode(stacked, frames, generator=generator).cpu().numpy()
 
 
+def latent_frame_mask(sample_mask: np.ndarray, hop: int, n_fft: int, frames_latent: int) -> np.ndarray:
+    """[N, T] bool per sample -> [N, K] bool per latent frame: frame k (its STFT
+    window centred on sample k * hop) is given only where all the samples
+    it spans are, so every frame that hears a free sample is sampled anew."""
+    num, length = sample_mask.shape
+    free = np.concatenate([np.zeros((num, 1), np.int64), np.cumsum(~sample_mask, axis=1)], axis=1)
+    centres = np.arange(frames_latent) * hop
+    lo = np.clip(centres - n_fft // 2, 0, length)
+    hi = np.clip(centres + n_fft // 2, 0, length)
+    return (free[:, hi] - free[:, lo]) == 0
+
+
 def generate_latent_stems(
     model: MSDMModel,
     frames: int,
@@ -64,11 +76,17 @@ def generate_latent_stems(
     settings: SamplerSettings,
     given: np.ndarray | None = None,
     given_stems: tuple[int, ...] = (),
+    given_mask: np.ndarray | None = None,
     overlap: float = 0.25,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """All stems [N, frames] at the model's rate; rows `given_stems` of `given`
-    are the condition and come back unchanged."""
+    are the condition and come back unchanged. `given_mask` ([N, frames] bool,
+    instead of `given_stems`) gives exactly the samples it marks (a time range
+    of some stems regenerated): a latent frame is given where every sample its
+    STFT window spans is, the prior was trained with such time masks, and a
+    stem with any free frame comes back decoded whole (the caller keeps its
+    own audio outside the range)."""
     prior = model.latent_prior
     num, channels = prior.config.stems, prior.config.latent_channels
     hop = model.autoencoder.config.hop
@@ -79,14 +97,23 @@ def generate_latent_stems(
     total = plan.start(plan.count - 1) + window
     latents = torch.zeros(num * channels, total, device=model.device)
     stem_mask = torch.zeros(num, total, dtype=torch.bool, device=model.device)
-    if given_stems:
-        rows = list(given_stems)
-        encoded = encode_stems(model, given[rows]).reshape(len(rows), channels, -1)
-        for i, n in enumerate(rows):
+    if given_mask is not None:
+        frame_mask = latent_frame_mask(given_mask, hop, model.autoencoder.config.n_fft, frames_latent)
+        given_stems = tuple(int(n) for n in np.flatnonzero(frame_mask.all(axis=1)))
+        partial = [n for n in range(num) if frame_mask[n].any() and n not in given_stems]
+    else:
+        frame_mask, partial = None, []
+    encoded_rows = [*given_stems, *partial]
+    if encoded_rows:
+        encoded = encode_stems(model, given[encoded_rows]).reshape(len(encoded_rows), channels, -1)
+        for i, n in enumerate(encoded_rows):
             part = slice(n * channels, (n + 1) * channels)
             latents[part, :frames_latent] = (encoded[i] - prior.shift[part]) / prior.scale[part]
-        stem_mask[rows] = True
-    label = "imputing" if given_stems else "generating"
+        if frame_mask is not None:
+            stem_mask[:, :frames_latent] = torch.from_numpy(frame_mask).to(model.device)
+        else:
+            stem_mask[list(given_stems)] = True
+    label = "imputing" if encoded_rows else "generating"
     for index in range(plan.count):
         start = plan.start(index)
         mask = stem_mask[:, start:start + window].clone()
@@ -102,19 +129,22 @@ def generate_latent_stems(
         if mask.any():
             channel_mask = mask.repeat_interleave(channels, dim=0)[None]
             result = impute(prior.with_given(window_latents, mask[None]), window_latents, channel_mask, seeds,
-                            settings=settings, callback=callback, device=model.device)
+                            settings=settings, callback=callback, device=model.device, clip=None)
         else:
             result = generate(prior, num * channels, window, seeds, settings=settings, callback=callback,
-                              device=model.device)
+                              device=model.device, clip=None)
         latents[:, start:start + window] = result[0]
     if progress is not None:
         progress(1 - DECODE_SHARE, "decoding")
     free = [n for n in range(num) if n not in given_stems]
     out = np.zeros((num, frames), dtype=np.float32)
     if free:
-        latents = prior.from_diffusion(latents)
+        # The calibrated sampling temperature (LatentPriorConfig.sample_scale).
+        latents = prior.from_diffusion(latents * prior.config.sample_scale)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
         out[free] = decode_stems(model, rows, frames, seed)
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
+    if progress is not None:
+        progress(1.0, "decoded")
     return out

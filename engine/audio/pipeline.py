@@ -28,8 +28,9 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from engine.audio.files import AudioInputError, AudioReader, AudioWriters, read_audio, resample, to_mono
+from engine.audio.files import Audio, AudioInputError, AudioReader, AudioWriters, read_audio, resample, to_mono
 from engine.audio.latent_generation import generate_latent_stems
+from engine.audio.latent_refinement import refine_with_latent_prior
 from engine.audio.windows import OverlapAdd, WindowPlan
 from engine.core.diffusion import seed_for
 from engine.core.tasks import (
@@ -148,6 +149,9 @@ def separate_blocks(
     if settings.warm_start and not has_guess:
         raise CommandError(f"{models.describe()} has no first-guess separator: a warm start (or 0 steps) "
                            "needs one; separate from noise instead (start noise, the paper's sampler)")
+    if settings.prior == "latent" and settings.steps > 0 and models.latent is None:
+        raise CommandError(f"{models.describe()} has no latent prior to refine the first guess with: "
+                           "use prior waveform, or a model file with a latent prior")
     rate_in, rate_model = reader.sample_rate, models.sample_rate
     window_model = models.window
     window_in = max(1, round(window_model * rate_in / rate_model))
@@ -170,11 +174,16 @@ def separate_blocks(
             seeds = [seed_for(seed, index, c) for c in range(channels)]
             mix_tensor = torch.from_numpy(mix_model)
             guess = first_guess(models, mix_tensor) if settings.warm_start else None
-            separated = separate(
-                models.denoiser, mix_tensor[:, None], num, seeds,
-                likelihood=likelihood, settings=settings, device=models.device,
-                callback=_window_progress(progress, index, plan.count, "separating"), first_guess=guess,
-            ).cpu().numpy()
+            callback = _window_progress(progress, index, plan.count, "separating")
+            if settings.prior == "latent" and settings.steps > 0:
+                separated = refine_with_latent_prior(models.latent, mix_tensor, guess, seeds, settings,
+                                                     callback=callback).cpu().numpy()
+            else:
+                separated = separate(
+                    models.denoiser, mix_tensor[:, None], num, seeds,
+                    likelihood=likelihood, settings=settings, device=models.device,
+                    callback=callback, first_guess=guess,
+                ).cpu().numpy()
         # [C, N, T] -> [N, C, T] at the input rate, plus the mix as the model saw it.
         stems_in = resample(separated.transpose(1, 0, 2).reshape(-1, window_model),
                             rate_model, rate_in, length=window_in).reshape(num, channels, window_in)
@@ -254,7 +263,8 @@ def generate_stems(
         if models.latent is None:
             raise InputError("this model has no latent prior: use prior waveform, or a model file with one")
         return generate_latent_stems(models.latent, frames, seed=seed, settings=settings, given=given,
-                                     given_stems=given_stems, overlap=overlap, progress=progress)
+                                     given_stems=given_stems, given_mask=given_mask, overlap=overlap,
+                                     progress=progress)
     num = len(models.stems)
     window = models.window
     plan = WindowPlan.make(frames, window, overlap)
@@ -345,10 +355,12 @@ def impute_file(
     progress: ProgressFn | None = None,
     time_range: tuple[float, float] | None = None,
     regenerate: tuple[str, ...] = (),
+    seconds: float | None = None,
 ) -> dict[str, Path]:
     """Write the stems not given (and the full mix) to `out_dir`; with
     `time_range` (seconds) and `regenerate` (given stems), write those stems
-    anew inside the range only (regenerate_range)."""
+    anew inside the range only (regenerate_range). `seconds`: only the first
+    seconds of the given stems (a preview)."""
     _require_joint(models, "imputation")
     if time_range is not None:
         return regenerate_range(models, given, out_dir, time_range, regenerate, seed=seed, settings=settings,
@@ -356,6 +368,9 @@ def impute_file(
     audio = read_given_stems(models, given, max_seconds)
     first = next(iter(audio.values()))
     rate_in, frames_in = first.sample_rate, first.frames
+    if seconds is not None:
+        frames_in = max(1, min(frames_in, round(seconds * rate_in)))
+        audio = {name: Audio(a.samples[:, :frames_in], a.sample_rate) for name, a in audio.items()}
     channels = max(a.channels for a in audio.values())
     frames_model = max(1, round(frames_in * models.sample_rate / rate_in))
     given_model = np.zeros((len(models.stems), frames_model), dtype=np.float32)

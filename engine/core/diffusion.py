@@ -135,7 +135,14 @@ class Condition(Protocol):
 
 
 class Unconditional:
-    """Total generation: d = (x - D(x)) / sigma; the output is clamped to [-1, 1]."""
+    """Total generation: d = (x - D(x)) / sigma; the output is clamped to
+    [-clip, clip] (audio: 1.0). clip None leaves it as sampled: the latent
+    prior's space is standardised latents, whose real values reach +-7, so a
+    clamp there cuts the loud half of the music (its bounds are applied after
+    mapping back, where the decoder's range is known)."""
+
+    def __init__(self, clip: float | None = 1.0) -> None:
+        self.clip = clip
 
     def project(self, x: Tensor, sigma: Tensor, noise: ItemNoise) -> Tensor:
         return x
@@ -144,7 +151,7 @@ class Unconditional:
         return (x - denoiser(x, sigma)) / sigma[:, None, None]
 
     def finish(self, x: Tensor) -> Tensor:
-        return x.clamp(-1.0, 1.0)
+        return x if self.clip is None else x.clamp(-self.clip, self.clip)
 
 
 METHODS = ("euler", "heun", "dpmpp2m")

@@ -53,6 +53,14 @@ class LatentPriorConfig:
     # decodes to spectra tens of dB too loud (docs/models.md, latent prior v2).
     latent_shift: tuple[float, ...] = ()
     latent_scale: tuple[float, ...] = ()
+    # Sampling temperature: the sampled (standardised) latents are multiplied
+    # by this before decoding. A prior trained on a CPU for hours leaves its
+    # samples 12-25 % wider than the data in every channel, and the decoder's
+    # exp() turns that into stems 6-14 dB too loud (docs/models.md);
+    # training.calibrate_latent_prior sets it on the VALID split so the
+    # generated stems' level matches real ones (1.0: no calibration; Glow,
+    # Kingma & Dhariwal 2018, samples at temperature 0.7 for the same reason).
+    sample_scale: float = 1.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -69,6 +77,7 @@ class LatentPriorConfig:
             "sigma_std": 1e-3 <= self.sigma_std <= 10,
             "latent_shift": len(self.latent_shift) in (0, self.width)
                             and all(math.isfinite(v) and abs(v) <= 10 for v in self.latent_shift),
+            "sample_scale": 0.1 <= self.sample_scale <= 2.0,
             "latent_scale": len(self.latent_scale) == len(self.latent_shift)
                             and all(math.isfinite(v) and 1e-4 <= v <= 10 for v in self.latent_scale),
         }

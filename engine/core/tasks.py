@@ -102,6 +102,11 @@ GAUSSIAN_GAMMA_SCALE = 0.75  # gamma = 0.75 sigma
 # range scaled to it, DPM-Solver++(2M) for few steps (docs/models.md: chosen on VALID).
 LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, method="dpmpp2m", prior="latent")
 LATENT_IMPUTE = LATENT_GENERATE
+# Refining the first guess with the latent prior (engine.audio.latent_refinement):
+# SDEdit from a level about the latents' own scale (unit variance), where the
+# prior can move notes, not only texture. Off by default: docs/models.md's row.
+LATENT_REFINE = SamplerSettings(steps=8, sigma_min=0.002, sigma_max=1.0, method="dpmpp2m", warm_start=True,
+                                prior="latent")
 
 
 def generation_settings(task: str, has_latent_prior: bool, prior: str | None = None, **overrides) -> SamplerSettings:
@@ -134,27 +139,37 @@ def default_separation_settings(likelihood: str, isdm: bool = False) -> SamplerS
 
 
 def separation_settings(likelihood: str, *, num_stems: int, isdm: bool, has_first_guess: bool,
-                        start: str | None = None, **overrides) -> SamplerSettings:
+                        start: str | None = None, prior: str | None = None, **overrides) -> SamplerSettings:
     """What a separation request runs with, for the CLI, the OSC server and
     batch bouncing alike. start "guess": from the model's first-guess separator
     (0 steps: the guess itself; N steps: refined by the prior from
     SEPARATE_WARM's sigma_max, or --sigma-max); "noise": the paper's sampler.
     Default: "guess" when the model has a separator. `overrides` are
-    SamplerSettings fields (None keeps the default). A setting that would
-    diverge is refused here, before any work (UnstableSettings)."""
+    SamplerSettings fields (None keeps the default). prior "latent" refines
+    the guess with the latent prior instead (LATENT_REFINE; the waveform
+    prior by default). A setting that would diverge is refused here, before
+    any work (UnstableSettings)."""
     check_likelihood(likelihood)
     start = start or ("guess" if has_first_guess else "noise")
     if start not in STARTS:
         raise SettingsError(f"unknown start {start!r}; use one of {', '.join(STARTS)}")
+    if prior is not None and prior not in PRIORS:
+        raise SettingsError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
+    if prior == "latent" and start != "guess":
+        raise SettingsError("the latent prior separates only by refining the first guess (start guess): "
+                            "separating from noise runs the waveform prior")
     if start == "guess":
         if not has_first_guess:
             raise SettingsError("this model has no first-guess separator: separate from noise "
                                 "(start noise, the paper's sampler) or use a model that has one")
-        base = SEPARATE_WARM
+        base = LATENT_REFINE if prior == "latent" else SEPARATE_WARM
     else:
         base = default_separation_settings(likelihood, isdm)
     settings = base.override(**overrides)
-    check_stable(settings, likelihood, num_stems)
+    if settings.prior == "waveform":
+        # The latent refinement has no likelihood term to be stiff: the mix
+        # enters as the STFT the decoded masks apply to.
+        check_stable(settings, likelihood, num_stems)
     return settings
 
 
@@ -236,9 +251,10 @@ class Imputation:
     The mask is per stem and per sample, so the same condition continues
     audio in time (long generation) as well as across stems."""
 
-    def __init__(self, given: Tensor, mask: Tensor) -> None:
+    def __init__(self, given: Tensor, mask: Tensor, clip: float | None = 1.0) -> None:
         self.given = given
         self.mask = mask.to(torch.bool)
+        self.clip = clip  # as Unconditional's: None for the latent prior's standardised space
 
     def project(self, x: Tensor, sigma: Tensor, noise: ItemNoise) -> Tensor:
         noisy_given = self.given + sigma[:, None, None] * noise.randn_like(x)
@@ -248,7 +264,8 @@ class Imputation:
         return Unconditional().derivative(denoiser, x, sigma)
 
     def finish(self, x: Tensor) -> Tensor:
-        return torch.where(self.mask, self.given, x.clamp(-1.0, 1.0))
+        free = x if self.clip is None else x.clamp(-self.clip, self.clip)
+        return torch.where(self.mask, self.given, free)
 
 
 class DiracSeparation:
@@ -356,11 +373,13 @@ def generate(
     settings: SamplerSettings = GENERATE,
     callback: ProgressCallback | None = None,
     device: torch.device | str = "cpu",
+    clip: float | None = 1.0,
 ) -> Tensor:
-    """Sample all stems together: [len(seeds), num_stems, length]."""
+    """Sample all stems together: [len(seeds), num_stems, length], clamped to
+    [-clip, clip] (None: not clamped, for latents)."""
     noise = _seeds_for(len(seeds), seeds)
     return sample(denoiser, noise, (len(seeds), num_stems, length), settings.sigmas(),
-                  callback=callback, device=device, **settings.sampler_kwargs())
+                  condition=Unconditional(clip), callback=callback, device=device, **settings.sampler_kwargs())
 
 
 def impute(
@@ -371,18 +390,20 @@ def impute(
     settings: SamplerSettings = IMPUTE,
     callback: ProgressCallback | None = None,
     device: torch.device | str = "cpu",
+    clip: float | None = 1.0,
 ) -> Tensor:
     """Generate the stems (or samples) where `mask` is False so they fit the given ones.
 
     given: [B, N, T]; mask: bool, broadcastable to given ([N] per stem, or
-    [B, N, T] per sample). Given values come back exactly."""
+    [B, N, T] per sample). Given values come back exactly; the generated ones
+    clamped to [-clip, clip] (None: not clamped, for latents)."""
     given = given.to(device)
     if mask.ndim == 1:
         mask = mask[None, :, None]
     mask = mask.to(device).expand_as(given)
     noise = _seeds_for(given.shape[0], seeds)
     return sample(denoiser, noise, tuple(given.shape), settings.sigmas(),
-                  condition=Imputation(given, mask), callback=callback, device=device,
+                  condition=Imputation(given, mask, clip), callback=callback, device=device,
                   **settings.sampler_kwargs())
 
 

@@ -120,9 +120,11 @@ OPTIONS: tuple[Option, ...] = (
                                "a second; with steps N the diffusion prior refines them from a low noise level. "
                                "noise: the paper's sampler from pure noise (150 steps x 2)",
            choices=STARTS, tasks=("separate",), group="task"),
-    Option("prior", str, None, "latent (default when the model has one): the diffusion model over the stem "
-                               "autoencoder's latents; waveform: the paper's waveform U-Net",
-           choices=PRIORS, tasks=("generate", "impute"), group="task"),
+    Option("prior", str, None, "latent (default for generate and impute when the model has one): the diffusion "
+                               "model over the stem autoencoder's latents; waveform: the paper's waveform U-Net. "
+                               "Separating with steps N from the first guess: which prior refines it (default "
+                               "waveform; latent is measured in docs/models.md)",
+           choices=PRIORS, tasks=("generate", "impute", "separate"), group="task"),
     Option("mono", bool, False, "downmix to mono first (half the work for stereo)", tasks=("separate",),
            group="task"),
     Option("range", str, None, "with --regenerate: regenerate only START:END (seconds) of those stems; "
@@ -132,6 +134,10 @@ OPTIONS: tuple[Option, ...] = (
                                     "bass,drums", tasks=("impute",), group="task", check=_reason(parse_stem_list)),
     Option("takes", int, 1, f"how many takes (seeds seed, seed+1, ...) to make, each written when done into "
                             f"take-K/ under the output folder when more than one (default 1)", 1, MAX_TAKES,
+           tasks=("generate", "impute"), group="task"),
+    Option("preview", bool, False, "first write a preview, the first window alone (about 3 s with the latent "
+                                   "prior), into preview/ under the output folder, so it can be heard within a "
+                                   "second or two; the whole result follows (not with range)",
            tasks=("generate", "impute"), group="task"),
     Option("format", str, "wav", "file format (default wav)", choices=FORMATS, group="output"),
     Option("bits", str, None, "sample format: 16, 24 or 32f (float, WAV only); default 32f for WAV, 24 for FLAC",
@@ -161,6 +167,7 @@ class JobOptions:
     range: str | None = None
     regenerate: str | None = None
     takes: int = 1
+    preview: bool = False
     format: str = "wav"
     bits: str | None = None
     overwrite: bool = False
@@ -208,7 +215,8 @@ class JobOptions:
                          sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
-                                                 has_first_guess=first_guess, start=self.start, **overrides)
+                                                 has_first_guess=first_guess, start=self.start, prior=self.prior,
+                                                 **overrides)
         else:
             settings = tasks.generation_settings(task, latent_prior, self.prior, **overrides)
         return settings

@@ -20,12 +20,30 @@ from engine.output_folder import OutputFolder
 ProgressFn = Callable[[float, str], None]
 FirstGuessFn = Callable[[dict[str, Path]], None]
 TakeFn = Callable[[int, int, dict[str, Path]], None]   # take number (from 1), its seed, its files
+PreviewFn = Callable[[dict[str, Path]], None]
 
 # Where a refined separation delivers its first guess before the refinement,
 # inside the job's folder, and the share of the progress bar the guess takes
 # (one separator pass per window against N prior evaluations per window).
 FIRST_GUESS_FOLDER = "first-guess"
 FIRST_GUESS_SHARE = 0.05
+# Where a generation or accompaniment with the preview option writes its first
+# window alone (issue 20 item 7: the first audible result sooner), and the
+# share of the progress bar it takes.
+PREVIEW_FOLDER = "preview"
+PREVIEW_SHARE = 0.1
+
+
+def preview_seconds(models: Any, settings: Any) -> float:
+    """How long a preview is: one window of the prior that samples (the latent
+    prior's 256 frames, ~3 s; the waveform prior's window), so it costs one
+    window's sampling and its first window is the whole job's, seed for seed."""
+    if settings.prior == "latent":
+        from engine.audio.latent_generation import WINDOW_FRAMES
+
+        hop = models.latent.autoencoder.config.hop
+        return (WINDOW_FRAMES - 1) * hop / models.sample_rate
+    return models.window / models.sample_rate
 
 
 def take_folder(number: int) -> str:
@@ -70,7 +88,8 @@ def parse_given(items: list[str]) -> dict[str, str]:
 
 def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_seconds: float | None = None,
             output: Any = None, settings: Any = None, output_root: str | os.PathLike | None = None,
-            on_first_guess: FirstGuessFn | None = None, on_take: TakeFn | None = None) -> dict[str, Path]:
+            on_first_guess: FirstGuessFn | None = None, on_take: TakeFn | None = None,
+            on_preview: PreviewFn | None = None) -> dict[str, Path]:
     """Run `job` on `models` (a ModelSet, or anything that looks like one) and
     return {stem or "mix": file written}. `output` replaces the OutputFormat the
     options give (bounce names files by a pattern); `settings` replaces the
@@ -84,6 +103,13 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
     before the refinement starts: a musician hears stems within a second or
     two and the refined ones replace them when ready (issue 13). The guess
     files stay: they are finished results (a cancelled refinement keeps them).
+
+    With the `preview` option (generate, impute without a range), the first
+    window alone is generated first, with the job's seed, into
+    `PREVIEW_FOLDER` under the job's folder, and `on_preview` is called with
+    its files; then the whole job runs (the preview's window is sampled again
+    there: it costs one window more). A job no longer than twice the preview
+    gets none: the whole result is nearly as quick.
 
     Every job of every front end passes here: a check that must hold for all
     of them (which inputs may be read, where outputs may go) belongs here,
@@ -117,6 +143,12 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
                                           overlap=options.overlap, output=output, max_seconds=max_seconds,
                                           progress=progress)
         count = options.takes
+        if options.preview and options.time_range is None:
+            preview = _write_preview(models, job, folder, settings, output, max_seconds, progress)
+            if preview is not None:
+                if on_preview is not None:
+                    on_preview(preview)
+                progress = _part(progress, PREVIEW_SHARE, 1.0, "")
         first: dict[str, Path] = {}
         for number in range(1, count + 1):
             seed = take_seed(options.seed, number)
@@ -135,6 +167,30 @@ def run_job(models: Any, job: Job, *, progress: ProgressFn | None = None, max_se
             if on_take is not None:
                 on_take(number, seed, files)
         return first
+
+
+def _write_preview(models: Any, job: Job, folder: OutputFolder, settings: Any, output: Any,
+                   max_seconds: float | None, progress: ProgressFn | None) -> dict[str, Path] | None:
+    """The preview's files (None when the job is too short to need one)."""
+    from engine.audio import pipeline
+    from engine.audio.files import inspect_audio
+
+    seconds = preview_seconds(models, settings)
+    if job.task == "generate":
+        length = float(job.seconds)
+    else:
+        info = inspect_audio(next(iter(job.given.values())), max_seconds=max_seconds)
+        length = info.frames / info.samplerate
+    if length <= 2 * seconds:
+        return None
+    out = dataclasses.replace(output, subfolder=PREVIEW_FOLDER)
+    part = _part(progress, 0.0, PREVIEW_SHARE, "preview: ")
+    seed = take_seed(job.options.seed, 1)
+    if job.task == "generate":
+        return pipeline.generate_file(models, folder, seconds, seed=seed, settings=settings, output=out,
+                                      progress=part)
+    return pipeline.impute_file(models, job.given, folder, seed=seed, settings=settings, output=out,
+                                max_seconds=max_seconds, progress=part, seconds=seconds)
 
 
 def _part(progress: ProgressFn | None, begin: float, end: float, label: str) -> ProgressFn | None:
