@@ -153,3 +153,17 @@ def test_calibration_picks_the_scale_whose_levels_match_real_ones():
     # Stems disagree: the least-squares compromise on log level.
     by_scale = {s: real * 10 ** ((s - np.array([0.7, 0.7, 0.9, 0.9])) * 5) for s in (0.6, 0.7, 0.8, 0.9, 1.0)}
     assert choose_scale(real, by_scale) == 0.8
+
+
+def test_soft_limit_keeps_quiet_samples_and_rounds_peaks_under_full_scale():
+    from engine.audio.latent_generation import LIMIT_KNEE, soft_limit
+
+    x = np.linspace(-6, 6, 20001).astype(np.float32)
+    y = soft_limit(x)
+    quiet = np.abs(x) <= LIMIT_KNEE
+    np.testing.assert_array_equal(y[quiet], x[quiet])
+    assert np.abs(y).max() <= 1.0 and np.all(np.diff(y) >= 0)  # bounded, order kept
+    # Slope 1 at the knee: no kink where the limiter takes over.
+    step = float(x[1] - x[0])
+    at = np.searchsorted(x, LIMIT_KNEE)
+    assert abs((y[at + 1] - y[at]) / step - 1.0) < 1e-2

@@ -125,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--examples", type=Path, default=Path("examples"), help="where the example mix goes")
     parser.add_argument("--seconds", type=float, default=12.0, help="length of every example")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--steps", type=int, help="sampler steps (default: the paper's for generation and "
-                                                   "imputation, the model's default for separation)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the default prior's for "
+                                                   "generation and imputation, the model's default for separation)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="make only these (default: all)")
     args = parser.parse_args(argv)
     models = load_models(args.model)

@@ -26,6 +26,22 @@ ProgressFn = Callable[[float, str], None]
 WINDOW_FRAMES = 256
 # Share of the progress bar the decoding takes (measured: about a fifth of the time).
 DECODE_SHARE = 0.2
+# Generated stems pass a soft limiter from this level up (full scale 1.0):
+# the prior's rare over-wide latent frames decode to peaks of 1.5-5x full
+# scale (docs/models.md), clicks in any fixed-point file.
+LIMIT_KNEE = 0.8
+
+
+def soft_limit(audio: np.ndarray, knee: float = LIMIT_KNEE) -> np.ndarray:
+    """The identity up to |x| = knee, then a tanh curve with slope 1 at the knee
+    that never passes 1.0: peaks are rounded off, everything quieter is untouched."""
+    magnitude = np.abs(audio)
+    over = magnitude > knee
+    if not over.any():
+        return audio
+    room = 1.0 - knee
+    limited = np.where(over, knee + room * np.tanh((magnitude - knee) / room), magnitude)
+    return (np.sign(audio) * limited).astype(audio.dtype)
 
 
 @torch.no_grad()
@@ -142,7 +158,7 @@ def generate_latent_stems(
         # The calibrated sampling temperature (LatentPriorConfig.sample_scale).
         latents = prior.from_diffusion(latents * prior.config.sample_scale)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
-        out[free] = decode_stems(model, rows, frames, seed)
+        out[free] = soft_limit(decode_stems(model, rows, frames, seed))
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
     if progress is not None:
