@@ -183,26 +183,13 @@ class JobQueue:
             for target in [job.reply_to] + job.watchers:
                 self.send(target, reply)
 
-    def _first_guess(self, job: Job, paths: dict) -> None:
-        """The first guess's files, to the job's reply address and its watchers."""
+    def _interim(self, job: Job, reply) -> None:
+        """A result delivered while the job goes on (/msdm/first_guess, /msdm/preview,
+        /msdm/take), to the job's reply address and its watchers, unless it has ended."""
         with job.lock:
             if not job.finished:
                 for target in [job.reply_to] + job.watchers:
-                    self.send(target, protocol.first_guess(job.id, paths))
-
-    def _preview(self, job: Job, paths: dict) -> None:
-        """A generation's preview files, to the job's reply address and its watchers."""
-        with job.lock:
-            if not job.finished:
-                for target in [job.reply_to] + job.watchers:
-                    self.send(target, protocol.preview(job.id, paths))
-
-    def _take(self, job: Job, take: tuple[int, int], paths: dict) -> None:
-        """One take's files (take number, seed), to the job's reply address and its watchers."""
-        with job.lock:
-            if not job.finished:
-                for target in [job.reply_to] + job.watchers:
-                    self.send(target, protocol.take(job.id, *take, paths))
+                    self.send(target, reply)
 
     def _progress(self, job: Job, fraction: float, message: str, force: bool = False) -> None:
         with job.lock:
@@ -234,9 +221,9 @@ class JobQueue:
                 # The folder may have been swapped for a symlink since the job was accepted;
                 # from here on the job writes into the folder it opens (engine.output_folder).
                 contained_output_dir(str(job.out_dir), self.output_root, job.id)
-                paths = self.execute(job, progress, lambda files, take=None, preview=False:
-                                     self._preview(job, files) if preview else
-                                     self._first_guess(job, files) if take is None else self._take(job, take, files))
+                paths = self.execute(job, progress, lambda files, take=None, preview=False: self._interim(
+                    job, protocol.preview(job.id, files) if preview else
+                    protocol.first_guess(job.id, files) if take is None else protocol.take(job.id, *take, files)))
                 if job.cancel.is_set():  # cancelled after the last sampler step: drop nothing already written
                     log.info("job %s: cancel arrived after the files were written", job.id)
                 self._progress(job, 1.0, "done", force=True)

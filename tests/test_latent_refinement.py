@@ -56,10 +56,14 @@ def test_samples_of_a_wide_prior_keep_their_spread_without_the_audio_clamp():
     assert 0.85 * WIDE < float(imputed[:, 4:].std()) < 1.15 * WIDE
 
 
-def test_latent_generation_decodes_unclamped_latents(monkeypatch):
-    """The standardised latents go back to the autoencoder's units before any
-    clamp (a clamp to [-1, 1] in the standardised space cut v2's loud half)."""
+def latents_the_decoder_gets(monkeypatch, sample_scale: float = 1.0) -> torch.Tensor:
+    """Generate 1 s with the tiny latent model denoising as WideGaussianPrior
+    (no latent statistics, so from_diffusion is the identity) and return what
+    generate_latent_stems hands decode_stems."""
+    import dataclasses
+
     model = tiny_latent_model()
+    model.latent_prior.net.config = dataclasses.replace(model.latent_prior.config, sample_scale=sample_scale)
     model.latent_prior = WideGaussianPrior(model.latent_prior.net)
     seen = {}
 
@@ -69,9 +73,13 @@ def test_latent_generation_decodes_unclamped_latents(monkeypatch):
 
     monkeypatch.setattr(latent_generation, "decode_stems", capture)
     latent_generation.generate_latent_stems(model, SR, seed=0, settings=LATENT_GENERATE.override(steps=8))
-    # from_diffusion is the identity for this prior (no statistics): the
-    # decoder gets the sampled values themselves.
-    assert 0.8 * WIDE < float(seen["latents"].std()) < 1.2 * WIDE
+    return seen["latents"]
+
+
+def test_latent_generation_decodes_unclamped_latents(monkeypatch):
+    """The standardised latents go back to the autoencoder's units before any
+    clamp (a clamp to [-1, 1] in the standardised space cut v2's loud half)."""
+    assert 0.8 * WIDE < float(latents_the_decoder_gets(monkeypatch).std()) < 1.2 * WIDE
 
 
 def latent_model_with_separator():
@@ -126,21 +134,8 @@ def test_evaluate_settings_name_the_latent_refinement():
 
 
 def test_sample_scale_shrinks_the_sampled_latents_before_decoding(monkeypatch):
-    import dataclasses
-
-    model = tiny_latent_model()
-    config = dataclasses.replace(model.latent_prior.config, sample_scale=0.5)
-    model.latent_prior.net.config = config
-    model.latent_prior = WideGaussianPrior(model.latent_prior.net)
-    seen = {}
-
-    def capture(model, latents, frames, seed):
-        seen["latents"] = latents.clone()
-        return np.zeros((latents.shape[0] // model.autoencoder.config.latent_channels, frames), np.float32)
-
-    monkeypatch.setattr(latent_generation, "decode_stems", capture)
-    latent_generation.generate_latent_stems(model, SR, seed=0, settings=LATENT_GENERATE.override(steps=8))
-    assert 0.8 * 0.5 * WIDE < float(seen["latents"].std()) < 1.2 * 0.5 * WIDE
+    latents = latents_the_decoder_gets(monkeypatch, sample_scale=0.5)
+    assert 0.8 * 0.5 * WIDE < float(latents.std()) < 1.2 * 0.5 * WIDE
 
 
 def test_calibration_picks_the_scale_whose_levels_match_real_ones():

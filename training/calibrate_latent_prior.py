@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from engine.audio.latent_generation import generate_latent_stems
+from engine.audio.latent_generation import generate_latent_stems, window_samples
 from engine.core.tasks import LATENT_GENERATE
 from engine.storage.model import MSDMModel
 from training.data import scan
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     model = MSDMModel.load(args.model)
     if model.latent_prior is None:
         raise SystemExit(f"{args.model} has no latent prior to calibrate")
-    window = 255 * model.autoencoder.config.hop  # one latent window of the prior (~3 s)
+    window = window_samples(model)  # one latent window of the prior (~3 s)
     real = real_levels(args.data, args.split, model.stems, window)
     by_scale = {s: generated_levels(model, window, args.windows, s) for s in SCALES}
     chosen = choose_scale(real, by_scale)

@@ -24,6 +24,12 @@ from engine.storage.model import MSDMModel
 ProgressFn = Callable[[float, str], None]
 # Latent frames per window: the 256 frames (3 s) the prior was trained on.
 WINDOW_FRAMES = 256
+
+
+def window_samples(model: MSDMModel) -> int:
+    """Samples whose latents fill exactly one window (WINDOW_FRAMES frames, ~3 s):
+    a piece this long is sampled in one window, as the first window of any longer one."""
+    return (WINDOW_FRAMES - 1) * model.autoencoder.config.hop
 # Share of the progress bar the decoding takes (measured: about a fifth of the time).
 DECODE_SHARE = 0.2
 # Generated stems pass a soft limiter from this level up (full scale 1.0):

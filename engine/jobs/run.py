@@ -39,10 +39,9 @@ def preview_seconds(models: Any, settings: Any) -> float:
     prior's 256 frames, ~3 s; the waveform prior's window), so it costs one
     window's sampling and its first window is the whole job's, seed for seed."""
     if settings.prior == "latent":
-        from engine.audio.latent_generation import WINDOW_FRAMES
+        from engine.audio.latent_generation import window_samples
 
-        hop = models.latent.autoencoder.config.hop
-        return (WINDOW_FRAMES - 1) * hop / models.sample_rate
+        return window_samples(models.latent) / models.sample_rate
     return models.window / models.sample_rate
 
 
