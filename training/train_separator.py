@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -36,10 +37,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.atomic import write_atomic
 from engine.core.separator import MaskSeparator, SeparatorConfig, count_parameters
-from engine.storage.model import SEPARATOR_FORMAT, MSDMModel
+from engine.errors import ModelFileError
+from engine.storage.model import SEPARATOR_FORMAT, MSDMModel, load_separator
 from training.augment import TimbreAugment, repitch
 from training.data import Track, scan
 from training.evaluate import PAPER_CHUNK, read_track_stems, score_windows
+from training.widen_separator import widen_separator
 
 STEMS = ("bass", "drums", "guitar", "piano")
 
@@ -126,6 +129,17 @@ def save_separator(model: MaskSeparator, path: Path, metadata: dict) -> None:
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
+def initial_separator(path: Path) -> MaskSeparator:
+    """The separator of a model file or of a separator file (train_separator's own format)."""
+    try:
+        return load_separator(path)[0]
+    except ModelFileError:  # not a separator file: a whole model file (or its own clear error)
+        separator = MSDMModel.load(path).separator
+    if separator is None:
+        raise SystemExit(f"{path} has no first-guess separator to start from")
+    return separator
+
+
 def learning_rate(base: float, step: int, elapsed: float, budget: float, warmup: int = 200) -> float:
     """Linear warm-up, then a cosine decay to 5 % over the time budget (the
     budget, not a step count, is what is fixed on a shared CPU)."""
@@ -165,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, metavar="MODEL",
-                        help="start from the separator in this model file (e.g. the shipped one) instead of "
-                             "random weights; its config replaces --n-fft/--hop/--hidden/--layers")
+                        help="start from the separator in this model file (e.g. the shipped one) or separator "
+                             "file (a run's best.safetensors) instead of random weights; its config replaces "
+                             "--n-fft/--hop/--hidden/--layers")
+    parser.add_argument("--widen", type=int, default=1, metavar="FACTOR",
+                        help="with --init: start from that separator widened FACTOR times, computing the same "
+                             "function (training.widen_separator, Net2Net)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -178,11 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
     started_from = None
+    if args.widen != 1 and args.init is None:
+        parser.error("--widen needs --init (the separator to widen)")
     if args.init is not None and not (args.out / "last.pt").is_file():
-        started_from = MSDMModel.load(args.init).separator
-        if started_from is None:
-            raise SystemExit(f"{args.init} has no first-guess separator to start from")
+        started_from = initial_separator(args.init)
+        if args.widen != 1:
+            started_from = widen_separator(started_from, args.widen, args.seed)
         model, config = started_from.train(), started_from.config
+    elif (args.out / "last.pt").is_file() and args.init is not None:
+        # Resuming: the run's own state decides the shape (widened or not).
+        config = initial_separator(args.init).config
+        if args.widen != 1:
+            config = dataclasses.replace(config, hidden=config.hidden * args.widen)
+        model = MaskSeparator(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path, log_path = args.out / "last.pt", args.out / "log.csv"
     step, elapsed, best = 0, 0.0, -math.inf

@@ -150,7 +150,7 @@ def generate_latent_stems(
         window_latents = latents[None, :, start:start + window]
         if mask.any():
             channel_mask = mask.repeat_interleave(channels, dim=0)[None]
-            result = impute(prior.with_given(window_latents, mask[None]), window_latents, channel_mask, seeds,
+            result = impute(prior.with_given(window_latents, mask[None], settings.guidance), window_latents, channel_mask, seeds,
                             settings=settings, callback=callback, device=model.device, clip=None)
         else:
             result = generate(prior, num * channels, window, seeds, settings=settings, callback=callback,

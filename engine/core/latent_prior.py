@@ -272,11 +272,29 @@ class LatentDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         return self.denoise(x, sigma)
 
-    def with_given(self, given: Tensor, mask: Tensor):
-        """The conditional denoiser for a mask [B, N] or [B, N, K] (True: given)."""
-        def conditioned(x: Tensor, sigma: Tensor) -> Tensor:
-            return self.denoise(x, sigma, given, mask)
-        return conditioned
+    def with_given(self, given: Tensor, mask: Tensor, guidance: float = 1.0):
+        """The conditional denoiser for a mask [B, N] or [B, N, K] (True: given).
+
+        guidance w != 1: classifier-free guidance (Ho & Salimans 2022), the
+        same network with nothing given as the unconditional model (trained
+        on 30 % of its examples), D_u + w (D_c - D_u), both evaluated in one
+        batch. The given stems' noisy values still reach D_u through the
+        sample itself (the replacement in engine.core.tasks.Imputation)."""
+        if guidance == 1.0:
+            def conditioned(x: Tensor, sigma: Tensor) -> Tensor:
+                return self.denoise(x, sigma, given, mask)
+            return conditioned
+
+        def guided(x: Tensor, sigma: Tensor) -> Tensor:
+            b, _, k = x.shape
+            sigma = as_sigma_batch(sigma, x)
+            stem_mask = self.frame_mask(mask.expand(b, *mask.shape[1:]), k)
+            both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                torch.cat([given.expand_as(x), torch.zeros_like(x)]),
+                                torch.cat([stem_mask, torch.zeros_like(stem_mask)]))
+            cond, free = both[:b], both[b:]
+            return free + guidance * (cond - free)
+        return guided
 
     def loss(self, x0: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """EDM's weighted denoising loss on the stems not given (the given ones

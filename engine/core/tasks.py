@@ -53,11 +53,19 @@ class SamplerSettings:
     # Generation and imputation: which prior samples, the waveform U-Net or
     # the latent model over the stem autoencoder's latents (engine.core.latent_prior).
     prior: str = "waveform"
+    # Latent imputation only: classifier-free guidance (Ho & Salimans 2022;
+    # MSG-LD) between the prior conditioned on the given stems and the same
+    # prior with nothing given, D_u + w (D_c - D_u). 1: the learned
+    # conditional alone (one network evaluation per NFE); w > 1 leans harder
+    # on the given stems at two evaluations per NFE.
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min <= self.sigma_max:
             raise SettingsError(f"need 0 < sigma_min <= sigma_max, got sigma_min {self.sigma_min:g} and "
                                 f"sigma_max {self.sigma_max:g}")
+        if not 0.0 <= self.guidance <= 10.0:
+            raise SettingsError(f"guidance must be in [0, 10], got {self.guidance:g}")
         if self.prior not in PRIORS:
             raise SettingsError(f"unknown prior {self.prior!r}; use one of {', '.join(PRIORS)}")
         if self.steps < (0 if self.warm_start else 1):
