@@ -402,7 +402,10 @@ def network_evaluations(kind: str, options: JobOptions) -> tuple[int, int, int]:
     steps = options.steps or default_steps
     resamples = options.resamples or default_resamples
     heun = options.method == "heun"
-    return steps, resamples, (steps * (2 if heun else 1) - (1 if heun else 0)) * resamples
+    # Guidance other than 1 runs the latent prior twice per evaluation (the
+    # default counts as one: the paper's 256 imputation steps bound it anyway).
+    guided = 2 if kind == "impute" and options.guidance not in (None, 1.0) else 1
+    return steps, resamples, (steps * (2 if heun else 1) - (1 if heun else 0)) * resamples * guided
 
 
 def reply_port_of(request) -> int | None:

@@ -91,6 +91,19 @@ def test_sampler_settings_are_the_tasks_defaults_with_the_options_given():
         JobOptions(sigma_min=5.0).sampler_settings("separate")  # separation's sigma_max is 1
 
 
+def test_guidance_reaches_latent_imputation_only():
+    from engine.core import tasks
+
+    assert JobOptions(guidance=2.5).sampler_settings("impute", latent_prior=True).guidance == 2.5
+    assert JobOptions().sampler_settings("impute", latent_prior=True) == tasks.LATENT_IMPUTE
+    with pytest.raises(CommandError, match="guidance is for the latent prior"):
+        JobOptions(guidance=2.0, prior="waveform").check()
+    with pytest.raises(CommandError, match="guidance is for the latent prior"):
+        JobOptions(guidance=2.0).sampler_settings("impute", latent_prior=False)  # a model without one
+    assert protocol.network_evaluations("impute", JobOptions(steps=24, guidance=2.0))[2] == 48
+    assert protocol.network_evaluations("impute", JobOptions(steps=24, guidance=1.0))[2] == 24
+
+
 def test_problems_are_user_errors():
     assert JobOptions(format="flac").sample_format == "24"
     with pytest.raises(CommandError, match="FLAC"):

@@ -19,19 +19,17 @@ layer, decoder), so each copy computes exactly what its original did:
 The LSTM's recurrent weights read the copied hidden state, its cell states are
 copied along, so every copy's gates see the same pre-activation as the
 original's at every step. tests/test_widen_separator.py checks the output.
+Used through `python -m training.train_separator --init M --widen FACTOR`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from engine.core.separator import MaskSeparator, count_parameters
-from engine.storage.model import MSDMModel
+from engine.core.separator import MaskSeparator
 
 GATES = 4  # an LSTM's input, forget, cell and output gates, stacked as rows
 
@@ -93,24 +91,3 @@ def widen_separator(model: MaskSeparator, factor: int = 2, seed: int = 0) -> Mas
     new["decoder.3.bias"] = old["decoder.3.bias"]
     wide.load_state_dict(new, strict=True)
     return wide
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a model file with a separator")
-    parser.add_argument("--factor", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-o", "--out", type=Path, required=True, help="the widened separator (safetensors)")
-    args = parser.parse_args(argv)
-    from training.train_separator import save_separator  # the one writer of separator files
-    separator = MSDMModel.load(args.model).separator
-    if separator is None:
-        raise SystemExit(f"{args.model} has no first-guess separator")
-    wide = widen_separator(separator, args.factor, args.seed)
-    save_separator(wide, args.out, {"widened_from": str(args.model), "factor": args.factor})
-    print(f"wrote {args.out}: {count_parameters(separator):,} -> {count_parameters(wide):,} parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

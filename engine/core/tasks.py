@@ -85,7 +85,8 @@ class SamplerSettings:
         guess costs one pass of the much smaller separator on top)."""
         per_step = 2 if self.method == "heun" else 1
         last = 1 if self.method == "heun" else 0  # Heun's last step to 0 is Euler
-        return (self.steps * per_step - last) * self.num_resamples
+        guided = 1 if self.guidance == 1.0 else 2  # conditional and unconditional, one batch
+        return (self.steps * per_step - last) * self.num_resamples * guided
 
     def sampler_kwargs(self) -> dict:
         return dict(
@@ -109,7 +110,9 @@ GAUSSIAN_GAMMA_SCALE = 0.75  # gamma = 0.75 sigma
 # The latent prior (latents in (-1, 1), sigma_data ~0.3-0.5): EDM's schedule
 # range scaled to it, DPM-Solver++(2M) for few steps (docs/models.md: chosen on VALID).
 LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, method="dpmpp2m", prior="latent")
-LATENT_IMPUTE = LATENT_GENERATE
+# Imputation leans on the given stems with classifier-free guidance w = 2
+# (chosen on VALID, two seeds of 32 windows: docs/models.md).
+LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0)
 # Refining the first guess with the latent prior (engine.audio.latent_refinement):
 # SDEdit from a level about the latents' own scale (unit variance), where the
 # prior can move notes, not only texture. Off by default: docs/models.md's row.
@@ -125,6 +128,8 @@ def generation_settings(task: str, has_latent_prior: bool, prior: str | None = N
         raise SettingsError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
     if prior == "latent" and not has_latent_prior:
         raise SettingsError("this model has no latent prior: use prior waveform, or a model file with one")
+    if prior == "waveform" and overrides.get("guidance") not in (None, 1.0):
+        raise SettingsError("guidance is for the latent prior (the waveform prior imputes by replacement alone)")
     if prior == "latent":
         base = LATENT_GENERATE if task == "generate" else LATENT_IMPUTE
     else:

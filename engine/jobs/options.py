@@ -111,6 +111,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("sigma_max", float, None, "highest noise level of the schedule", 1e-6, 1000.0),
     Option("method", str, None, "ODE step: euler (paper), heun (2nd order, 2 NFE/step) or dpmpp2m "
                                 "(DPM-Solver++(2M): 2nd order at 1 NFE/step, for few steps)", choices=METHODS),
+    Option("guidance", float, None, "imputation with the latent prior: classifier-free guidance weight, how hard "
+                                    "the generated stems lean on the given ones (1: the learned conditional alone, "
+                                    "one network evaluation per step; other values two; default: the task's)",
+           0.0, 10.0, tasks=("impute",)),
     Option("seed", int, 0, "random seed: same seed, same audio (default 0)", *INT32),
     Option("overlap", float, 0.25, f"overlap between windows of long audio, 0..{MAX_OVERLAP:g} (default 0.25)",
            0.0, MAX_OVERLAP),
@@ -158,6 +162,7 @@ class JobOptions:
     sigma_min: float | None = None
     sigma_max: float | None = None
     method: str | None = None
+    guidance: float | None = None
     seed: int = 0
     overlap: float = 0.25
     likelihood: str = "dirac"
@@ -190,6 +195,8 @@ class JobOptions:
             value = getattr(self, option.name)
             if value is not None and (reason := option.problem(value)):
                 return reason
+        if self.guidance is not None and self.prior == "waveform":
+            return "guidance is for the latent prior (the waveform prior imputes by replacement alone)"
         if (self.range is None) != (self.regenerate is None):
             return "range and regenerate go together: the time range, and the stems to write anew in it"
         if self.format == "flac" and self.sample_format == "32f":
@@ -213,6 +220,8 @@ class JobOptions:
 
         overrides = dict(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
                          sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
+        if task == "impute":
+            overrides["guidance"] = self.guidance
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, prior=self.prior,
