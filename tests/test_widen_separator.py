@@ -74,3 +74,14 @@ def test_train_separator_starts_from_a_widened_file_and_resumes(tmp_path):
     assert separator.config.hidden == 32              # TINY's 16, twice
     assert train_separator.main([*wide_args, "--minutes", "0.04"]) == 0   # resumes its own wide state
     assert load_separator(wide_run / "best.safetensors")[0].config.hidden == 32
+
+
+@pytest.mark.parametrize("flags,message", [(["--widen", "0", "--init", "x.safetensors"], "positive integer"),
+                                           (["--widen", "2"], "needs --init")])
+def test_bad_widen_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train_separator.main(["--data", str(tmp_path / "missing"), "-o", str(out), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+

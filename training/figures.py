@@ -248,3 +248,27 @@ def plot_separator_before_after(records: Sequence[Mapping], labels: tuple[str, s
     axes[0][0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return _save(plt, fig, out_png)
+
+
+def plot_generation_campaign(series: Sequence[tuple[str, float, Mapping[str, float]]],
+                             panels: Sequence[tuple[str, float, bool]], out_png: str | os.PathLike) -> Path:
+    """One panel per measure (title, the issue's bar, higher is better): each
+    checkpoint's value (label, CPU-minutes, {title: value}) against its
+    CPU-minutes, the bar dashed (training.generation_campaign)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.2), dpi=120)
+    xs = [minutes for _, minutes, _ in series]
+    for ax, (title, bar, higher) in zip(np.atleast_1d(axes), panels):
+        ys = [values[title] for _, _, values in series]
+        ax.plot(xs, ys, "o-", color="C0")
+        for (label, x, _), y in zip(series, ys):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        ax.axhline(bar, color="0.4", ls="--", lw=1)
+        ax.text(xs[0], bar, f" bar {bar:g} ({'higher' if higher else 'lower'} is better)", va="bottom",
+                fontsize=7, color="0.3")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("CPU-minutes of the latent prior", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _save(plt, fig, out_png)

@@ -5,7 +5,7 @@ the issue sets as dashed lines.
 
     python -m training.generation_campaign -o docs/models/generation-campaign.png \\
         --point "v3:302:docs/models/generation-test16-2026-12-05c-v3-cal.csv" \\
-        --point "v4 + guidance 2:432:docs/models/generation-test16-2026-12-05d-v4-cal.csv"
+        --point "v4 + guidance 2:432:docs/models/generation-test16-2026-12-05d-v4-cal-g2.csv"
 
 Each panel is the mean over the stems the measure has (generation: bass,
 guitar, piano for clarity, drums, guitar, piano for mel; imputation: every
@@ -52,26 +52,11 @@ def parse_point(text: str) -> tuple[str, float, Path]:
 
 
 def plot_campaign(points: list[tuple[str, float, Path]], out_png: str | os.PathLike) -> Path:
-    from training.figures import _pyplot, _save
+    from training.figures import plot_generation_campaign
 
-    plt = _pyplot()
     series = [(label, minutes, campaign_values(path)) for label, minutes, path in points]
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(3.1 * len(MEASURES), 3.2), dpi=120)
-    for ax, (title, _, _, _, bar, higher) in zip(axes, MEASURES):
-        xs = [m for _, m, _ in series]
-        ys = [v[title] for _, _, v in series]
-        ax.plot(xs, ys, "o-", color="C0")
-        for (label, x, _), y in zip(series, ys):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
-        ax.axhline(bar, color="0.4", ls="--", lw=1)
-        ax.text(xs[0], bar, f" bar {bar:g} ({'higher' if higher else 'lower'} is better)", va="bottom",
-                fontsize=7, color="0.3")
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("CPU-minutes of the latent prior", fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    return _save(plt, fig, out_png)
+    return plot_generation_campaign(series, [(title, bar, higher) for title, _, _, _, bar, higher in MEASURES],
+                                    out_png)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import time
@@ -42,7 +41,7 @@ from engine.storage.model import SEPARATOR_FORMAT, MSDMModel, load_separator
 from training.augment import TimbreAugment, repitch
 from training.data import Track, scan
 from training.evaluate import PAPER_CHUNK, read_track_stems, score_windows
-from training.widen_separator import widen_separator
+from training.widen_separator import widen_separator, widened_config
 
 STEMS = ("bass", "drums", "guitar", "piano")
 
@@ -186,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --init: start from that separator widened FACTOR times, computing the same "
                              "function (training.widen_separator, Net2Net)")
     args = parser.parse_args(argv)
+    if args.widen < 1:
+        parser.error(f"--widen must be a positive integer, got {args.widen}")
+    if args.widen != 1 and args.init is None:
+        parser.error("--widen needs --init (the separator to widen)")
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -196,18 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
     started_from = None
-    if args.widen != 1 and args.init is None:
-        parser.error("--widen needs --init (the separator to widen)")
     if args.init is not None and not (args.out / "last.pt").is_file():
         started_from = initial_separator(args.init)
         if args.widen != 1:
             started_from = widen_separator(started_from, args.widen, args.seed)
         model, config = started_from.train(), started_from.config
     elif (args.out / "last.pt").is_file() and args.init is not None:
-        # Resuming: the run's own state decides the shape (widened or not).
-        config = initial_separator(args.init).config
-        if args.widen != 1:
-            config = dataclasses.replace(config, hidden=config.hidden * args.widen)
+        # Resuming: the shape the run started with (the --init separator's,
+        # widened as asked); last.pt then restores the weights.
+        config = widened_config(initial_separator(args.init).config, args.widen)
         model = MaskSeparator(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path, log_path = args.out / "last.pt", args.out / "log.csv"

@@ -29,7 +29,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from engine.core.separator import MaskSeparator
+from engine.core.separator import MaskSeparator, SeparatorConfig
 
 GATES = 4  # an LSTM's input, forget, cell and output gates, stacked as rows
 
@@ -54,13 +54,18 @@ def gate_rows(hidden: int, factor: int) -> Tensor:
     return torch.cat([gate * hidden + per_gate for gate in range(GATES)])
 
 
-def widen_separator(model: MaskSeparator, factor: int = 2, seed: int = 0) -> MaskSeparator:
-    """A separator with `hidden * factor` that computes what `model` computes (to float rounding)."""
+def widened_config(config: SeparatorConfig, factor: int) -> SeparatorConfig:
+    """The shape of `config` widened `factor` times (what widen_separator builds)."""
     if type(factor) is not int or factor < 1:
         raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    return dataclasses.replace(config, hidden=config.hidden * factor)
+
+
+def widen_separator(model: MaskSeparator, factor: int = 2, seed: int = 0) -> MaskSeparator:
+    """A separator with `hidden * factor` that computes what `model` computes (to float rounding)."""
     config = model.config
     h, hh = config.hidden, config.hidden // 2
-    wide = MaskSeparator(dataclasses.replace(config, hidden=h * factor))
+    wide = MaskSeparator(widened_config(config, factor))
     old = {k: v.detach() for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
     enc = copied(h, factor)                                   # encoder / decoder hidden units
