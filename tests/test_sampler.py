@@ -185,6 +185,18 @@ def test_salamander_manifest_names_roots_and_splits_velocities_between_layers(tm
     assert manifest["stem"] == "piano" and manifest["kind"] == "pitched"
 
 
+def test_tonejs_manifest_reads_sharps_and_plays_every_velocity_from_one_recording(tmp_path):
+    folder = tmp_path / "tonejs-guitar-nylon"
+    folder.mkdir()
+    for name in ("E2.mp3", "As2.mp3", "Cs5.mp3", "F2 v2.mp3"):  # 'F2 v2': an alternate take, left out
+        (folder / name).write_bytes(b"")
+    manifest = fetch_samples.tonejs_manifest(tmp_path, "tonejs-guitar-nylon")
+    assert {z["file"]: z["root"] for z in manifest["zones"]} == {"E2.mp3": 40, "As2.mp3": 46, "Cs5.mp3": 73}
+    assert all(z["velocity"] == [1, 127] for z in manifest["zones"])
+    assert manifest["stem"] == "guitar" and "CC BY 3.0" in manifest["licence"]
+    assert {spec[3] for spec in fetch_samples.TONEJS_INSTRUMENTS.values()} == {"bass", "guitar", "piano"}
+
+
 # -- the real samples, where installed (python -m training.synth.fetch_samples) --------------------
 
 def _installed(stem: str, name: str) -> bool:

@@ -74,6 +74,42 @@ def test_installed_sampled_instruments_are_drawn_for_their_stem_only(sample_libr
         assert timbres.draw_timbre("piano", np.random.default_rng([1, i]), "holdout").source != "sampled"
 
 
+def test_recorded_plan_draws_installed_instruments_for_most_stems_and_falls_back_to_diverse(sample_library):
+    piano = [timbres.draw_timbre("piano", np.random.default_rng([2, i]), "recorded") for i in range(400)]
+    sampled = [t for t in piano if t.source == "sampled"]
+    # RECORDED_SHARE first, then the diverse draw's own SAMPLED_SHARE of the rest (sd ~10 of 400).
+    expected = 400 * (timbres.RECORDED_SHARE + (1 - timbres.RECORDED_SHARE) * timbres.SAMPLED_SHARE)
+    assert abs(len(sampled) - expected) < 40 and {t.soundfont for t in sampled} == {"test-piano"}
+    assert {t.source for t in piano} >= {"sampled", "synth"}
+    # No recorded guitar installed: exactly the diverse plan's draws from the same stream.
+    guitar = [timbres.draw_timbre("guitar", np.random.default_rng([3, i]), "recorded") for i in range(100)]
+    assert guitar == [timbres.draw_timbre("guitar", np.random.default_rng([3, i]), "diverse") for i in range(100)]
+
+
+def test_held_out_recorded_instruments_are_drawn_only_by_the_holdout_recorded_plan(sample_library):
+    held_out = sample_library.parent / timbres.HOLDOUT_SAMPLED[2]  # the held-out piano's name
+    shutil.copytree(sample_library, held_out)
+    manifest = json.loads((held_out / "instrument.json").read_text())
+    (held_out / "instrument.json").write_text(json.dumps({**manifest, "name": held_out.name}))
+    for plan in ("diverse", "recorded"):
+        drawn = {timbres.draw_timbre("piano", np.random.default_rng([4, i]), plan).soundfont for i in range(300)}
+        assert "test-piano" in drawn and held_out.name not in drawn
+    for i in range(50):
+        timbre = timbres.draw_timbre("piano", np.random.default_rng([5, i]), "holdout-recorded")
+        assert timbre == timbres.Timbre("sampled", held_out.name, holdout=True)
+        # No recorded kit is held out: drums are the held-out plan's.
+        drums = timbres.draw_timbre("drums", np.random.default_rng([5, i]), "holdout-recorded")
+        assert drums.holdout and drums.source != "sampled"
+    assert dataset_module.installed_sampled_instruments("holdout-recorded") == [held_out.name]
+    assert dataset_module.installed_sampled_instruments("recorded") == ["test-piano"]
+
+
+def test_holdout_recorded_refuses_to_render_without_its_instruments(tmp_path, sample_library):
+    with pytest.raises(synth.SynthError, match="held-out recorded instruments .* not installed"):
+        synth.render_dataset(tmp_path / "d", tracks=1, seed=0, timbres="holdout-recorded", jobs=1)
+    assert not (tmp_path / "d" / "dataset.json").exists()
+
+
 def test_a_sampled_stem_renders_its_notes(sample_library, tmp_path):
     notes = [MidiNote(0, 60, 0.1, 0.6, 100), MidiNote(0, 67, 0.7, 1.2, 90)]
     audio, meta = timbres.render_timbre(timbres.Timbre("sampled", "test-piano"), "piano", notes, 1.5, SR * 3 // 2,

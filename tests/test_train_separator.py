@@ -77,3 +77,37 @@ def test_monitor_set_is_logged_and_its_floor_holds_back_best(tmp_path):
     assert train_separator.main([*common, "-o", str(tmp_path / "floor"), "--monitor-min", "1000"]) == 0
     assert (tmp_path / "floor" / "log.csv").is_file()
     assert not (tmp_path / "floor" / "best.safetensors").exists()
+
+
+def test_resume_takes_the_shape_saved_in_last_pt_not_the_flags(tmp_path):
+    make_dataset(tmp_path / "data", np.random.default_rng(2))
+    run = tmp_path / "run"
+    args = ["--data", str(tmp_path / "data"), "-o", str(run), *TINY, "--valid-every", "2"]
+    assert train_separator.main([*args, "--minutes", "0.02"]) == 0
+    with open(run / "log.csv", newline="") as handle:
+        steps = int(list(csv.DictReader(handle))[-1]["step"])
+    # Other shape flags on the second call (a widened run resumed without --init --widen
+    # was the case that broke): the run goes on with the network it saved.
+    assert train_separator.main([*args, "--hidden", "32", "--minutes", "0.04"]) == 0
+    with open(run / "log.csv", newline="") as handle:
+        assert int(list(csv.DictReader(handle))[-1]["step"]) > steps
+    assert train_separator.initial_separator(run / "best.safetensors").config.hidden == 16
+
+
+def test_several_valid_sets_are_scored_together(tmp_path):
+    make_dataset(tmp_path / "a", np.random.default_rng(3))
+    make_dataset(tmp_path / "b", np.random.default_rng(4))
+    # lr ~0: every run scores the same (initial) network, whatever step its clock stops at.
+    common = ["--data", str(tmp_path / "a"), *TINY, "--valid-every", "2", "--minutes", "0.005", "--lr", "1e-9"]
+
+    def first_row(name, *valid):
+        assert train_separator.main([*common, "-o", str(tmp_path / name), "--valid-data", *map(str, valid)]) == 0
+        with open(tmp_path / name / "log.csv", newline="") as handle:
+            return next(csv.DictReader(handle))
+
+    a, b = first_row("a", tmp_path / "a"), first_row("b", tmp_path / "b")
+    both = first_row("ab", tmp_path / "a", tmp_path / "b")
+    # The same network (same seed), scored on the chunks of both sets: one valid track
+    # of equal length each, so the joint score is the mean of the two.
+    for stem in ("bass", "drums", "guitar", "piano", "All"):
+        assert abs(float(both[stem]) - (float(a[stem]) + float(b[stem])) / 2) < 1e-3, stem

@@ -35,11 +35,15 @@ def register(commands) -> None:
                        help="render tracks FIRST..TRACKS of the plan only (more tracks of the same split of pieces)")
     synth.add_argument("--split", action="append", choices=("train", "valid", "test"),
                        help="render only this split's tracks (repeatable; default all)")
-    synth.add_argument("--timbres", choices=("soundfonts", "diverse", "holdout"), default="soundfonts",
+    synth.add_argument("--timbres", choices=("soundfonts", "diverse", "holdout", "recorded", "holdout-recorded"), default="soundfonts",
                        help="soundfonts (default): the --soundfont list with each track's GM programs; diverse: "
                             "every SoundFont, recorded kit and synthesised instrument training may use, with "
                             "random effects; holdout: the project's held-out timbres (MuseScore General, held-out "
-                            "synthesis families), for choosing models")
+                            "synthesis families), for choosing models; recorded: as diverse, with the installed "
+                            "recorded instruments (python -m training.synth.fetch_samples) for most guitar, piano and drum "
+                            "stems; holdout-recorded: "
+                            "the recorded instruments held out of training (an electric bass, an acoustic guitar, "
+                            "a piano), for choosing models")
     synth.add_argument("--music", choices=("corpus", "mixed"), default="corpus",
                        help="corpus (default): 4-part pieces of the music21 corpus; mixed: half the tracks "
                             "composed by the project (progressions, bass lines, strums, grooves), the rest from "

@@ -133,6 +133,17 @@ def latent_statistics(latents: list[np.ndarray], frames_per_file: int = 4096) ->
     return as_column(mean), as_column(np.maximum(std, 1e-3))
 
 
+def prior_config(path: Path) -> LatentPriorConfig:
+    """The config a save_prior file was trained with (its diffusion space, its shape)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    if "config" not in metadata:
+        raise SystemExit(f"{path}: not a latent prior file (no config in its header)")
+    return LatentPriorConfig.from_dict(json.loads(metadata["config"]))
+
+
 def save_prior(denoiser: LatentDenoiser, path: Path, metadata: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in denoiser.net.state_dict().items()}
     header = {"format": LATENT_PRIOR_FORMAT, "config": json.dumps(denoiser.config.to_dict()),
@@ -164,16 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", type=Path, help="start from this prior's weights (a best.safetensors)")
+    parser.add_argument("--init", type=Path,
+                        help="start from this prior's weights (a best.safetensors), in its diffusion space: its "
+                             "latent statistics and sigma_data are kept, whatever --data holds")
     parser.add_argument("--sigma-mean", type=float, default=-1.2,
                         help="training noise law: mean of ln(sigma) (default EDM's -1.2, which is for "
                              "sigma_data 0.5; v1's raw latents, sigma_data 0.37, sat at -0.2 relative to "
                              "unit-variance latents: -1.2 + ln(1 / 0.37))")
     parser.add_argument("--sigma-std", type=float, default=1.2, help="training noise law: std of ln(sigma)")
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="also keep the EMA weights every N steps (a multiple of --valid-every), as "
+                             "snapshot-STEP.safetensors, to choose by msdm evaluate-generation, not by loss")
     parser.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=True,
                         help="diffuse each latent channel standardised by its training mean and std "
                              "(default; --no-normalise: the raw latents, as v1)")
     args = parser.parse_args(argv)
+    if args.snapshot_every < 0 or args.snapshot_every % args.valid_every:
+        parser.error(f"--snapshot-every must be a multiple of --valid-every ({args.valid_every}), got {args.snapshot_every}")
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -182,11 +200,28 @@ def main(argv: list[str] | None = None) -> int:
     valid_files = cache_latents(args.data[:1], "valid", autoencoder, digest)
     dataset = LatentCrops(train_files, args.frames, args.seed)
     valid_set = LatentCrops(valid_files, args.frames, seed=12345)
-    shift, scale = latent_statistics(dataset.latents) if args.normalise else (None, None)
+    state_path, log_path = args.out / "last.pt", args.out / "log.csv"
+    state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+    # The diffusion space (latent statistics, sigma_data) the weights were trained
+    # in: a resumed run's own, else the --init's; only a fresh run measures the data.
+    # New data moves the statistics a little, and a moved space would cost the init
+    # part of what it learned.
+    if state is not None and "config" in state:
+        space = LatentPriorConfig.from_dict(json.loads(state["config"]))
+    else:
+        space = prior_config(args.init) if args.init is not None else None
+    if space is not None and bool(space.latent_shift) != args.normalise:
+        raise SystemExit(f"--{'' if args.normalise else 'no-'}normalise disagrees with the weights it starts from "
+                         f"(trained {'with' if space.latent_shift else 'without'} latent statistics)")
+    if space is not None and space.latent_shift:
+        shift = torch.tensor(space.latent_shift, dtype=torch.float32)[:, None]
+        scale = torch.tensor(space.latent_scale, dtype=torch.float32)[:, None]
+    else:
+        shift, scale = latent_statistics(dataset.latents) if args.normalise else (None, None)
     valid = [tuple(torch.stack(v) for v in zip(*[valid_set[b * 16 + i] for i in range(16)])) for b in range(4)]
     if shift is not None:
         valid = [((x - shift) / scale, m) for x, m in valid]
-    sigma_data = float(torch.cat([x for x, _ in valid]).std())
+    sigma_data = space.sigma_data if space is not None else float(torch.cat([x for x, _ in valid]).std())
     # EDM's P_mean = -1.2 is for sigma_data = 0.5; on unit-variance (normalised)
     # latents it trains mostly at sigma well under the data's scale, where the
     # notes are already decided, and seldom where harmony is chosen (Karras et
@@ -199,14 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_latent_statistics(shift[:, 0], scale[:, 0])
     torch.manual_seed(args.seed)
     denoiser = LatentDenoiser(LatentUNet(config))
-    if args.init is not None and not (args.out / "last.pt").is_file():
+    if args.init is not None and state is None:
         denoiser.net.load_state_dict({k: v.float() for k, v in load_file(str(args.init)).items()})
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    state_path, log_path = args.out / "last.pt", args.out / "log.csv"
     step, elapsed, best = 0, 0.0, math.inf
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
+    if state is not None:
         denoiser.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -252,13 +285,18 @@ def main(argv: list[str] | None = None) -> int:
             log.flush()
             print(f"step {step} {minutes:.1f} min train {np.mean(losses):.4f} valid (EMA) {score:.4f}", flush=True)
             losses = []
+            metadata = {"step": step, "valid_loss": round(score, 5), "autoencoder": digest,
+                        "data": ",".join(map(str, args.data))}
             if score < best:
                 best = score
-                save_prior(ema, args.out / "best.safetensors",
-                           {"step": step, "valid_loss": round(best, 5), "autoencoder": digest,
-                            "data": ",".join(map(str, args.data))})
+                save_prior(ema, args.out / "best.safetensors", metadata)
+            if args.snapshot_every and step % args.snapshot_every == 0:
+                # The valid loss stopped tracking what matters (v5: lower loss, worse
+                # harmony): keep snapshots to be chosen by evaluate-generation.
+                save_prior(ema, args.out / f"snapshot-{step:06d}.safetensors", metadata)
             state = {"model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                     "step": step, "elapsed": clock() - began, "best": best}
+                     "step": step, "elapsed": clock() - began, "best": best,
+                     "config": json.dumps(denoiser.config.to_dict())}
             write_atomic(state_path, lambda tmp: torch.save(state, tmp))
         if done:
             break

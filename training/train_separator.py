@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", choices=("none", "timbre"), default="none",
                         help="timbre augmentations per stem (training/augment.py): repitch, equaliser, "
                              "saturation, reverb")
-    parser.add_argument("--valid-data", type=Path,
-                        help="dataset whose VALID split chooses the best weights (default: the first --data); "
-                             "e.g. the held-out timbres of `msdm dataset synth --timbres holdout`")
+    parser.add_argument("--valid-data", type=Path, nargs="+",
+                        help="dataset(s) whose VALID split chooses the best weights (default: the first --data); "
+                             "e.g. the held-out timbres of `msdm dataset synth --timbres holdout` and "
+                             "`--timbres holdout-recorded`: the first --valid-tracks of each, scored together")
     parser.add_argument("--valid-tracks", type=int, default=10)
     parser.add_argument("--monitor-data", type=Path,
                         help="a second dataset whose VALID split is scored and logged beside --valid-data (e.g. "
@@ -193,27 +194,31 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
-    valid = valid_windows(args.valid_data or args.data[0], args.valid_tracks)
+    valid = [w for root in (args.valid_data or args.data[:1]) for w in valid_windows(root, args.valid_tracks)]
     monitor = valid_windows(args.monitor_data, args.valid_tracks) if args.monitor_data else []
     config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers)
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
     started_from = None
-    if args.init is not None and not (args.out / "last.pt").is_file():
+    state_path, log_path = args.out / "last.pt", args.out / "log.csv"
+    state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+    if state is not None and "config" in state:
+        # Resuming: the shape the run was saved with, whatever the flags say now.
+        config = SeparatorConfig.from_dict(json.loads(state["config"]))
+        model = MaskSeparator(config)
+    elif args.init is not None and state is None:
         started_from = initial_separator(args.init)
         if args.widen != 1:
             started_from = widen_separator(started_from, args.widen, args.seed)
         model, config = started_from.train(), started_from.config
-    elif (args.out / "last.pt").is_file() and args.init is not None:
-        # Resuming: the shape the run started with (the --init separator's,
-        # widened as asked); last.pt then restores the weights.
+    elif state is not None and args.init is not None:
+        # A last.pt from before it stored its config: the shape the run started
+        # with (the --init separator's, widened as asked).
         config = widened_config(initial_separator(args.init).config, args.widen)
         model = MaskSeparator(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    state_path, log_path = args.out / "last.pt", args.out / "log.csv"
     step, elapsed, best = 0, 0.0, -math.inf
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                 save_separator(model, args.out / "best.safetensors",
                                {"step": step, "valid_all_db": round(best, 3), "data": ",".join(map(str, args.data))})
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "elapsed": time.perf_counter() - began, "best": best}
+                     "elapsed": time.perf_counter() - began, "best": best,
+                     "config": json.dumps(model.config.to_dict())}
             write_atomic(state_path, lambda tmp: torch.save(state, tmp))
         if done:
             break

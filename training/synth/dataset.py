@@ -23,7 +23,7 @@ from .arrangement import arrange, STEMS
 from .corpus import _music21, first_usable_piece, plan_tracks, SPLITS, SynthError, TrackPlan
 from .generated import arrange_track
 from .sampler import available_sample_instruments
-from .timbres import TIMBRE_PLANS, draw_timbre, render_timbre
+from .timbres import HOLDOUT_SAMPLED, TIMBRE_PLANS, draw_timbre, render_timbre
 from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
 
 
@@ -67,13 +67,17 @@ def _identity(job: Job) -> dict:
             # The original engine's folders keep their identity (they resume as before).
             **({} if job.timbres == "soundfonts" and job.music == "corpus"
                else {"timbres": job.timbres, "music": job.music, "timbre_version": TIMBRE_VERSION,
-                     # What the diverse plan may draw depends on what is installed.
-                     **({"sampled_instruments": installed_sampled_instruments()} if job.timbres == "diverse"
+                     # What the diverse plans may draw depends on what is installed.
+                     **({"sampled_instruments": installed_sampled_instruments(job.timbres)}
+                        if job.timbres in ("diverse", "recorded", "holdout-recorded")
                         else {})})}
 
 
-def installed_sampled_instruments() -> list[str]:
-    return sorted(name for stem in STEMS for name in available_sample_instruments(stem))
+def installed_sampled_instruments(plan: str = "diverse") -> list[str]:
+    """The installed recorded instruments ``plan`` may draw."""
+    names = (name for stem in STEMS for name in available_sample_instruments(stem))
+    held_out = plan == "holdout-recorded"
+    return sorted(name for name in names if (name in HOLDOUT_SAMPLED) == held_out)
 
 
 def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:
@@ -221,7 +225,8 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
 
     ``timbres`` "diverse" draws each stem's instrument from every SoundFont,
     recorded kit and synthesised family training may use, with effects;
-    "holdout" from the project's held-out ones (training.synth.timbres).
+    "recorded" mostly the installed recorded instruments; "holdout" and
+    "holdout-recorded" the project's held-out ones (training.synth.timbres).
     ``music`` "mixed": half the tracks are songs the project composes, and the
     corpus part takes the extended plan (4-6-part pieces, more composers).
     A track that fails to render (a bad SoundFont, a hung renderer) is
@@ -235,6 +240,12 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
         raise ValueError(f"tracks must be at least 1, got {tracks}")
     if max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if timbres == "holdout-recorded":
+        missing = sorted(set(HOLDOUT_SAMPLED) - set(installed_sampled_instruments("holdout-recorded")))
+        if missing:
+            # Without them the plan would quietly become "holdout" for those stems.
+            raise SynthError(f"the held-out recorded instruments {missing} are not installed: "
+                             "python -m training.synth.fetch_samples")
     fluidsynth = _find_fluidsynth()
     names = [soundfont] if soundfont is None or isinstance(soundfont, (str, os.PathLike)) else list(soundfont)
     if not names:

