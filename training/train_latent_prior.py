@@ -135,10 +135,13 @@ def latent_statistics(latents: list[np.ndarray], frames_per_file: int = 4096) ->
 
 def prior_config(path: Path) -> LatentPriorConfig:
     """The config a save_prior file was trained with (its diffusion space, its shape)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise SystemExit(f"--init {path}: {error}") from error
     if "config" not in metadata:
         raise SystemExit(f"{path}: not a latent prior file (no config in its header)")
     return LatentPriorConfig.from_dict(json.loads(metadata["config"]))

@@ -22,8 +22,8 @@ from engine.atomic import write_atomic
 from .arrangement import arrange, STEMS
 from .corpus import _music21, first_usable_piece, plan_tracks, SPLITS, SynthError, TrackPlan
 from .generated import arrange_track
-from .sampler import available_sample_instruments
-from .timbres import HOLDOUT_SAMPLED, TIMBRE_PLANS, draw_timbre, render_timbre
+from .timbres import (HOLDOUT_SAMPLED, TIMBRE_PLANS, draw_timbre, holdout_sample_instruments, render_timbre,
+                      training_sample_instruments)
 from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
 
 
@@ -75,9 +75,8 @@ def _identity(job: Job) -> dict:
 
 def installed_sampled_instruments(plan: str = "diverse") -> list[str]:
     """The installed recorded instruments ``plan`` may draw."""
-    names = (name for stem in STEMS for name in available_sample_instruments(stem))
-    held_out = plan == "holdout-recorded"
-    return sorted(name for name in names if (name in HOLDOUT_SAMPLED) == held_out)
+    drawable = holdout_sample_instruments if plan == "holdout-recorded" else training_sample_instruments
+    return sorted(name for stem in STEMS for name in drawable(stem))
 
 
 def _soundfont_identity(soundfonts: tuple[str, ...]) -> str | list[str]:

@@ -92,7 +92,7 @@ def installed(paths) -> tuple[Path, ...]:
 def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
     """The instrument of one stem under a timbre plan (TIMBRE_PLANS but "soundfonts")."""
     if plan == "holdout-recorded":
-        held_out = [name for name in available_sample_instruments(stem) if name in HOLDOUT_SAMPLED]
+        held_out = holdout_sample_instruments(stem)
         if held_out:
             return Timbre("sampled", held_out[int(rng.integers(len(held_out)))], holdout=True)
         plan = "holdout"  # drums: no recorded kit is held out; the held-out SoundFont or FM kits
@@ -125,6 +125,11 @@ def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
 def training_sample_instruments(stem: str) -> list[str]:
     """The installed recorded instruments of ``stem`` training may draw (the held-out ones left out)."""
     return [name for name in available_sample_instruments(stem) if name not in HOLDOUT_SAMPLED]
+
+
+def holdout_sample_instruments(stem: str) -> list[str]:
+    """The installed recorded instruments of ``stem`` that only "holdout-recorded" plays."""
+    return [name for name in available_sample_instruments(stem) if name in HOLDOUT_SAMPLED]
 
 
 def _program(stem: str, rng: np.random.Generator) -> int:
