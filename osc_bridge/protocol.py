@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from engine.core.evaluations import network_evaluations as sampler_evaluations
 from engine.jobs import options as job_options
 
 PROTOCOL_VERSION = 1
@@ -401,11 +402,10 @@ def network_evaluations(kind: str, options: JobOptions) -> tuple[int, int, int]:
     default_steps, default_resamples = DEFAULT_STEPS_RESAMPLES[kind]
     steps = options.steps or default_steps
     resamples = options.resamples or default_resamples
-    heun = options.method == "heun"
     # Guidance other than 1 runs the latent prior twice per evaluation (the
     # default counts as one: the paper's 256 imputation steps bound it anyway).
-    guided = 2 if kind == "impute" and options.guidance not in (None, 1.0) else 1
-    return steps, resamples, (steps * (2 if heun else 1) - (1 if heun else 0)) * resamples * guided
+    guidance = options.guidance if kind == "impute" and options.guidance is not None else 1.0
+    return steps, resamples, sampler_evaluations(steps, resamples, options.method or "euler", guidance)
 
 
 def reply_port_of(request) -> int | None:

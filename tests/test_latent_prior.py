@@ -3,6 +3,7 @@ the model file that carries them, and generation / imputation at any length."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -91,6 +92,65 @@ def test_guidance_is_the_exact_mix_of_conditional_and_unconditional(mask):
 def test_guidance_out_of_range_is_refused():
     with pytest.raises(SettingsError, match="guidance"):
         LATENT_GENERATE.override(guidance=-1.0)
+
+
+def test_the_harmony_condition_reaches_the_network_only_where_a_stem_is_given():
+    prior = tiny_latent_model(harmony=True).latent_prior
+    torch.nn.init.normal_(prior.net.stem_in.weight, std=0.1)
+    x, given = torch.randn(1, 32, 64) * 0.5, torch.randn(1, 32, 64) * 0.5
+    harmony = torch.rand(1, 48, 64)
+    other = harmony.clone()
+    other[:, 36:48] = torch.rand(1, 12, 64)           # the piano's pitch classes
+    sigma = torch.tensor([1.0])
+    piano_given = torch.tensor([[False, False, False, True]])
+    a = prior.with_given(given, piano_given, harmony=harmony)(x, sigma)
+    assert not torch.allclose(a, prior.with_given(given, piano_given, harmony=other)(x, sigma))
+    drums_given = torch.tensor([[False, True, False, False]])
+    torch.testing.assert_close(prior.with_given(given, drums_given, harmony=harmony)(x, sigma),
+                               prior.with_given(given, drums_given, harmony=other)(x, sigma))
+    # Guided: the unconditional half never sees it either (mask all False there).
+    guided = prior.with_given(given, piano_given, 2.0, harmony)(x, sigma)
+    cond = prior.with_given(given, piano_given, harmony=harmony)(x, sigma)
+    free = prior.denoise(x, sigma)
+    torch.testing.assert_close(guided, free + 2.0 * (cond - free))
+    with pytest.raises(ValueError, match="harmony must be"):
+        prior.with_given(given, piano_given, harmony=harmony[:, :12])(x, sigma)
+
+
+def test_harmony_inputs_added_to_a_trained_prior_start_at_zero():
+    """train_latent_prior --harmony --init OLD: the new inputs get zero weights,
+    so the network computes what OLD computed, whatever the chroma."""
+    from training.train_latent_prior import with_harmony_inputs
+
+    old = tiny_latent_model().latent_prior
+    config = dataclasses.replace(old.config, harmony_channels=12)
+    new = LatentDenoiser(LatentUNet(config))
+    new.net.load_state_dict(with_harmony_inputs(old.net.state_dict(), config))
+    x, given = torch.randn(2, 32, 64) * 0.5, torch.randn(2, 32, 64) * 0.5
+    mask = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    torch.testing.assert_close(new.with_given(given, mask, harmony=torch.rand(2, 48, 64))(x, torch.tensor([0.7, 2.0])),
+                               old.with_given(given, mask)(x, torch.tensor([0.7, 2.0])))
+
+
+def test_imputation_hands_the_given_stems_chroma_to_a_harmony_prior(tmp_path):
+    """The engine computes the given stems' chroma and the prior uses it: the
+    same model with its harmony weights zeroed imputes other audio, the given
+    stem comes back as it was, and a file round trip keeps the condition."""
+    model = tiny_latent_model(harmony=True)
+    torch.nn.init.normal_(model.latent_prior.net.stem_in.weight, std=0.1)
+    model.save(tmp_path / "harmony.safetensors")
+    loaded = MSDMModel.load(tmp_path / "harmony.safetensors")
+    assert loaded.latent_prior.config.harmony_channels == 12
+    piano = harmonic_tone(261.63, 2.0)
+    given = np.zeros((4, len(piano)), np.float32)
+    given[3] = piano
+    settings = LATENT_GENERATE.override(steps=2)
+    with_chroma = generate_latent_stems(loaded, len(piano), seed=3, settings=settings, given=given, given_stems=(3,))
+    np.testing.assert_array_equal(with_chroma[3], piano)
+    with torch.no_grad():
+        loaded.latent_prior.net.stem_in.weight[:, 2 * 32 + 4:] = 0
+    without = generate_latent_stems(loaded, len(piano), seed=3, settings=settings, given=given, given_stems=(3,))
+    assert not np.allclose(with_chroma[0], without[0])
 
 
 def test_loss_counts_only_the_free_stems():

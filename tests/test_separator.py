@@ -38,6 +38,43 @@ def test_the_stems_sum_to_the_mix_at_any_length(length):
     assert (stems - mix[:, None] / 4).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("length", [1, 4096, 10007])
+def test_a_refined_separator_still_sums_to_the_mix_and_starts_as_its_base(length):
+    """The time-frequency refinement of the masks (refine_channels) changes the
+    logits only: masks stay a partition of one; added to trained weights
+    (train_separator --refine) it starts at zero, so it computes what they did."""
+    from training.train_separator import with_refinement
+
+    torch.manual_seed(4)
+    base = MaskSeparator(SeparatorConfig(**TINY_SEPARATOR)).eval()
+    refined = with_refinement(base, channels=4, layers=2).eval()
+    assert refined.config.refine_channels == 4 and refined.refine is not None
+    mix = 0.3 * torch.randn(2, length)
+    with torch.no_grad():
+        torch.testing.assert_close(refined(mix), base(mix), rtol=0, atol=0)
+        torch.nn.init.normal_(refined.refine.out.weight, std=0.5)
+        stems = refined(mix)
+    torch.testing.assert_close(stems.sum(1), mix, rtol=0, atol=1e-6)
+    if length > 1000:
+        assert (stems - base(mix)).abs().max() > 1e-4   # the refinement is in the path
+    with pytest.raises(SystemExit, match="already has a refinement"):
+        with_refinement(refined, channels=4, layers=2)
+
+
+def test_a_refined_separator_survives_the_model_file(tiny_packed_path, tmp_path):
+    from training.train_separator import with_refinement
+
+    model = MSDMModel.load(tiny_packed_path)
+    model.separator = with_refinement(model.separator, channels=4, layers=2)
+    torch.nn.init.normal_(model.separator.refine.out.weight, std=0.5)
+    model.save(tmp_path / "refined.safetensors")
+    loaded = MSDMModel.load(tmp_path / "refined.safetensors")
+    assert loaded.separator.config.refine_channels == 4
+    mix = 0.3 * torch.randn(1, 5000)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.separator(mix), model.separator(mix))
+
+
 def test_masks_are_a_partition_of_one():
     torch.manual_seed(2)
     separator = MaskSeparator(SeparatorConfig(**TINY_SEPARATOR))

@@ -74,3 +74,23 @@ def test_init_and_resume_keep_the_diffusion_space_the_weights_were_trained_in(se
     save_prior(LatentDenoiser(LatentUNet(raw)), tmp_path / "raw.safetensors", {"step": 1})
     with pytest.raises(SystemExit, match="normalise disagrees"):
         main([*args, "-o", str(tmp_path / "mixed"), "--init", str(tmp_path / "raw.safetensors")])
+
+
+def test_harmony_from_an_init_without_it_caches_chroma_and_resumes_with_it(setup):
+    """--harmony --init OLD: the chroma of every track is cached beside the
+    latents, the run's weights carry the condition, and a resume without the
+    flag keeps it (last.pt's config)."""
+    tmp_path, args = setup
+    old = LatentPriorConfig(latent_channels=8, channels=16, sigma_data=0.8).with_latent_statistics(
+        np.zeros(32), np.ones(32))
+    save_prior(LatentDenoiser(LatentUNet(old)), tmp_path / "init.safetensors", {"step": 1})
+    run = tmp_path / "run"
+    assert main([*args, "-o", str(run), "--init", str(tmp_path / "init.safetensors"), "--harmony"]) == 0
+    cached = sorted((tmp_path / "data" / ".harmony").glob("*/train/*.npy"))
+    assert len(cached) == 2 and np.load(cached[0]).shape == (4, 12, 30000 // 256 + 1)
+    trained = LatentPriorConfig.from_dict(json.loads(header(run / "best.safetensors")["config"]))
+    assert trained.harmony_channels == 12
+    assert main([*args, "-o", str(run), "--minutes", "0.06"]) == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert LatentPriorConfig.from_dict(json.loads(state["config"])).harmony_channels == 12
+    assert state["model"]["net.stem_in.weight"].shape[1] == 2 * 32 + 4 * 13

@@ -17,37 +17,20 @@ the same part of the prior's file: the separator's tensors go in under
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
 from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet
 from engine.errors import ModelFileError
 from engine.storage.model import MSDMModel, load_separator
-
-
-def _config_and_tensors(path: Path, expected_format: str) -> tuple[dict, dict]:
-    """A training run's file: its config (metadata) and float32 tensors. Files
-    are read as safetensors only, so loading runs no code."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get("format") != expected_format or "config" not in metadata:
-        raise ModelFileError(f"{path}: not a {expected_format} file (format {metadata.get('format')!r})")
-    tensors = {k: v.float() for k, v in load_file(str(path)).items()}
-    return json.loads(metadata["config"]), tensors
+from training.part_files import AUTOENCODER_FORMAT, LATENT_PRIOR_FORMAT, read_part
 
 
 def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoencoder, LatentDenoiser]:
-    from training.train_autoencoder import AUTOENCODER_FORMAT
-    from training.train_latent_prior import LATENT_PRIOR_FORMAT
-
-    config, tensors = _config_and_tensors(autoencoder, AUTOENCODER_FORMAT)
+    config, tensors = read_part(autoencoder, AUTOENCODER_FORMAT)
     encoder = StemAutoencoder(AutoencoderConfig.from_dict(config))
     encoder.load_state_dict(tensors, strict=True)
-    config, tensors = _config_and_tensors(latent_prior, LATENT_PRIOR_FORMAT)
+    config, tensors = read_part(latent_prior, LATENT_PRIOR_FORMAT)
     net = LatentUNet(LatentPriorConfig.from_dict(config))
     net.load_state_dict(tensors, strict=True)
     return encoder.eval(), LatentDenoiser(net).eval()

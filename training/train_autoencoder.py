@@ -28,17 +28,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from engine.atomic import write_atomic
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder, count_parameters
 from training.data import Track, scan
+from training.part_files import AUTOENCODER_FORMAT, read_part
 from training.train_separator import learning_rate
 
 STEMS = ("bass", "drums", "guitar", "piano")
-AUTOENCODER_FORMAT = "msdm-studio/autoencoder/1"
 SILENT_RMS = 1e-3
 
 
@@ -91,10 +90,9 @@ def save_autoencoder(model: StemAutoencoder, path: Path, metadata: dict) -> None
 
 def load_autoencoder(path: Path) -> tuple[StemAutoencoder, str]:
     """The autoencoder of a training run's safetensors file, and a short hash of it."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    model = StemAutoencoder(AutoencoderConfig.from_dict(json.loads(metadata["config"])))
-    model.load_state_dict(load_file(str(path)))
+    config, tensors = read_part(path, AUTOENCODER_FORMAT)
+    model = StemAutoencoder(AutoencoderConfig.from_dict(config))
+    model.load_state_dict(tensors)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return model.eval(), digest
 

@@ -9,6 +9,12 @@
    (generation), a random subset of stems with at least one free
    (accompaniment), or everything but a time range of some stems
    (regenerating a range, continuation). The loss is EDM's on the free parts.
+4. With `--harmony`, every stem's chroma per latent frame
+   (engine.core.harmony) is cached beside the latents
+   (`DATA/.harmony/<version>/<split>/<track>.npy`, [N, 12, K]) and the
+   network sees the given stems' chroma as a condition. From an --init
+   without it, the new inputs start at zero weight, so the run starts from
+   what the init computes.
 
     python -m training.train_latent_prior --data data/synth -o runs/prior --autoencoder runs/ae/best.safetensors --minutes 60
 """
@@ -32,13 +38,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.atomic import write_atomic
 from engine.core.autoencoder import StemAutoencoder
+from engine.core.harmony import HARMONY_N_FFT, HARMONY_NOTES, PITCH_CLASSES, stem_chroma
 from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet, count_parameters
+from engine.errors import ModelFileError
 from training.data import Track, scan
+from training.part_files import LATENT_PRIOR_FORMAT, read_part_config
 from training.train_autoencoder import load_autoencoder
 from training.train_separator import learning_rate
 
 STEMS = ("bass", "drums", "guitar", "piano")
-LATENT_PRIOR_FORMAT = "msdm-studio/latent-prior/1"
 
 
 def read_stems(track: Track, frames: int) -> np.ndarray:
@@ -78,6 +86,45 @@ def cache_latents(roots: list[Path], split: str, autoencoder: StemAutoencoder, d
     return files
 
 
+def harmony_folder(root: Path, split: str, hop: int) -> Path:
+    """Where a dataset's cached chroma lives; named by what changes it."""
+    version = f"hop{hop}-fft{HARMONY_N_FFT}-notes{HARMONY_NOTES[0]}-{HARMONY_NOTES[1]}"
+    return root / ".harmony" / version / split
+
+
+def cache_harmony(roots: list[Path], split: str, hop: int) -> list[Path]:
+    """Every track's stems' chroma [N, 12, T // hop + 1] (float16), in the order of cache_latents."""
+    files = []
+    for root in roots:
+        folder = harmony_folder(root, split, hop)
+        folder.mkdir(parents=True, exist_ok=True)
+        tracks = scan(root / split, STEMS).tracks
+        for n, track in enumerate(tracks):
+            target = folder / f"{track.name}.npy"
+            if not target.is_file():
+                with torch.no_grad():
+                    chroma = stem_chroma(torch.from_numpy(read_stems(track, track.frames)), hop,
+                                         track.sample_rate)
+                chroma = chroma.numpy().astype(np.float16)
+                write_atomic(target, lambda tmp: np.save(open(tmp, "wb"), chroma))
+            files.append(target)
+            if n % 50 == 0:
+                print(f"harmony {root}/{split}: {n + 1}/{len(tracks)}", flush=True)
+    return files
+
+
+def with_harmony_inputs(weights: dict[str, torch.Tensor], config: LatentPriorConfig) -> dict[str, torch.Tensor]:
+    """A prior's weights without the harmony condition, made to load into
+    `config` (with it): the input layer gets zero weights for the new inputs,
+    so the network computes what it computed before."""
+    weight = weights["stem_in.weight"]
+    wanted = 2 * config.width + config.stems * (1 + config.harmony_channels)
+    if weight.shape[1] == wanted:
+        return weights
+    extra = torch.zeros(weight.shape[0], wanted - weight.shape[1], weight.shape[2], dtype=weight.dtype)
+    return {**weights, "stem_in.weight": torch.cat([weight, extra], dim=1)}
+
+
 def draw_mask(rng: np.random.Generator, stems: int, frames: int) -> np.ndarray:
     """bool [N, K], True where given."""
     kind = rng.random()
@@ -99,21 +146,33 @@ def draw_mask(rng: np.random.Generator, stems: int, frames: int) -> np.ndarray:
 
 
 class LatentCrops(Dataset):
-    def __init__(self, files: list[Path], frames: int, seed: int) -> None:
-        self.latents = [np.load(f, mmap_mode="r") for f in files]
-        self.latents = [l for l in self.latents if l.shape[-1] > frames]
+    """Item i: (latents [N x C, K], mask [N, K], chroma [N x 12, K] or [0, K] without harmony files)."""
+
+    def __init__(self, files: list[Path], frames: int, seed: int, harmony_files: list[Path] | None = None) -> None:
+        pairs = [(np.load(f, mmap_mode="r"), np.load(h, mmap_mode="r") if harmony_files else None)
+                 for f, h in zip(files, harmony_files or files)]
+        pairs = [(l, h) for l, h in pairs if l.shape[-1] > frames]
+        self.latents = [l for l, _ in pairs]
+        self.harmony = [h for _, h in pairs] if harmony_files else None
         self.frames, self.seed = frames, seed
 
     def __len__(self) -> int:
         return 1 << 40
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
-        latent = self.latents[rng.integers(len(self.latents))]
+        track = int(rng.integers(len(self.latents)))
+        latent = self.latents[track]
         start = int(rng.integers(0, latent.shape[-1] - self.frames))
         crop = np.asarray(latent[:, :, start:start + self.frames], dtype=np.float32)
         n, c, k = crop.shape
-        return torch.from_numpy(crop.reshape(n * c, k)), torch.from_numpy(draw_mask(rng, n, k))
+        if self.harmony is not None:
+            chroma = np.asarray(self.harmony[track][:, :, start:start + self.frames], dtype=np.float32)
+            chroma = chroma.reshape(n * PITCH_CLASSES, k)
+        else:
+            chroma = np.zeros((0, k), np.float32)
+        return (torch.from_numpy(crop.reshape(n * c, k)), torch.from_numpy(draw_mask(rng, n, k)),
+                torch.from_numpy(chroma))
 
 
 def latent_statistics(latents: list[np.ndarray], frames_per_file: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,16 +194,10 @@ def latent_statistics(latents: list[np.ndarray], frames_per_file: int = 4096) ->
 
 def prior_config(path: Path) -> LatentPriorConfig:
     """The config a save_prior file was trained with (its diffusion space, its shape)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), "pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise SystemExit(f"--init {path}: {error}") from error
-    if "config" not in metadata:
-        raise SystemExit(f"{path}: not a latent prior file (no config in its header)")
-    return LatentPriorConfig.from_dict(json.loads(metadata["config"]))
+        return LatentPriorConfig.from_dict(read_part_config(path, LATENT_PRIOR_FORMAT))
+    except ModelFileError as error:
+        raise SystemExit(f"--init {error}") from error
 
 
 def save_prior(denoiser: LatentDenoiser, path: Path, metadata: dict) -> None:
@@ -155,9 +208,9 @@ def save_prior(denoiser: LatentDenoiser, path: Path, metadata: dict) -> None:
 
 
 @torch.no_grad()
-def valid_loss(denoiser: LatentDenoiser, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def valid_loss(denoiser: LatentDenoiser, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
     generator = torch.Generator().manual_seed(0)
-    return float(np.mean([float(denoiser.loss(x, m, generator)) for x, m in batches]))
+    return float(np.mean([float(denoiser.loss(x, m, generator, h if h.shape[1] else None)) for x, m, h in batches]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="also keep the EMA weights every N steps (a multiple of --valid-every), as "
                              "snapshot-STEP.safetensors, to choose by msdm evaluate-generation, not by loss")
+    parser.add_argument("--harmony", action="store_true",
+                        help="condition on the given stems' chroma (engine.core.harmony); from an --init "
+                             "without it, its new inputs start at zero")
     parser.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=True,
                         help="diffuse each latent channel standardised by its training mean and std "
                              "(default; --no-normalise: the raw latents, as v1)")
@@ -199,20 +255,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     autoencoder, digest = load_autoencoder(args.autoencoder)
-    train_files = cache_latents(args.data, "train", autoencoder, digest)
-    valid_files = cache_latents(args.data[:1], "valid", autoencoder, digest)
-    dataset = LatentCrops(train_files, args.frames, args.seed)
-    valid_set = LatentCrops(valid_files, args.frames, seed=12345)
     state_path, log_path = args.out / "last.pt", args.out / "log.csv"
     state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+    init_config = prior_config(args.init) if args.init is not None else None
+    resumed_config = (LatentPriorConfig.from_dict(json.loads(state["config"]))
+                      if state is not None and "config" in state else None)
+    harmony = args.harmony or any(c is not None and c.harmony_channels for c in (init_config, resumed_config))
+    train_files = cache_latents(args.data, "train", autoencoder, digest)
+    valid_files = cache_latents(args.data[:1], "valid", autoencoder, digest)
+    hop = autoencoder.config.hop
+    train_harmony = cache_harmony(args.data, "train", hop) if harmony else None
+    valid_harmony = cache_harmony(args.data[:1], "valid", hop) if harmony else None
+    dataset = LatentCrops(train_files, args.frames, args.seed, train_harmony)
+    valid_set = LatentCrops(valid_files, args.frames, seed=12345, harmony_files=valid_harmony)
     # The diffusion space (latent statistics, sigma_data) the weights were trained
     # in: a resumed run's own, else the --init's; only a fresh run measures the data.
     # New data moves the statistics a little, and a moved space would cost the init
     # part of what it learned.
-    if state is not None and "config" in state:
-        space = LatentPriorConfig.from_dict(json.loads(state["config"]))
-    else:
-        space = prior_config(args.init) if args.init is not None else None
+    space = resumed_config or init_config
     if space is not None and bool(space.latent_shift) != args.normalise:
         raise SystemExit(f"--{'' if args.normalise else 'no-'}normalise disagrees with the weights it starts from "
                          f"(trained {'with' if space.latent_shift else 'without'} latent statistics)")
@@ -223,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         shift, scale = latent_statistics(dataset.latents) if args.normalise else (None, None)
     valid = [tuple(torch.stack(v) for v in zip(*[valid_set[b * 16 + i] for i in range(16)])) for b in range(4)]
     if shift is not None:
-        valid = [((x - shift) / scale, m) for x, m in valid]
-    sigma_data = space.sigma_data if space is not None else float(torch.cat([x for x, _ in valid]).std())
+        valid = [((x - shift) / scale, m, h) for x, m, h in valid]
+    sigma_data = space.sigma_data if space is not None else float(torch.cat([x for x, _, _ in valid]).std())
     # EDM's P_mean = -1.2 is for sigma_data = 0.5; on unit-variance (normalised)
     # latents it trains mostly at sigma well under the data's scale, where the
     # notes are already decided, and seldom where harmony is chosen (Karras et
@@ -232,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     # be reduced). --sigma-mean moves it; the default keeps past runs reproducible.
     config = LatentPriorConfig(latent_channels=autoencoder.config.latent_channels, channels=args.channels,
                                sigma_data=round(sigma_data, 4), sigma_mean=args.sigma_mean,
-                               sigma_std=args.sigma_std)
+                               sigma_std=args.sigma_std, harmony_channels=PITCH_CLASSES if harmony else 0)
     if shift is not None:
         config = config.with_latent_statistics(shift[:, 0], scale[:, 0])
     torch.manual_seed(args.seed)
     denoiser = LatentDenoiser(LatentUNet(config))
     if args.init is not None and state is None:
-        denoiser.net.load_state_dict({k: v.float() for k, v in load_file(str(args.init)).items()})
+        weights = {k: v.float() for k, v in load_file(str(args.init)).items()}
+        denoiser.net.load_state_dict(with_harmony_inputs(weights, config) if harmony else weights)
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=args.lr, betas=(0.9, 0.99))
     step, elapsed, best = 0, 0.0, math.inf
@@ -265,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     # worker only slices cached latents).
     clock = time.process_time if args.cpu_clock else time.perf_counter
     began = clock() - elapsed
-    for x, mask in loader:
+    for x, mask, chroma in loader:
         lr = learning_rate(args.lr, step, clock() - began, budget)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = denoiser.loss(denoiser.to_diffusion(x), mask)
+        loss = denoiser.loss(denoiser.to_diffusion(x), mask, harmony=chroma if harmony else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)

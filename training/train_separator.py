@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -139,6 +140,20 @@ def initial_separator(path: Path) -> MaskSeparator:
     return separator
 
 
+def with_refinement(model: MaskSeparator, channels: int, layers: int, seed: int = 0) -> MaskSeparator:
+    """`model` with a time-frequency refinement of its masks added
+    (engine.core.separator.MaskRefinement); its last layer is zero, so the
+    result computes what `model` computes."""
+    if model.config.refine_channels:
+        raise SystemExit("the --init separator already has a refinement; leave out --refine")
+    torch.manual_seed(seed)
+    refined = MaskSeparator(dataclasses.replace(model.config, refine_channels=channels, refine_layers=layers))
+    missing, unexpected = refined.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("refine.") for name in missing):
+        raise SystemExit(f"cannot add a refinement to this separator: missing {missing}, unexpected {unexpected}")
+    return refined
+
+
 def learning_rate(base: float, step: int, elapsed: float, budget: float, warmup: int = 200) -> float:
     """Linear warm-up, then a cosine decay to 5 % over the time budget (the
     budget, not a step count, is what is fixed on a shared CPU)."""
@@ -185,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widen", type=int, default=1, metavar="FACTOR",
                         help="with --init: start from that separator widened FACTOR times, computing the same "
                              "function (training.widen_separator, Net2Net)")
+    parser.add_argument("--refine", type=int, default=0, metavar="CHANNELS",
+                        help="add a time-frequency refinement of the masks with this many channels "
+                             "(engine.core.separator.MaskRefinement; with --init it starts at zero, so the "
+                             "run starts from what the init computes)")
+    parser.add_argument("--refine-layers", type=int, default=4)
     args = parser.parse_args(argv)
     if args.widen < 1:
         parser.error(f"--widen must be a positive integer, got {args.widen}")
@@ -196,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
     valid = [w for root in (args.valid_data or args.data[:1]) for w in valid_windows(root, args.valid_tracks)]
     monitor = valid_windows(args.monitor_data, args.valid_tracks) if args.monitor_data else []
-    config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers)
+    config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers,
+                             refine_channels=args.refine, refine_layers=args.refine_layers)
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
     started_from = None
@@ -210,11 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         started_from = initial_separator(args.init)
         if args.widen != 1:
             started_from = widen_separator(started_from, args.widen, args.seed)
+        if args.refine:
+            started_from = with_refinement(started_from, args.refine, args.refine_layers, args.seed)
         model, config = started_from.train(), started_from.config
     elif state is not None and args.init is not None:
         # A last.pt from before it stored its config: the shape the run started
         # with (the --init separator's, widened as asked).
         config = widened_config(initial_separator(args.init).config, args.widen)
+        if args.refine:
+            config = dataclasses.replace(config, refine_channels=args.refine, refine_layers=args.refine_layers)
         model = MaskSeparator(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     step, elapsed, best = 0, 0.0, -math.inf

@@ -18,6 +18,7 @@ import torch
 
 from engine.audio.windows import WindowPlan
 from engine.core.diffusion import seed_for
+from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
 from engine.core.tasks import SamplerSettings, generate, impute
 from engine.storage.model import MSDMModel
 
@@ -135,6 +136,19 @@ def generate_latent_stems(
             stem_mask[:, :frames_latent] = torch.from_numpy(frame_mask).to(model.device)
         else:
             stem_mask[list(given_stems)] = True
+    harmony = None
+    if prior.config.harmony_channels and encoded_rows:
+        # The given stems' pitch classes per latent frame (engine.core.harmony);
+        # the prior masks them like the given latents.
+        harmony = torch.zeros(num * PITCH_CLASSES, total, device=model.device)
+        chroma = stem_chroma(torch.from_numpy(np.ascontiguousarray(given[encoded_rows], dtype=np.float32)),
+                             hop, model.sample_rate).to(model.device)
+        if given_mask is not None:
+            # A chroma frame hears HARMONY_N_FFT samples: keep only those that hear given samples alone.
+            heard = latent_frame_mask(given_mask, hop, HARMONY_N_FFT, frames_latent)[encoded_rows]
+            chroma = chroma * torch.from_numpy(heard)[:, None].to(chroma)
+        for i, n in enumerate(encoded_rows):
+            harmony[n * PITCH_CLASSES:(n + 1) * PITCH_CLASSES, :frames_latent] = chroma[i, :, :frames_latent]
     label = "imputing" if encoded_rows else "generating"
     for index in range(plan.count):
         start = plan.start(index)
@@ -150,7 +164,9 @@ def generate_latent_stems(
         window_latents = latents[None, :, start:start + window]
         if mask.any():
             channel_mask = mask.repeat_interleave(channels, dim=0)[None]
-            result = impute(prior.with_given(window_latents, mask[None], settings.guidance), window_latents, channel_mask, seeds,
+            window_harmony = None if harmony is None else harmony[None, :, start:start + window]
+            conditioned = prior.with_given(window_latents, mask[None], settings.guidance, window_harmony)
+            result = impute(conditioned, window_latents, channel_mask, seeds,
                             settings=settings, callback=callback, device=model.device, clip=None)
         else:
             result = generate(prior, num * channels, window, seeds, settings=settings, callback=callback,

@@ -10,6 +10,9 @@ they are. Here the network also sees the given stems' clean latents and a
 per-stem mask (trained with random subsets given, MSG-LD's "arrangement"),
 so D(x, sigma | given) approximates E[x_0 | x, given] and imputation samples
 the learned conditional; with nothing given it is the unconditional prior.
+With `harmony_channels` = 12 it also sees each given stem's pitch classes per
+latent frame (engine.core.harmony: what the latents of a 1024-point STFT
+cannot resolve in the bass), masked like the given latents.
 
 Network: a small 1-D U-Net over latent time (the family of the waveform
 model's, Ho et al. 2020 / audio-diffusion-pytorch): residual blocks with
@@ -61,6 +64,9 @@ class LatentPriorConfig:
     # generated stems' level matches real ones (1.0: no calibration; Glow,
     # Kingma & Dhariwal 2018, samples at temperature 0.7 for the same reason).
     sample_scale: float = 1.0
+    # Per stem, the given stems' chroma per latent frame as a condition
+    # (engine.core.harmony.stem_chroma; 0: none, as the priors before v7).
+    harmony_channels: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -78,6 +84,7 @@ class LatentPriorConfig:
             "latent_shift": len(self.latent_shift) in (0, self.width)
                             and all(math.isfinite(v) and abs(v) <= 10 for v in self.latent_shift),
             "sample_scale": 0.1 <= self.sample_scale <= 2.0,
+            "harmony_channels": self.harmony_channels in (0, 12),
             "latent_scale": len(self.latent_scale) == len(self.latent_shift)
                             and all(math.isfinite(v) and 1e-4 <= v <= 10 for v in self.latent_scale),
         }
@@ -161,7 +168,7 @@ class SelfAttention(nn.Module):
 
 
 class LatentUNet(nn.Module):
-    """F(x [B, W, K], c_noise [B], given [B, W, K], mask [B, N, K]) -> [B, W, K]."""
+    """F(x [B, W, K], c_noise [B], given [B, W, K], mask [B, N, K], harmony [B, N x 12, K]) -> [B, W, K]."""
 
     def __init__(self, config: LatentPriorConfig) -> None:
         super().__init__()
@@ -171,7 +178,8 @@ class LatentUNet(nn.Module):
         self.embedding = NoiseEmbedding(emb)
         # Patching (as the waveform U-Net's patch_factor): `patch` latent frames
         # in one step, so the finest level already runs at half the frame rate.
-        self.stem_in = nn.Conv1d(2 * config.width + config.stems, widths[0], config.patch, stride=config.patch)
+        inputs = 2 * config.width + config.stems * (1 + config.harmony_channels)
+        self.stem_in = nn.Conv1d(inputs, widths[0], config.patch, stride=config.patch)
         self.down = nn.ModuleList()
         previous = widths[0]
         skips = [previous]
@@ -197,12 +205,16 @@ class LatentUNet(nn.Module):
         nn.init.zeros_(self.stem_out.weight)
         nn.init.zeros_(self.stem_out.bias)
 
-    def forward(self, x: Tensor, c_noise: Tensor, given: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, given: Tensor, mask: Tensor,
+                harmony: Tensor | None = None) -> Tensor:
         k = x.shape[-1]
         if k % self.config.downsampling_factor:
             raise ValueError(f"latent length {k} is not a multiple of {self.config.downsampling_factor}")
         embedding = self.embedding(c_noise)
-        h = self.stem_in(torch.cat([x, given, mask.to(x.dtype)], dim=1))
+        inputs = [x, given, mask.to(x.dtype)]
+        if self.config.harmony_channels:
+            inputs.append(harmony)
+        h = self.stem_in(torch.cat(inputs, dim=1))
         skips = [h]
         for layer in self.down:
             h = layer(h, embedding) if isinstance(layer, ResBlock) else layer(h)
@@ -253,27 +265,42 @@ class LatentDenoiser(nn.Module):
         """[B, N, K] -> [B, N x C, K]: each stem's mask on all its latent channels."""
         return mask.repeat_interleave(self.config.latent_channels, dim=1)
 
+    def harmony_input(self, harmony: Tensor | None, mask: Tensor) -> Tensor | None:
+        """The given stems' chroma [B, N x 12, K] where given (mask [B, N, K]), zero elsewhere."""
+        per_stem = self.config.harmony_channels
+        if not per_stem:
+            return None
+        b, n, k = mask.shape
+        if harmony is None:
+            return torch.zeros(b, n * per_stem, k, device=mask.device)
+        if harmony.shape[-2:] != (n * per_stem, k):
+            raise ValueError(f"harmony must be [B, {n * per_stem}, {k}], got {tuple(harmony.shape)}")
+        return harmony * mask.repeat_interleave(per_stem, dim=1).to(harmony.dtype)
+
     def denoise(self, x: Tensor, sigma: Tensor | float, given: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:
-        """x [B, N x C, K]; mask (True: given) per stem [B, N] or per stem and frame [B, N, K]."""
+                mask: Tensor | None = None, harmony: Tensor | None = None) -> Tensor:
+        """x [B, N x C, K]; mask (True: given) per stem [B, N] or per stem and frame [B, N, K];
+        harmony: every stem's chroma [B, N x 12, K] (used where given; with harmony_channels)."""
         sigma = as_sigma_batch(sigma, x)
         b, _, k = x.shape
         if mask is None:
             mask = torch.zeros(b, self.config.stems, dtype=torch.bool, device=x.device)
         mask = self.frame_mask(mask, k)
+        harmony = self.harmony_input(harmony, mask)
         given = torch.zeros_like(x) if given is None else given * self.channel_mask(mask).to(x.dtype)
         sd = self.config.sigma_data
         s = sigma[:, None, None]
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
         c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
         c_in = 1 / (s ** 2 + sd ** 2).sqrt()
-        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4, given / sd, mask)
+        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4, given / sd, mask, harmony)
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         return self.denoise(x, sigma)
 
-    def with_given(self, given: Tensor, mask: Tensor, guidance: float = 1.0):
-        """The conditional denoiser for a mask [B, N] or [B, N, K] (True: given).
+    def with_given(self, given: Tensor, mask: Tensor, guidance: float = 1.0, harmony: Tensor | None = None):
+        """The conditional denoiser for a mask [B, N] or [B, N, K] (True: given);
+        `harmony` the stems' chroma [B, N x 12, K] for a prior with harmony_channels.
 
         guidance w != 1: classifier-free guidance (Ho & Salimans 2022), the
         same network with nothing given as the unconditional model (trained
@@ -282,7 +309,7 @@ class LatentDenoiser(nn.Module):
         sample itself (the replacement in engine.core.tasks.Imputation)."""
         if guidance == 1.0:
             def conditioned(x: Tensor, sigma: Tensor) -> Tensor:
-                return self.denoise(x, sigma, given, mask)
+                return self.denoise(x, sigma, given, mask, harmony)
             return conditioned
 
         def guided(x: Tensor, sigma: Tensor) -> Tensor:
@@ -291,18 +318,20 @@ class LatentDenoiser(nn.Module):
             stem_mask = self.frame_mask(mask.expand(b, *mask.shape[1:]), k)
             both = self.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]),
                                 torch.cat([given.expand_as(x), torch.zeros_like(x)]),
-                                torch.cat([stem_mask, torch.zeros_like(stem_mask)]))
+                                torch.cat([stem_mask, torch.zeros_like(stem_mask)]),
+                                None if harmony is None else torch.cat([harmony.expand(b, -1, -1)] * 2))
             cond, free = both[:b], both[b:]
             return free + guidance * (cond - free)
         return guided
 
-    def loss(self, x0: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, x0: Tensor, mask: Tensor, generator: torch.Generator | None = None,
+             harmony: Tensor | None = None) -> Tensor:
         """EDM's weighted denoising loss on the stems not given (the given ones
         are the condition, their output is not asked for)."""
         b = x0.shape[0]
         sigma = (torch.randn(b, generator=generator) * self.config.sigma_std + self.config.sigma_mean).exp()
         noisy = x0 + sigma[:, None, None] * torch.randn(x0.shape, generator=generator)
-        denoised = self.denoise(noisy, sigma, x0, mask)
+        denoised = self.denoise(noisy, sigma, x0, mask, harmony)
         sd = self.config.sigma_data
         weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
         free = (~self.channel_mask(self.frame_mask(mask, x0.shape[-1]))).to(x0.dtype)

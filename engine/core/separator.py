@@ -11,6 +11,17 @@ rounding is then shared out equally, so they sum to it to float precision.
 It is the warm start of the diffusion sampler (Mariani et al. 2024's
 "Demucs + Gibbs" row; StoRM, Lemercier et al. 2023; DiCoSe, arXiv 2412.06965):
 the sampler starts from this guess at a low noise level instead of from noise.
+
+Optionally (`refine_channels` > 0) a small 2-D convolutional stack over
+frequency and time refines the mask logits from the logits and the log
+magnitude around each bin (dilated in time: ~0.7 s of context per bin, the
+local time-frequency context of the spectrogram U-Nets, Jansson et al. 2017,
+and of Demucs' and MMDenseNet's convolutions). The BiLSTM sees each frame only
+through a 256-number summary of all bins, so how one partial starts, decays or
+continues, which tells a plucked string from a struck one whatever the
+instrument, is lost before the masks are made; the refinement sees it. Its
+last layer starts at zero, so it can be added to trained weights without
+changing what they compute.
 """
 
 from __future__ import annotations
@@ -32,6 +43,14 @@ class SeparatorConfig:
     layers: int = 3            # LSTM layers
     # log(|X| + floor): the floor sits ~100 dB under a full-scale sine's bins
     magnitude_floor: float = 1e-5
+    # Softmax temperature of the masks, softmax(logits / T): above 1, softer
+    # masks. A separator is over-confident on instruments it never heard (a
+    # confident wrong bin costs more than a shared one), so T is calibrated
+    # on held-out VALID sets after training (training.calibrate_separator;
+    # temperature scaling, Guo et al. 2017). 1: the masks as trained.
+    mask_temperature: float = 1.0
+    refine_channels: int = 0   # 0: no time-frequency refinement of the masks
+    refine_layers: int = 4     # its 3x3 convolutions, time dilation 1, 2, 4, ...
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,6 +60,9 @@ class SeparatorConfig:
             "hidden": 2 <= self.hidden <= 4096 and self.hidden % 2 == 0,
             "layers": 1 <= self.layers <= 16,
             "magnitude_floor": 0 < self.magnitude_floor < 1,
+            "mask_temperature": 0.1 <= self.mask_temperature <= 10.0,
+            "refine_channels": 0 <= self.refine_channels <= 256,
+            "refine_layers": 1 <= self.refine_layers <= 8,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -62,6 +84,26 @@ class SeparatorConfig:
         return cls(**data)
 
 
+class MaskRefinement(nn.Module):
+    """[B, N + 1, F, K] (mask logits and the log magnitude) -> a correction
+    of the logits [B, N, F, K]: 3x3 convolutions, dilated 2^i in time."""
+
+    def __init__(self, stems: int, channels: int, layers: int) -> None:
+        super().__init__()
+        convs, previous = [], stems + 1
+        for layer in range(layers):
+            dilation = 2 ** layer
+            convs += [nn.Conv2d(previous, channels, 3, padding=(1, dilation), dilation=(1, dilation)), nn.GELU()]
+            previous = channels
+        self.body = nn.Sequential(*convs)
+        self.out = nn.Conv2d(previous, stems, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x))
+
+
 class MaskSeparator(nn.Module):
     """mix [B, T] or [B, 1, T] -> stems [B, N, T] that sum to the mix."""
 
@@ -75,6 +117,8 @@ class MaskSeparator(nn.Module):
         self.encoder = nn.Sequential(nn.Linear(f, h), nn.LayerNorm(h), nn.GELU())
         self.lstm = nn.LSTM(h, h // 2, num_layers=config.layers, bidirectional=True, batch_first=True)
         self.decoder = nn.Sequential(nn.Linear(2 * h, h), nn.LayerNorm(h), nn.GELU(), nn.Linear(h, config.stems * f))
+        self.refine = (MaskRefinement(config.stems, config.refine_channels, config.refine_layers)
+                       if config.refine_channels else None)
         self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
 
     def stft(self, x: Tensor) -> Tensor:
@@ -92,11 +136,15 @@ class MaskSeparator(nn.Module):
     def masks(self, spec: Tensor) -> Tensor:
         """[B, F, K] complex -> masks [B, N, F, K] >= 0 that sum to 1 over N."""
         b, f, k = spec.shape
-        encoded = self.encoder(self.features(spec))            # [B, K, H]
+        features = self.features(spec)                          # [B, K, F]
+        encoded = self.encoder(features)                        # [B, K, H]
         context, _ = self.lstm(encoded)                         # [B, K, H]
         logits = self.decoder(torch.cat([encoded, context], dim=-1))   # [B, K, N F]
         logits = logits.reshape(b, k, self.config.stems, f).permute(0, 2, 3, 1)
-        return torch.softmax(logits, dim=1)
+        if self.refine is not None:
+            local = torch.cat([logits, features.transpose(1, 2)[:, None]], dim=1)   # [B, N + 1, F, K]
+            logits = logits + self.refine(local)
+        return torch.softmax(logits / self.config.mask_temperature, dim=1)
 
     def forward(self, mix: Tensor) -> Tensor:
         if mix.ndim == 3:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from engine.errors import CommandError
 
+from engine.core.evaluations import network_evaluations
 from engine.core.diffusion import (
     Denoiser,
     ItemNoise,
@@ -83,10 +84,7 @@ class SamplerSettings:
     def nfe(self) -> int:
         """Network evaluations of the diffusion model (a warm start's first
         guess costs one pass of the much smaller separator on top)."""
-        per_step = 2 if self.method == "heun" else 1
-        last = 1 if self.method == "heun" else 0  # Heun's last step to 0 is Euler
-        guided = 1 if self.guidance == 1.0 else 2  # conditional and unconditional, one batch
-        return (self.steps * per_step - last) * self.num_resamples * guided
+        return network_evaluations(self.steps, self.num_resamples, self.method, self.guidance)
 
     def sampler_kwargs(self) -> dict:
         return dict(
