@@ -46,6 +46,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from pathlib import Path, PurePath
 from typing import IO, Callable, Iterable, Mapping
 
@@ -59,6 +60,8 @@ except ImportError:  # Windows: no commit records (no dir_fd either, engine.outp
 
 RECORD_PREFIX = ".msdm-commit."
 _COMMIT = "commit "
+# A record without its file list younger than this is being created, not dead.
+RECORD_GRACE_S = 60.0
 
 
 class CommitOnExit:
@@ -365,7 +368,11 @@ class CommitRecord:
         fd = os.open(RECORD_PREFIX + record_id, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=folder.fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Blocking: between the O_EXCL create above and this lock the record
+            # is unlocked and empty, and a group recovering the folder may hold
+            # it for the moment it takes to see that (it leaves young empty
+            # records alone, _recover); a non-blocking lock failed this job then.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             _write_all(fd, _files_line(files))
             os.fsync(fd)
         except BaseException:
@@ -433,6 +440,11 @@ def _recover(folder: OutputFolder, name: str) -> int:
         except BlockingIOError:
             return 0  # its writer is alive
         text = os.read(fd, 1 << 20).decode("utf-8", "replace")
+        if "\n" not in text and time.time() - os.fstat(fd).st_mtime < RECORD_GRACE_S:
+            # Its list not written yet and new: a writer between creating the
+            # record and locking it (CommitRecord.start), not a dead one.
+            # Removing it would leave that writer's group without its record.
+            return 0
         group = name[len(RECORD_PREFIX):]
         lines = text.split("\n")
         try:

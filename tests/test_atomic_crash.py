@@ -102,3 +102,21 @@ def test_msdm_generate_killed_at_the_third_rename_leaves_stems_that_sum_to_the_m
     scale = sum(float(np.abs(s).max()) for s in stems)
     np.testing.assert_allclose(sum(stems), read_audio(out / "mix.wav").samples,
                                atol=4 * np.finfo(np.float32).eps * scale)
+
+
+def test_a_record_being_created_is_not_taken_for_a_dead_one(tmp_path):
+    """A writer makes its record (O_EXCL) and then locks it: in between it is
+    unlocked and empty. Another group recovering the folder at that moment
+    (bounce --jobs 2: one song's writer starting as another's is created) must
+    leave it: removing it left the first group without a record, and holding
+    its lock failed that song. Once old, such a record is a dead writer's."""
+    from engine.atomic import RECORD_GRACE_S, RECORD_PREFIX
+
+    record = tmp_path / f"{RECORD_PREFIX}0123456789ab"
+    record.write_bytes(b"")
+    assert recover(tmp_path) == 0 and record.exists()
+    record.write_bytes(b'["a.t')              # cut short in its list: still being written
+    assert recover(tmp_path) == 0 and record.exists()
+    old = record.stat().st_mtime - RECORD_GRACE_S - 1
+    os.utime(record, (old, old))
+    assert recover(tmp_path) == 1 and not record.exists()

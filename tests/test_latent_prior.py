@@ -96,7 +96,7 @@ def test_guidance_out_of_range_is_refused():
 
 def test_the_harmony_condition_reaches_the_network_only_where_a_stem_is_given():
     prior = tiny_latent_model(harmony=True).latent_prior
-    torch.nn.init.normal_(prior.net.stem_in.weight, std=0.1)
+    torch.nn.init.normal_(prior.net.harmony_in.weight, std=0.1)
     x, given = torch.randn(1, 32, 64) * 0.5, torch.randn(1, 32, 64) * 0.5
     harmony = torch.rand(1, 48, 64)
     other = harmony.clone()
@@ -120,12 +120,12 @@ def test_the_harmony_condition_reaches_the_network_only_where_a_stem_is_given():
 def test_harmony_inputs_added_to_a_trained_prior_start_at_zero():
     """train_latent_prior --harmony --init OLD: the new inputs get zero weights,
     so the network computes what OLD computed, whatever the chroma."""
-    from training.train_latent_prior import with_harmony_inputs
+    from training.train_latent_prior import load_init
 
     old = tiny_latent_model().latent_prior
     config = dataclasses.replace(old.config, harmony_channels=12)
     new = LatentDenoiser(LatentUNet(config))
-    new.net.load_state_dict(with_harmony_inputs(old.net.state_dict(), config))
+    load_init(new, old.net.state_dict())
     x, given = torch.randn(2, 32, 64) * 0.5, torch.randn(2, 32, 64) * 0.5
     mask = torch.tensor([[True, False, False, False], [False, True, True, False]])
     torch.testing.assert_close(new.with_given(given, mask, harmony=torch.rand(2, 48, 64))(x, torch.tensor([0.7, 2.0])),
@@ -137,7 +137,7 @@ def test_imputation_hands_the_given_stems_chroma_to_a_harmony_prior(tmp_path):
     same model with its harmony weights zeroed imputes other audio, the given
     stem comes back as it was, and a file round trip keeps the condition."""
     model = tiny_latent_model(harmony=True)
-    torch.nn.init.normal_(model.latent_prior.net.stem_in.weight, std=0.1)
+    torch.nn.init.normal_(model.latent_prior.net.harmony_in.weight, std=0.1)
     model.save(tmp_path / "harmony.safetensors")
     loaded = MSDMModel.load(tmp_path / "harmony.safetensors")
     assert loaded.latent_prior.config.harmony_channels == 12
@@ -148,7 +148,7 @@ def test_imputation_hands_the_given_stems_chroma_to_a_harmony_prior(tmp_path):
     with_chroma = generate_latent_stems(loaded, len(piano), seed=3, settings=settings, given=given, given_stems=(3,))
     np.testing.assert_array_equal(with_chroma[3], piano)
     with torch.no_grad():
-        loaded.latent_prior.net.stem_in.weight[:, 2 * 32 + 4:] = 0
+        loaded.latent_prior.net.harmony_in.weight.zero_()
     without = generate_latent_stems(loaded, len(piano), seed=3, settings=settings, given=given, given_stems=(3,))
     assert not np.allclose(with_chroma[0], without[0])
 

@@ -93,4 +93,6 @@ def test_harmony_from_an_init_without_it_caches_chroma_and_resumes_with_it(setup
     assert main([*args, "-o", str(run), "--minutes", "0.06"]) == 0
     state = torch.load(run / "last.pt", weights_only=True)
     assert LatentPriorConfig.from_dict(json.loads(state["config"])).harmony_channels == 12
-    assert state["model"]["net.stem_in.weight"].shape[1] == 2 * 32 + 4 * 13
+    assert state["model"]["net.harmony_in.weight"].shape[1] == 4 * 12
+    # Its own, faster learning rate (the second parameter group).
+    assert [g["scale"] for g in state["optimizer"]["param_groups"]] == [1.0, 10.0]

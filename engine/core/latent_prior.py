@@ -178,8 +178,17 @@ class LatentUNet(nn.Module):
         self.embedding = NoiseEmbedding(emb)
         # Patching (as the waveform U-Net's patch_factor): `patch` latent frames
         # in one step, so the finest level already runs at half the frame rate.
-        inputs = 2 * config.width + config.stems * (1 + config.harmony_channels)
-        self.stem_in = nn.Conv1d(inputs, widths[0], config.patch, stride=config.patch)
+        self.stem_in = nn.Conv1d(2 * config.width + config.stems, widths[0], config.patch, stride=config.patch)
+        # The harmony condition enters through its own layer, added to the
+        # input layer's output: zero at the start, so a prior trained without
+        # it loads unchanged and computes what it did, and it can learn at its
+        # own rate (train_latent_prior --harmony-lr-scale).
+        self.harmony_in = None
+        if config.harmony_channels:
+            self.harmony_in = nn.Conv1d(config.stems * config.harmony_channels, widths[0], config.patch,
+                                        stride=config.patch)
+            nn.init.zeros_(self.harmony_in.weight)
+            nn.init.zeros_(self.harmony_in.bias)
         self.down = nn.ModuleList()
         previous = widths[0]
         skips = [previous]
@@ -211,10 +220,9 @@ class LatentUNet(nn.Module):
         if k % self.config.downsampling_factor:
             raise ValueError(f"latent length {k} is not a multiple of {self.config.downsampling_factor}")
         embedding = self.embedding(c_noise)
-        inputs = [x, given, mask.to(x.dtype)]
-        if self.config.harmony_channels:
-            inputs.append(harmony)
-        h = self.stem_in(torch.cat(inputs, dim=1))
+        h = self.stem_in(torch.cat([x, given, mask.to(x.dtype)], dim=1))
+        if self.harmony_in is not None:
+            h = h + self.harmony_in(harmony)
         skips = [h]
         for layer in self.down:
             h = layer(h, embedding) if isinstance(layer, ResBlock) else layer(h)
