@@ -18,6 +18,7 @@ import torch
 
 from engine.audio.windows import WindowPlan
 from engine.core.diffusion import seed_for
+from engine.audio.harmony_guidance import UNPITCHED, harmony_guided
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
 from engine.core.tasks import SamplerSettings, generate, impute
 from engine.storage.model import MSDMModel
@@ -136,6 +137,17 @@ def generate_latent_stems(
             stem_mask[:, :frames_latent] = torch.from_numpy(frame_mask).to(model.device)
         else:
             stem_mask[list(given_stems)] = True
+    # Harmony guidance (settings.harmony): the given pitched stems' pitch
+    # classes, summed, as the target of the free pitched stems.
+    names = model.config.stems
+    given_pitched = [n for n in given_stems if names[n] not in UNPITCHED]
+    free_pitched = [n for n in range(num) if n not in given_stems and names[n] not in UNPITCHED]
+    target = None
+    if settings.harmony and given_pitched and free_pitched:
+        chroma = stem_chroma(torch.from_numpy(np.ascontiguousarray(given[given_pitched], dtype=np.float32)),
+                             hop, model.sample_rate).sum(0)
+        target = torch.zeros(1, PITCH_CLASSES, total, device=model.device)
+        target[0, :, :frames_latent] = chroma[:, :frames_latent].to(model.device)
     harmony = None
     if prior.config.harmony_channels and encoded_rows:
         # The given stems' pitch classes per latent frame (engine.core.harmony);
@@ -166,6 +178,9 @@ def generate_latent_stems(
             channel_mask = mask.repeat_interleave(channels, dim=0)[None]
             window_harmony = None if harmony is None else harmony[None, :, start:start + window]
             conditioned = prior.with_given(window_latents, mask[None], settings.guidance, window_harmony)
+            if target is not None:
+                conditioned = harmony_guided(conditioned, model, target[:, :, start:start + window], free_pitched,
+                                             settings.harmony)
             result = impute(conditioned, window_latents, channel_mask, seeds,
                             settings=settings, callback=callback, device=model.device, clip=None)
         else:

@@ -45,24 +45,32 @@ def semitone_weights(sample_rate: int, n_fft: int = HARMONY_N_FFT) -> Tensor:
     return (weights / weights.sum(0, keepdim=True).clamp_min(1e-12)).float()
 
 
-def stem_chroma(audio: Tensor, hop: int, sample_rate: int, n_fft: int = HARMONY_N_FFT) -> Tensor:
-    """audio [..., T] -> chroma [..., 12, T // hop + 1] in [0, 1], C = 0; frame k
-    is centred on sample k * hop (the autoencoder's latent frames)."""
+def chroma_from_magnitude(magnitude: Tensor, sample_rate: int, n_fft: int) -> Tensor:
+    """Magnitude spectrogram [B, F, K] of an n_fft-point STFT -> pitch-class
+    energy [B, 12, K] (C = 0), unnormalised; differentiable, so a sampler can
+    follow its gradient (engine.audio.harmony_guidance)."""
     if sample_rate / 2 <= 440.0 * 2 ** ((HARMONY_NOTES[1] - 69) / 12):
         raise ValueError(f"the harmony condition needs a sample rate above {sample_rate} Hz")
-    shape, length = audio.shape[:-1], audio.shape[-1]
-    flat = audio.reshape(-1, length).float()
-    window = torch.hann_window(n_fft, device=flat.device)
-    spec = torch.stft(flat, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
-    per_note = torch.einsum("bfk,fn->bkn", spec.abs(), semitone_weights(int(sample_rate), n_fft).to(flat.device))
+    weights = semitone_weights(int(sample_rate), n_fft).to(device=magnitude.device, dtype=magnitude.dtype)
+    per_note = torch.einsum("bfk,fn->bkn", magnitude, weights)
     envelope = F.avg_pool1d(F.pad(per_note, (ENVELOPE_SEMITONES // 2,) * 2, mode="replicate"),
                             ENVELOPE_SEMITONES, stride=1)
     tonal = (per_note - envelope).clamp_min(0)                             # [B, K, notes]
     b, k, notes = tonal.shape
     chroma = tonal.reshape(b, k, notes // PITCH_CLASSES, PITCH_CLASSES).sum(2)
     # Rotate so class 0 is C (HARMONY_NOTES starts on E = 4).
-    chroma = torch.roll(chroma, HARMONY_NOTES[0] % PITCH_CLASSES, dims=-1)
-    peak = chroma.amax(-1, keepdim=True)                                   # [B, K, 1]
-    loudest = peak.amax(1, keepdim=True)
+    return torch.roll(chroma, HARMONY_NOTES[0] % PITCH_CLASSES, dims=-1).transpose(1, 2)
+
+
+def stem_chroma(audio: Tensor, hop: int, sample_rate: int, n_fft: int = HARMONY_N_FFT) -> Tensor:
+    """audio [..., T] -> chroma [..., 12, T // hop + 1] in [0, 1], C = 0; frame k
+    is centred on sample k * hop (the autoencoder's latent frames)."""
+    shape, length = audio.shape[:-1], audio.shape[-1]
+    flat = audio.reshape(-1, length).float()
+    window = torch.hann_window(n_fft, device=flat.device)
+    spec = torch.stft(flat, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
+    chroma = chroma_from_magnitude(spec.abs(), sample_rate, n_fft)        # [B, 12, K]
+    peak = chroma.amax(1, keepdim=True)                                    # [B, 1, K]
+    loudest = peak.amax(2, keepdim=True)
     chroma = chroma / torch.maximum(peak, FRAME_FLOOR * loudest).clamp_min(1e-8)
-    return chroma.transpose(1, 2)[..., :length // hop + 1].reshape(*shape, PITCH_CLASSES, -1)
+    return chroma[..., :length // hop + 1].reshape(*shape, PITCH_CLASSES, -1)

@@ -60,6 +60,11 @@ class SamplerSettings:
     # conditional alone (one network evaluation per NFE); w > 1 leans harder
     # on the given stems at two evaluations per NFE.
     guidance: float = 1.0
+    # Latent imputation only: how hard each step's estimate is pulled towards
+    # the given pitched stems' pitch classes (engine.audio.harmony_guidance;
+    # 0: off). Costs a pass of the autoencoder's decoder and its gradient per
+    # step at the noise levels where notes are chosen.
+    harmony: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min <= self.sigma_max:
@@ -67,6 +72,8 @@ class SamplerSettings:
                                 f"sigma_max {self.sigma_max:g}")
         if not 0.0 <= self.guidance <= 10.0:
             raise SettingsError(f"guidance must be in [0, 10], got {self.guidance:g}")
+        if not 0.0 <= self.harmony <= 5.0:
+            raise SettingsError(f"harmony must be in [0, 5], got {self.harmony:g}")
         if self.prior not in PRIORS:
             raise SettingsError(f"unknown prior {self.prior!r}; use one of {', '.join(PRIORS)}")
         if self.steps < (0 if self.warm_start else 1):
@@ -128,6 +135,8 @@ def generation_settings(task: str, has_latent_prior: bool, prior: str | None = N
         raise SettingsError("this model has no latent prior: use prior waveform, or a model file with one")
     if prior == "waveform" and overrides.get("guidance") not in (None, 1.0):
         raise SettingsError("guidance is for the latent prior (the waveform prior imputes by replacement alone)")
+    if prior == "waveform" and overrides.get("harmony") not in (None, 0.0):
+        raise SettingsError("harmony guidance is for the latent prior (it steers the autoencoder's latents)")
     if prior == "latent":
         base = LATENT_GENERATE if task == "generate" else LATENT_IMPUTE
     else:

@@ -115,6 +115,9 @@ OPTIONS: tuple[Option, ...] = (
                                     "the generated stems lean on the given ones (1: the learned conditional alone, "
                                     "one network evaluation per step; other values two; default: the task's)",
            0.0, 10.0, tasks=("impute",)),
+    Option("harmony", float, None, "imputation with the latent prior: harmony guidance, how hard the new pitched "
+                                   "stems are pulled towards the given stems' pitch classes (0: off; default: the "
+                                   "task's)", 0.0, 5.0, tasks=("impute",)),
     Option("seed", int, 0, "random seed: same seed, same audio (default 0)", *INT32),
     Option("overlap", float, 0.25, f"overlap between windows of long audio, 0..{MAX_OVERLAP:g} (default 0.25)",
            0.0, MAX_OVERLAP),
@@ -163,6 +166,7 @@ class JobOptions:
     sigma_max: float | None = None
     method: str | None = None
     guidance: float | None = None
+    harmony: float | None = None
     seed: int = 0
     overlap: float = 0.25
     likelihood: str = "dirac"
@@ -197,6 +201,8 @@ class JobOptions:
                 return reason
         if self.guidance is not None and self.prior == "waveform":
             return "guidance is for the latent prior (the waveform prior imputes by replacement alone)"
+        if self.harmony and self.prior == "waveform":
+            return "harmony guidance is for the latent prior (it steers the autoencoder's latents)"
         if (self.range is None) != (self.regenerate is None):
             return "range and regenerate go together: the time range, and the stems to write anew in it"
         if self.format == "flac" and self.sample_format == "32f":
@@ -222,6 +228,7 @@ class JobOptions:
                          sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
         if task == "impute":
             overrides["guidance"] = self.guidance
+            overrides["harmony"] = self.harmony
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, prior=self.prior,

@@ -1,0 +1,91 @@
+"""Harmony guidance: imputed stems pulled towards the given stems' pitch classes.
+
+The latent prior learns how stems fit together from a few CPU-hours of
+chorales; its imputations follow the given rhythm but only partly the given
+harmony (docs/models.md). This steers each sampling step's estimate of the
+clean latents x0 up the gradient of a differentiable harmonic agreement:
+
+    A(x0) = mean over free pitched stems and blocks of ~0.75 s of
+            corr(chroma of the decoded stem, chroma of the given pitched stems)
+
+where a stem's chroma comes from the autoencoder's decoded log magnitude
+(engine.core.harmony.chroma_from_magnitude; no Griffin-Lim, so the gradient
+is cheap), and the given stems' from their audio. Guiding the denoiser's x0
+with the gradient of a loss on it is loss-guided diffusion (Song et al. 2023;
+the "universal guidance" forward step, Bansal et al. 2023), here without
+back-propagating through the denoiser: only through the decoder. Steps are
+taken at the noise levels where notes are chosen (GUIDED_SIGMAS), each the
+gradient scaled to unit RMS times `strength`, in the diffusion's
+unit-variance units.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from engine.core.harmony import chroma_from_magnitude
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+# Noise levels (unit-variance latents) at which the estimate is steered: above
+# ~0.3 the notes are still undecided; far above 10 the estimate is the mean.
+GUIDED_SIGMAS = (0.3, 10.0)
+# Stems without pitch classes: never a target of the guidance nor part of it.
+UNPITCHED = frozenset({"drums"})
+# Agreement is measured over blocks of this many latent frames (~0.75 s at hop
+# 256): chords change within the 3 s window, so one block per window would
+# let a stem hold one pitch-class profile over changing harmony.
+BLOCK_FRAMES = 64
+
+
+def block_correlation(chroma: Tensor, target: Tensor, block: int = BLOCK_FRAMES) -> Tensor:
+    """Mean over blocks of the Pearson correlation of block-summed chroma
+    [B, 12, K] with the target's [B, 12, K]; blocks where the target has no
+    pitch class (silence, drums) count for nothing."""
+    k = chroma.shape[-1]
+    blocks = max(1, k // block)
+    edges = [round(i * k / blocks) for i in range(blocks + 1)]
+    scores, weights = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        a = chroma[..., lo:hi].sum(-1)
+        b = target[..., lo:hi].sum(-1)
+        a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        scores.append((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-8))
+        weights.append((b.norm(dim=-1) > 1e-6).to(chroma.dtype))
+    score, weight = torch.stack(scores, -1), torch.stack(weights, -1)
+    return (score * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list[int], strength: float) -> Denoiser:
+    """`denoiser` with its x0 steered towards the target chroma [B, 12, K] (the
+    given pitched stems', per latent frame) for the free pitched stems (rows of
+    the stacked latent); the identity when strength is 0 or nothing is free."""
+    if strength == 0 or not free_pitched:
+        return denoiser
+    prior, autoencoder = model.latent_prior, model.autoencoder
+    channels = prior.config.latent_channels
+    sample_rate, n_fft = model.sample_rate, autoencoder.config.n_fft
+
+    def agreement(x0: Tensor) -> Tensor:
+        # As generate_latent_stems decodes: the calibrated scale, the autoencoder's units, its tanh range.
+        latents = prior.from_diffusion(x0 * prior.config.sample_scale)
+        rows = torch.cat([latents[:, n * channels:(n + 1) * channels] for n in free_pitched])   # [S B, C, K]
+        magnitude = autoencoder.decode_log_magnitude(rows.clamp(-1.0, 1.0)).exp()
+        chroma = chroma_from_magnitude(magnitude, sample_rate, n_fft)
+        return block_correlation(chroma, target.repeat(len(free_pitched), 1, 1))   # rows are stem-major
+
+    def guided(x: Tensor, sigma: Tensor) -> Tensor:
+        x0 = denoiser(x, sigma)
+        level = float(torch.as_tensor(sigma).max())
+        if not GUIDED_SIGMAS[0] <= level <= GUIDED_SIGMAS[1]:
+            return x0
+        with torch.enable_grad():
+            z = x0.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(agreement(z), z)
+        rms = gradient.pow(2).mean().sqrt()
+        if not torch.isfinite(rms) or rms == 0:
+            return x0
+        return x0 + strength * gradient / rms
+    return guided
