@@ -59,12 +59,23 @@ def main() -> None:
     samples, rate = soundfile.read(separated, always_2d=True)
     drums = Path(folder.name) / "drums.wav"
     soundfile.write(drums, samples[: int(round(args.seconds * rate))], rate)
+    # A pitched given part too: harmony guidance (engine.audio.harmony_guidance)
+    # only works when one is given, and what it costs is timed against itself off.
+    piano_samples, _ = soundfile.read(separate_file(models, EXAMPLE, Path(folder.name) / "example2",
+                                                    settings=guess)["piano"], always_2d=True)
+    piano = Path(folder.name) / "piano.wav"
+    soundfile.write(piano, piano_samples[: int(round(args.seconds * rate))], rate)
     rows = {
         f"generate {args.seconds:g} s, all stems": lambda out: generate_file(
             models, out, args.seconds, seed=0, settings=settings("generate")),
         f"accompany {args.seconds:g} s of drums": lambda out: impute_file(
             models, {"drums": drums}, out, seed=0, settings=settings("impute")),
+        f"accompany {args.seconds:g} s of piano": lambda out: impute_file(
+            models, {"piano": piano}, out, seed=0, settings=settings("impute")),
     }
+    if has_latent and settings("impute").harmony:
+        rows["  the same without harmony guidance"] = lambda out: impute_file(
+            models, {"piano": piano}, out, seed=0, settings=settings("impute").override(harmony=0.0))
     long_seconds = 3 * args.seconds
     preview_row = f"first audible result (preview) of {long_seconds:g} s"
     options = JobOptions(preview=True, prior=args.prior, steps=args.steps)

@@ -105,7 +105,9 @@ def _run(args) -> int:
         separator = models.separator
         if separator is not None:
             c = separator.config
-            print(f"first guess: mask separator, STFT {c.n_fft}/{c.hop}, BiLSTM {c.layers} x {c.hidden}, "
+            extras = (f", mask temperature {c.mask_temperature:g}" if c.mask_temperature != 1.0 else "") + \
+                     (f", time-frequency refinement {c.refine_channels} x {c.refine_layers}" if c.refine_channels else "")
+            print(f"first guess: mask separator, STFT {c.n_fft}/{c.hop}, BiLSTM {c.layers} x {c.hidden}{extras}, "
                   f"{models.models[0].separator_parameters:,} parameters (separation starts from it)")
         else:
             print("first guess: none (separation runs the diffusion sampler from noise)")

@@ -116,8 +116,9 @@ GAUSSIAN_GAMMA_SCALE = 0.75  # gamma = 0.75 sigma
 # range scaled to it, DPM-Solver++(2M) for few steps (docs/models.md: chosen on VALID).
 LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, method="dpmpp2m", prior="latent")
 # Imputation leans on the given stems with classifier-free guidance w = 2
-# (chosen on VALID, two seeds of 32 windows: docs/models.md).
-LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0)
+# and follows their harmony with harmony guidance 0.06 (engine.audio.
+# harmony_guidance), both chosen on VALID (32 windows: docs/models.md).
+LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.06)
 # Refining the first guess with the latent prior (engine.audio.latent_refinement):
 # SDEdit from a level about the latents' own scale (unit variance), where the
 # prior can move notes, not only texture. Off by default: docs/models.md's row.
