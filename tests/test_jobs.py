@@ -100,6 +100,13 @@ def test_guidance_reaches_latent_imputation_only():
         JobOptions(guidance=2.0, prior="waveform").check()
     with pytest.raises(CommandError, match="guidance is for the latent prior"):
         JobOptions(guidance=2.0).sampler_settings("impute", latent_prior=False)  # a model without one
+    # The neutral values ask nothing of the waveform prior; others are refused, by the
+    # job options and the sampler settings alike (engine.core.latent_options).
+    assert JobOptions(guidance=1.0, harmony=0.0, prior="waveform").problem() is None
+    with pytest.raises(CommandError, match="harmony guidance is for the latent prior"):
+        JobOptions(harmony=0.5, prior="waveform").check()
+    with pytest.raises(CommandError, match="harmony guidance is for the latent prior"):
+        JobOptions(harmony=0.5).sampler_settings("impute", latent_prior=False)
     assert protocol.network_evaluations("impute", JobOptions(steps=24, guidance=2.0))[2] == 48
     assert protocol.network_evaluations("impute", JobOptions(steps=24, guidance=1.0))[2] == 24
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from engine.errors import CommandError
 
 from engine.core.evaluations import network_evaluations
+from engine.core.latent_options import waveform_problem
 from engine.core.diffusion import (
     Denoiser,
     ItemNoise,
@@ -134,10 +135,8 @@ def generation_settings(task: str, has_latent_prior: bool, prior: str | None = N
         raise SettingsError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
     if prior == "latent" and not has_latent_prior:
         raise SettingsError("this model has no latent prior: use prior waveform, or a model file with one")
-    if prior == "waveform" and overrides.get("guidance") not in (None, 1.0):
-        raise SettingsError("guidance is for the latent prior (the waveform prior imputes by replacement alone)")
-    if prior == "waveform" and overrides.get("harmony") not in (None, 0.0):
-        raise SettingsError("harmony guidance is for the latent prior (it steers the autoencoder's latents)")
+    if prior == "waveform" and (reason := waveform_problem(overrides)):
+        raise SettingsError(reason)
     if prior == "latent":
         base = LATENT_GENERATE if task == "generate" else LATENT_IMPUTE
     else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.audio.windows import MAX_OVERLAP
+from engine.core.latent_options import waveform_problem
 from engine.errors import CommandError
 
 TASKS = ("separate", "generate", "impute")
@@ -199,10 +200,9 @@ class JobOptions:
             value = getattr(self, option.name)
             if value is not None and (reason := option.problem(value)):
                 return reason
-        if self.guidance is not None and self.prior == "waveform":
-            return "guidance is for the latent prior (the waveform prior imputes by replacement alone)"
-        if self.harmony and self.prior == "waveform":
-            return "harmony guidance is for the latent prior (it steers the autoencoder's latents)"
+        if self.prior == "waveform" and (reason := waveform_problem({"guidance": self.guidance,
+                                                                     "harmony": self.harmony})):
+            return reason
         if (self.range is None) != (self.regenerate is None):
             return "range and regenerate go together: the time range, and the stems to write anew in it"
         if self.format == "flac" and self.sample_format == "32f":

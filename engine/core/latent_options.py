@@ -1,0 +1,23 @@
+"""Sampler options that only the latent prior has, and the one check that the
+waveform prior is not asked for them: shared by the job options (checked when
+a request arrives, torch-free so the OSC server checks before any work) and
+the sampler settings (engine.core.tasks.generation_settings)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+# option -> (its neutral value, which the waveform prior may be given, and why it cannot take another)
+LATENT_ONLY = {
+    "guidance": (1.0, "guidance is for the latent prior (the waveform prior imputes by replacement alone)"),
+    "harmony": (0.0, "harmony guidance is for the latent prior (it steers the autoencoder's latents)"),
+}
+
+
+def waveform_problem(values: Mapping[str, float | None]) -> str | None:
+    """Why the waveform prior cannot run with `values` (option -> value; None:
+    not given), or None when it can."""
+    for name, (neutral, reason) in LATENT_ONLY.items():
+        if values.get(name) not in (None, neutral):
+            return reason
+    return None
