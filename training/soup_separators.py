@@ -29,7 +29,7 @@ def soup(separators: list[MaskSeparator], weights: list[float] | None = None) ->
     """The weighted average of separators of one shape (weights: equal by default, must sum to 1)."""
     if not separators:
         raise ValueError("a soup needs at least one separator")
-    weights = weights or [1.0 / len(separators)] * len(separators)
+    weights = [1.0 / len(separators)] * len(separators) if weights is None else weights
     if len(weights) != len(separators) or any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
         raise ValueError(f"one non-negative weight per separator, summing to 1; got {weights}")
     config = separators[0].config
@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=float, nargs="+", help="one per separator, summing to 1 (default equal)")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    weights = args.weights or [1.0 / len(args.separators)] * len(args.separators)
     try:
-        result = soup([initial_separator(path) for path in args.separators], args.weights)
+        result = soup([initial_separator(path) for path in args.separators], weights)
     except ValueError as error:
         parser.error(str(error))
-    weights = args.weights or [1.0 / len(args.separators)] * len(args.separators)
     recipe = " + ".join(f"{w:.3g} x {p.name}" for w, p in zip(weights, args.separators))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():

@@ -29,6 +29,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -69,21 +70,35 @@ def encode_track(autoencoder: StemAutoencoder, stems: np.ndarray, chunk: int = 2
     return joined[:, :, :stems.shape[1] // hop + 1]
 
 
-def cache_latents(roots: list[Path], split: str, autoencoder: StemAutoencoder, digest: str) -> list[Path]:
+def cache_per_track(roots: list[Path], split: str, folder_of: Callable[[Path], Path],
+                    compute: Callable[[Track], np.ndarray], label: str) -> list[Path]:
+    """One float16 array per track of each root's split, computed once and kept
+    in `folder_of(root)/<track>.npy` (written atomically, so an interrupted
+    run resumes); the files in track order."""
     files = []
     for root in roots:
-        folder = root / ".latents" / digest / split
+        folder = folder_of(root)
         folder.mkdir(parents=True, exist_ok=True)
         tracks = scan(root / split, STEMS).tracks
         for n, track in enumerate(tracks):
             target = folder / f"{track.name}.npy"
             if not target.is_file():
-                latent = encode_track(autoencoder, read_stems(track, track.frames)).astype(np.float16)
-                write_atomic(target, lambda tmp: np.save(open(tmp, "wb"), latent))
+                array = compute(track).astype(np.float16)
+
+                def save(tmp: Path) -> None:
+                    with open(tmp, "wb") as handle:   # a handle: np.save would add ".npy" to a path
+                        np.save(handle, array)
+                write_atomic(target, save)
             files.append(target)
             if n % 50 == 0:
-                print(f"latents {root}/{split}: {n + 1}/{len(tracks)}", flush=True)
+                print(f"{label} {root}/{split}: {n + 1}/{len(tracks)}", flush=True)
     return files
+
+
+def cache_latents(roots: list[Path], split: str, autoencoder: StemAutoencoder, digest: str) -> list[Path]:
+    """Every track's stems' latents [N, C, T // hop + 1]."""
+    return cache_per_track(roots, split, lambda root: root / ".latents" / digest / split,
+                           lambda track: encode_track(autoencoder, read_stems(track, track.frames)), "latents")
 
 
 def harmony_folder(root: Path, split: str, hop: int) -> Path:
@@ -92,25 +107,15 @@ def harmony_folder(root: Path, split: str, hop: int) -> Path:
     return root / ".harmony" / version / split
 
 
+@torch.no_grad()
+def track_chroma(track: Track, hop: int) -> np.ndarray:
+    return stem_chroma(torch.from_numpy(read_stems(track, track.frames)), hop, track.sample_rate).numpy()
+
+
 def cache_harmony(roots: list[Path], split: str, hop: int) -> list[Path]:
-    """Every track's stems' chroma [N, 12, T // hop + 1] (float16), in the order of cache_latents."""
-    files = []
-    for root in roots:
-        folder = harmony_folder(root, split, hop)
-        folder.mkdir(parents=True, exist_ok=True)
-        tracks = scan(root / split, STEMS).tracks
-        for n, track in enumerate(tracks):
-            target = folder / f"{track.name}.npy"
-            if not target.is_file():
-                with torch.no_grad():
-                    chroma = stem_chroma(torch.from_numpy(read_stems(track, track.frames)), hop,
-                                         track.sample_rate)
-                chroma = chroma.numpy().astype(np.float16)
-                write_atomic(target, lambda tmp: np.save(open(tmp, "wb"), chroma))
-            files.append(target)
-            if n % 50 == 0:
-                print(f"harmony {root}/{split}: {n + 1}/{len(tracks)}", flush=True)
-    return files
+    """Every track's stems' chroma [N, 12, T // hop + 1], in the order of cache_latents."""
+    return cache_per_track(roots, split, lambda root: harmony_folder(root, split, hop),
+                           lambda track: track_chroma(track, hop), "harmony")
 
 
 def load_init(denoiser: LatentDenoiser, weights: dict[str, torch.Tensor]) -> None:

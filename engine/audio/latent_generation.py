@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine.audio.harmony_guidance import UNPITCHED, harmony_guided
 from engine.audio.windows import WindowPlan
 from engine.core.diffusion import seed_for
-from engine.audio.harmony_guidance import UNPITCHED, harmony_guided
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
 from engine.core.tasks import SamplerSettings, generate, impute
 from engine.storage.model import MSDMModel
@@ -142,19 +142,22 @@ def generate_latent_stems(
     names = model.config.stems
     given_pitched = [n for n in given_stems if names[n] not in UNPITCHED]
     free_pitched = [n for n in range(num) if n not in given_stems and names[n] not in UNPITCHED]
-    target = None
-    if settings.harmony and given_pitched and free_pitched:
-        chroma = stem_chroma(torch.from_numpy(np.ascontiguousarray(given[given_pitched], dtype=np.float32)),
-                             hop, model.sample_rate).sum(0)
-        target = torch.zeros(1, PITCH_CLASSES, total, device=model.device)
-        target[0, :, :frames_latent] = chroma[:, :frames_latent].to(model.device)
-    harmony = None
-    if prior.config.harmony_channels and encoded_rows:
-        # The given stems' pitch classes per latent frame (engine.core.harmony);
-        # the prior masks them like the given latents.
-        harmony = torch.zeros(num * PITCH_CLASSES, total, device=model.device)
-        chroma = stem_chroma(torch.from_numpy(np.ascontiguousarray(given[encoded_rows], dtype=np.float32)),
+    guide = bool(settings.harmony and given_pitched and free_pitched)
+    condition = bool(prior.config.harmony_channels and encoded_rows)
+    # The pitch classes per latent frame (engine.core.harmony) of the stems that
+    # need them, computed once for the guidance's target and the prior's condition.
+    chroma_rows = encoded_rows if condition else given_pitched if guide else []
+    if chroma_rows:
+        chroma = stem_chroma(torch.from_numpy(np.ascontiguousarray(given[chroma_rows], dtype=np.float32)),
                              hop, model.sample_rate).to(model.device)
+    target = None
+    if guide:
+        target = torch.zeros(1, PITCH_CLASSES, total, device=model.device)
+        target[0, :, :frames_latent] = chroma[[chroma_rows.index(n) for n in given_pitched]].sum(0)[:, :frames_latent]
+    harmony = None
+    if condition:
+        # The prior masks them like the given latents.
+        harmony = torch.zeros(num * PITCH_CLASSES, total, device=model.device)
         if given_mask is not None:
             # A chroma frame hears HARMONY_N_FFT samples: keep only those that hear given samples alone.
             heard = latent_frame_mask(given_mask, hop, HARMONY_N_FFT, frames_latent)[encoded_rows]

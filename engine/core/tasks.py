@@ -21,8 +21,6 @@ from torch import Tensor
 
 from engine.errors import CommandError
 
-from engine.core.evaluations import network_evaluations
-from engine.core.latent_options import waveform_problem
 from engine.core.diffusion import (
     Denoiser,
     ItemNoise,
@@ -31,6 +29,8 @@ from engine.core.diffusion import (
     karras_sigmas,
     sample,
 )
+from engine.core.evaluations import network_evaluations
+from engine.core.latent_options import waveform_problem
 
 
 class SettingsError(CommandError, ValueError):
