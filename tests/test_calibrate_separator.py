@@ -54,6 +54,12 @@ def test_calibration_writes_the_best_temperature(tmp_path, tiny_packed_path):
     with pytest.raises(SystemExit):
         calibrate_separator.main(["--model", str(tiny_packed_path), "--data", str(tmp_path / "nothing"),
                                   "-o", str(out)])
+    with pytest.raises(SystemExit, match="no VALID tracks"):   # a monitor set that is not there
+        calibrate_separator.main(["--model", str(tiny_packed_path), "--data", str(tmp_path / "data"),
+                                  "--monitor-data", str(tmp_path / "nothing"), "-o", str(out)])
+    with pytest.raises(SystemExit, match="not found"):
+        calibrate_separator.main(["--model", str(tmp_path / "missing.safetensors"), "--data",
+                                  str(tmp_path / "data"), "-o", str(out)])
 
 
 def test_the_monitor_bounds_what_the_held_out_sets_may_choose():

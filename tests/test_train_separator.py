@@ -111,3 +111,12 @@ def test_several_valid_sets_are_scored_together(tmp_path):
     # of equal length each, so the joint score is the mean of the two.
     for stem in ("bass", "drums", "guitar", "piano", "All"):
         assert abs(float(both[stem]) - (float(a[stem]) + float(b[stem])) / 2) < 1e-3, stem
+
+
+def test_a_bad_shape_flag_is_a_usage_error_before_any_work(tmp_path):
+    import pytest
+
+    make_dataset(tmp_path / "data", np.random.default_rng(5))
+    with pytest.raises(SystemExit) as exit_info:
+        train_separator.main(["--data", str(tmp_path / "data"), "-o", str(tmp_path / "run"), *TINY, "--refine", "-3"])
+    assert exit_info.value.code == 2 and not (tmp_path / "run").exists()

@@ -30,6 +30,7 @@ import torch
 
 from engine.atomic import write_atomic
 from engine.core.separator import MaskSeparator
+from engine.errors import ModelFileError
 from engine.storage.model import MSDMModel
 from training.train_separator import STEMS, score, valid_windows
 
@@ -41,6 +42,14 @@ def with_temperature(separator: MaskSeparator, temperature: float) -> MaskSepara
     tempered = MaskSeparator(dataclasses.replace(separator.config, mask_temperature=temperature))
     tempered.load_state_dict(separator.state_dict())
     return tempered.eval()
+
+
+def valid_set(root: Path, tracks: int) -> list[np.ndarray]:
+    """The first `tracks` VALID tracks of a dataset, or a clear error when it has none."""
+    windows = valid_windows(root, tracks) if (root / "valid").is_dir() else []
+    if not windows:
+        raise SystemExit(f"{root}: no VALID tracks (a dataset folder with valid/, from msdm dataset synth)")
+    return windows
 
 
 def temperature_scores(separator: MaskSeparator, sets: dict[str, list[np.ndarray]],
@@ -95,20 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("temperatures must lie in [0.1, 10]")
 
     torch.set_num_threads(args.threads)
-    model = MSDMModel.load(args.model)
+    try:
+        model = MSDMModel.load(args.model)
+    except ModelFileError as error:
+        raise SystemExit(str(error)) from error
     if model.separator is None:
         raise SystemExit(f"{args.model} has no first-guess separator to calibrate")
-    sets = {}
-    for root in args.data:
-        windows = valid_windows(root, args.tracks) if (root / "valid").is_dir() else []
-        if not windows:
-            raise SystemExit(f"{root}: no VALID tracks to calibrate on")
-        sets[root.name] = windows
+    sets = {root.name: valid_set(root, args.tracks) for root in args.data}
     # Searched from the raw logits (T = 1), whatever temperature the file held.
     base = with_temperature(model.separator, 1.0)
-    monitor = valid_windows(args.monitor_data, args.tracks) if args.monitor_data else None
-    if args.monitor_data and not monitor:
-        raise SystemExit(f"{args.monitor_data}: no VALID tracks to monitor")
+    monitor = valid_set(args.monitor_data, args.tracks) if args.monitor_data else None
     rows = temperature_scores(base, sets, tuple(args.temperatures), monitor)
     best = choose(rows, args.max_drop)
     if args.csv is not None:

@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="diffuse each latent channel standardised by its training mean and std "
                              "(default; --no-normalise: the raw latents, as v1)")
     args = parser.parse_args(argv)
+    if not args.harmony_lr_scale > 0:
+        parser.error(f"--harmony-lr-scale must be positive, got {args.harmony_lr_scale}")
     if args.snapshot_every < 0 or args.snapshot_every % args.valid_every:
         parser.error(f"--snapshot-every must be a multiple of --valid-every ({args.valid_every}), got {args.snapshot_every}")
 

@@ -210,14 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--widen must be a positive integer, got {args.widen}")
     if args.widen != 1 and args.init is None:
         parser.error("--widen needs --init (the separator to widen)")
+    try:
+        config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden,
+                                 layers=args.layers, refine_channels=args.refine, refine_layers=args.refine_layers)
+    except ValueError as error:
+        parser.error(str(error))
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
     valid = [w for root in (args.valid_data or args.data[:1]) for w in valid_windows(root, args.valid_tracks)]
     monitor = valid_windows(args.monitor_data, args.valid_tracks) if args.monitor_data else []
-    config = SeparatorConfig(stems=len(STEMS), n_fft=args.n_fft, hop=args.hop, hidden=args.hidden, layers=args.layers,
-                             refine_channels=args.refine, refine_layers=args.refine_layers)
     torch.manual_seed(args.seed)
     model = MaskSeparator(config)
     started_from = None

@@ -1,4 +1,5 @@
-"""Pitch classes of a stem, frame by frame: the latent prior's harmonic condition.
+"""Pitch classes of a stem, frame by frame: the latent prior's harmonic condition
+and the target of harmony guidance (engine.audio.harmony_guidance).
 
 The stem autoencoder's latents come from a 1024-point STFT (21.5 Hz bins at
 22050 Hz): below ~350 Hz neighbouring semitones share a bin, so a given bass
@@ -50,7 +51,7 @@ def chroma_from_magnitude(magnitude: Tensor, sample_rate: int, n_fft: int) -> Te
     energy [B, 12, K] (C = 0), unnormalised; differentiable, so a sampler can
     follow its gradient (engine.audio.harmony_guidance)."""
     if sample_rate / 2 <= 440.0 * 2 ** ((HARMONY_NOTES[1] - 69) / 12):
-        raise ValueError(f"the harmony condition needs a sample rate above {sample_rate} Hz")
+        raise ValueError(f"pitch classes up to MIDI {HARMONY_NOTES[1] - 1} need a sample rate above {sample_rate} Hz")
     weights = semitone_weights(int(sample_rate), n_fft).to(device=magnitude.device, dtype=magnitude.dtype)
     per_note = torch.einsum("bfk,fn->bkn", magnitude, weights)
     envelope = F.avg_pool1d(F.pad(per_note, (ENVELOPE_SEMITONES // 2,) * 2, mode="replicate"),
