@@ -76,6 +76,12 @@ def main() -> None:
     if has_latent and settings("impute").harmony:
         rows["  the same without harmony guidance"] = lambda out: impute_file(
             models, {"piano": piano}, out, seed=0, settings=settings("impute").override(harmony=0.0))
+    if has_latent and settings("impute").rhythm:
+        # Rhythm guidance (engine.audio.rhythm_guidance) works with any given stem.
+        rows["  the same without rhythm guidance"] = lambda out: impute_file(
+            models, {"piano": piano}, out, seed=0, settings=settings("impute").override(rhythm=0.0))
+        rows["  the same without either guidance"] = lambda out: impute_file(
+            models, {"piano": piano}, out, seed=0, settings=settings("impute").override(harmony=0.0, rhythm=0.0))
     long_seconds = 3 * args.seconds
     preview_row = f"first audible result (preview) of {long_seconds:g} s"
     options = JobOptions(preview=True, prior=args.prior, steps=args.steps)

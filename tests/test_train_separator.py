@@ -8,6 +8,7 @@ import csv
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from engine.storage.model import MSDMModel
 from training import pack_model, train_separator
@@ -46,6 +47,10 @@ def test_training_scores_resumes_and_packs(tmp_path, tiny_model_path):
     with open(run / "log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) > len(first) and int(rows[-1]["step"]) > steps
+    # The last weights are kept beside the best: the same network as last.pt's.
+    last = train_separator.initial_separator(run / "last.safetensors")
+    state = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(last.state_dict()[k], v) for k, v in state.items())
     # The best weights go into a model file with the prior; it separates.
     out = tmp_path / "packed.safetensors"
     pack_model.main(["--prior", str(tiny_model_path), "--separator", str(run / "best.safetensors"), "-o", str(out)])

@@ -110,6 +110,8 @@ def register(commands) -> None:
                                                    "(default: the task's; 1 = the learned conditional alone)")
     eg.add_argument("--harmony", type=float, help="latent imputation: harmony guidance strength "
                                                   "(engine.audio.harmony_guidance; default: the task's)")
+    eg.add_argument("--rhythm", type=float, help="latent imputation: rhythm guidance strength "
+                                                 "(engine.audio.rhythm_guidance; default: the task's)")
     eg.add_argument("--sigma-max", type=float, help="highest noise level (default: the task's)")
     eg.add_argument("--batch", type=int, default=4, help="windows sampled together (default 4)")
     eg.add_argument("--draws", type=int, default=16, help="real draws that calibrate the distance (default 16)")
@@ -263,7 +265,8 @@ def run_evaluate_generation(args) -> int:
                                                  method=args.method, s_churn=args.churn,
                                                  num_resamples=args.resamples, sigma_max=args.sigma_max,
                                                  guidance=args.guidance if task == "impute" else None,
-                                                 harmony=args.harmony if task == "impute" else None)
+                                                 harmony=args.harmony if task == "impute" else None,
+                                                 rhythm=args.rhythm if task == "impute" else None)
 
             def progress(fraction, message, index=index):
                 bar(0.1 + 0.9 * (index + fraction) / len(runs), message)
@@ -272,6 +275,7 @@ def run_evaluate_generation(args) -> int:
                                       batch=args.batch, cache=args.cache, progress=progress)
             guided = f", guidance {settings.guidance:g}" if task == "impute" and settings.guidance != 1 else ""
             guided += f", harmony {settings.harmony:g}" if task == "impute" and settings.harmony else ""
+            guided += f", rhythm {settings.rhythm:g}" if task == "impute" and settings.rhythm else ""
             label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
                      f"churn {settings.s_churn:g}{guided}, NFE {settings.nfe})")
             record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}

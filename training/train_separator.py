@@ -14,6 +14,7 @@ Scored on the VALID split with the paper's protocol (training.evaluate:
 262144-sample chunks, 4 s windows, silence filter, SI-SNRi), every
 `--valid-every` steps; the best weights are kept as a safetensors file.
 Resumable: `RUN/last.pt` holds the weights, the optimiser and the clock.
+`RUN/last.safetensors`: the weights when the budget ran out (a soup ingredient).
 
     python -m training.train_separator --data DATA -o RUN --minutes 90
     python -m training.train_separator --data DATA -o RUN2 --minutes 60 --init engine/models/default.safetensors
@@ -305,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                      "config": json.dumps(model.config.to_dict())}
             write_atomic(state_path, lambda tmp: torch.save(state, tmp))
         if done:
+            # The last weights as a separator file too: a model soup's
+            # ingredients (training.soup_separators) are last weights, which
+            # no held-out score chose, so the soup's held-out score is unbiased.
+            save_separator(model, args.out / "last.safetensors",
+                           {"step": step, "data": ",".join(map(str, args.data))})
             break
     log.close()
     print(f"done: step {step}, best valid All {best:.2f} dB", flush=True)

@@ -43,22 +43,31 @@ UNPITCHED = frozenset({"drums"})
 BLOCK_FRAMES = 64
 
 
+def block_spans(frames: int, block: int = BLOCK_FRAMES) -> list[tuple[int, int]]:
+    """[lo, hi) of about `block` frames each, covering `frames` (at least one)."""
+    blocks = max(1, frames // block)
+    edges = [round(i * frames / blocks) for i in range(blocks + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def mean_correlation(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Mean of the Pearson correlations (over the last axis) of each pair
+    (a, target); a pair whose target is constant counts for nothing."""
+    scores, weights = [], []
+    for a, b in pairs:
+        a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        scores.append((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-8))
+        weights.append((b.norm(dim=-1) > 1e-6).to(a.dtype))
+    score, weight = torch.stack(scores, -1), torch.stack(weights, -1)
+    return (score * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def block_correlation(chroma: Tensor, target: Tensor, block: int = BLOCK_FRAMES) -> Tensor:
     """Mean over blocks of the Pearson correlation of block-summed chroma
     [B, 12, K] with the target's [B, 12, K]; blocks where the target has no
     pitch class (silence, drums) count for nothing."""
-    k = chroma.shape[-1]
-    blocks = max(1, k // block)
-    edges = [round(i * k / blocks) for i in range(blocks + 1)]
-    scores, weights = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        a = chroma[..., lo:hi].sum(-1)
-        b = target[..., lo:hi].sum(-1)
-        a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
-        scores.append((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-8))
-        weights.append((b.norm(dim=-1) > 1e-6).to(chroma.dtype))
-    score, weight = torch.stack(scores, -1), torch.stack(weights, -1)
-    return (score * weight).sum() / weight.sum().clamp_min(1.0)
+    return mean_correlation([(chroma[..., lo:hi].sum(-1), target[..., lo:hi].sum(-1))
+                             for lo, hi in block_spans(chroma.shape[-1], block)])
 
 
 def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list[int], strength: float) -> Denoiser:
@@ -79,10 +88,19 @@ def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list
         chroma = chroma_from_magnitude(magnitude, sample_rate, n_fft)
         return block_correlation(chroma, target.repeat(len(free_pitched), 1, 1))   # rows are stem-major
 
+    return steered(denoiser, agreement, GUIDED_SIGMAS, strength)
+
+
+def steered(denoiser: Denoiser, agreement: Callable[[Tensor], Tensor], sigmas: tuple[float, float],
+            strength: float) -> Denoiser:
+    """`denoiser` whose x0, at noise levels within `sigmas`, moves up the
+    gradient of `agreement(x0)` by `strength` (the gradient scaled to unit RMS;
+    no back-propagation through the denoiser). Shared by the harmony and
+    rhythm guidance (engine.audio.rhythm_guidance)."""
     def guided(x: Tensor, sigma: Tensor) -> Tensor:
         x0 = denoiser(x, sigma)
         level = float(torch.as_tensor(sigma).max())
-        if not GUIDED_SIGMAS[0] <= level <= GUIDED_SIGMAS[1]:
+        if not sigmas[0] <= level <= sigmas[1]:
             return x0
         with torch.enable_grad():
             z = x0.detach().requires_grad_(True)

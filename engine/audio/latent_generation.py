@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engine.audio.harmony_guidance import UNPITCHED, harmony_guided
+from engine.audio.rhythm_guidance import given_onsets, rhythm_guided
 from engine.audio.windows import WindowPlan
 from engine.core.diffusion import seed_for
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
@@ -154,6 +155,14 @@ def generate_latent_stems(
     if guide:
         target = torch.zeros(1, PITCH_CLASSES, total, device=model.device)
         target[0, :, :frames_latent] = chroma[[chroma_rows.index(n) for n in given_pitched]].sum(0)[:, :frames_latent]
+    # Rhythm guidance (settings.rhythm): the onsets of the given stems' mix as
+    # the target of every free stem.
+    free = [n for n in range(num) if n not in given_stems]
+    onsets = None
+    if settings.rhythm and given_stems and free:
+        mix = torch.from_numpy(np.ascontiguousarray(given[list(given_stems)].sum(0), dtype=np.float32))
+        onsets = torch.zeros(1, total, device=model.device)
+        onsets[0, :frames_latent] = given_onsets(model.autoencoder, mix.to(model.device))[0, :frames_latent]
     harmony = None
     if condition:
         # The prior masks them like the given latents.
@@ -184,6 +193,9 @@ def generate_latent_stems(
             if target is not None:
                 conditioned = harmony_guided(conditioned, model, target[:, :, start:start + window], free_pitched,
                                              settings.harmony)
+            if onsets is not None:
+                conditioned = rhythm_guided(conditioned, model, onsets[:, start:start + window], free,
+                                            settings.rhythm)
             result = impute(conditioned, window_latents, channel_mask, seeds,
                             settings=settings, callback=callback, device=model.device, clip=None)
         else:
@@ -192,7 +204,6 @@ def generate_latent_stems(
         latents[:, start:start + window] = result[0]
     if progress is not None:
         progress(1 - DECODE_SHARE, "decoding")
-    free = [n for n in range(num) if n not in given_stems]
     out = np.zeros((num, frames), dtype=np.float32)
     if free:
         # The calibrated sampling temperature (LatentPriorConfig.sample_scale).

@@ -11,6 +11,7 @@ from typing import Mapping
 LATENT_ONLY = {
     "guidance": (1.0, "guidance is for the latent prior (the waveform prior imputes by replacement alone)"),
     "harmony": (0.0, "harmony guidance is for the latent prior (it steers the autoencoder's latents)"),
+    "rhythm": (0.0, "rhythm guidance is for the latent prior (it steers the autoencoder's latents)"),
 }
 
 

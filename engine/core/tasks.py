@@ -66,6 +66,10 @@ class SamplerSettings:
     # 0: off). Costs a pass of the autoencoder's decoder and its gradient per
     # step at the noise levels where notes are chosen.
     harmony: float = 0.0
+    # Latent imputation only: how hard each step's estimate is pulled towards
+    # the given stems' onsets (engine.audio.rhythm_guidance; 0: off), at the
+    # same cost as the harmony guidance.
+    rhythm: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min <= self.sigma_max:
@@ -75,6 +79,8 @@ class SamplerSettings:
             raise SettingsError(f"guidance must be in [0, 10], got {self.guidance:g}")
         if not 0.0 <= self.harmony <= 5.0:
             raise SettingsError(f"harmony must be in [0, 5], got {self.harmony:g}")
+        if not 0.0 <= self.rhythm <= 5.0:
+            raise SettingsError(f"rhythm must be in [0, 5], got {self.rhythm:g}")
         if self.prior not in PRIORS:
             raise SettingsError(f"unknown prior {self.prior!r}; use one of {', '.join(PRIORS)}")
         if self.steps < (0 if self.warm_start else 1):
@@ -116,10 +122,11 @@ GAUSSIAN_GAMMA_SCALE = 0.75  # gamma = 0.75 sigma
 # The latent prior (latents in (-1, 1), sigma_data ~0.3-0.5): EDM's schedule
 # range scaled to it, DPM-Solver++(2M) for few steps (docs/models.md: chosen on VALID).
 LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, method="dpmpp2m", prior="latent")
-# Imputation leans on the given stems with classifier-free guidance w = 2
-# and follows their harmony with harmony guidance 0.06 (engine.audio.
-# harmony_guidance), both chosen on VALID (32 windows: docs/models.md).
-LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.06)
+# Imputation leans on the given stems with classifier-free guidance w = 2,
+# follows their harmony with harmony guidance 0.06 (engine.audio.
+# harmony_guidance) and their onsets with rhythm guidance 0.06 (engine.audio.
+# rhythm_guidance), all chosen on VALID (32 windows: docs/models.md).
+LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.06, rhythm=0.06)
 # Refining the first guess with the latent prior (engine.audio.latent_refinement):
 # SDEdit from a level about the latents' own scale (unit variance), where the
 # prior can move notes, not only texture. Off by default: docs/models.md's row.

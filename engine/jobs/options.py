@@ -119,6 +119,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("harmony", float, None, "imputation with the latent prior: harmony guidance, how hard the new pitched "
                                    "stems are pulled towards the given stems' pitch classes (0: off; default: the "
                                    "task's)", 0.0, 5.0, tasks=("impute",)),
+    Option("rhythm", float, None, "imputation with the latent prior: rhythm guidance, how hard the new stems' "
+                                  "onsets are pulled towards the given stems' onsets (0: off; default: the task's)",
+           0.0, 5.0, tasks=("impute",)),
     Option("seed", int, 0, "random seed: same seed, same audio (default 0)", *INT32),
     Option("overlap", float, 0.25, f"overlap between windows of long audio, 0..{MAX_OVERLAP:g} (default 0.25)",
            0.0, MAX_OVERLAP),
@@ -168,6 +171,7 @@ class JobOptions:
     method: str | None = None
     guidance: float | None = None
     harmony: float | None = None
+    rhythm: float | None = None
     seed: int = 0
     overlap: float = 0.25
     likelihood: str = "dirac"
@@ -201,7 +205,8 @@ class JobOptions:
             if value is not None and (reason := option.problem(value)):
                 return reason
         if self.prior == "waveform" and (reason := waveform_problem({"guidance": self.guidance,
-                                                                     "harmony": self.harmony})):
+                                                                     "harmony": self.harmony,
+                                                                     "rhythm": self.rhythm})):
             return reason
         if (self.range is None) != (self.regenerate is None):
             return "range and regenerate go together: the time range, and the stems to write anew in it"
@@ -229,6 +234,7 @@ class JobOptions:
         if task == "impute":
             overrides["guidance"] = self.guidance
             overrides["harmony"] = self.harmony
+            overrides["rhythm"] = self.rhythm
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, prior=self.prior,
