@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio.harmony_guidance import GUIDED_SIGMAS, block_correlation, harmony_guided
+from engine.audio.harmony_guidance import GUIDED_SIGMAS, block_correlation, decoded_log_magnitude, harmony_guided
 from engine.audio.latent_generation import generate_latent_stems
+from engine.core.harmony import chroma_from_magnitude
 from engine.core.tasks import LATENT_IMPUTE, SettingsError, generation_settings
 from engine.jobs.options import JobOptions
 
@@ -42,10 +43,7 @@ def test_a_guided_step_raises_the_agreement_and_only_where_it_is_meant_to():
 
     @torch.no_grad()
     def agreement_of(x0: torch.Tensor) -> float:
-        latents = prior.from_diffusion(x0 * prior.config.sample_scale)
-        rows = torch.cat([latents[:, n * 8:(n + 1) * 8] for n in free]).clamp(-1, 1)
-        from engine.core.harmony import chroma_from_magnitude
-        chroma = chroma_from_magnitude(model.autoencoder.decode_log_magnitude(rows).exp(), SR, 1024)
+        chroma = chroma_from_magnitude(decoded_log_magnitude(model, x0, free).exp(), SR, 1024)
         return float(block_correlation(chroma, target.repeat(len(free), 1, 1)))
 
     sigma = torch.tensor([3.0])                      # inside GUIDED_SIGMAS

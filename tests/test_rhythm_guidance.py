@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.audio.harmony_guidance import decoded_log_magnitude
 from engine.audio.latent_generation import generate_latent_stems
 from engine.audio.rhythm_guidance import (GUIDED_SIGMAS, block_time_correlation, given_onsets, onset_envelope,
                                           rhythm_guided)
@@ -70,9 +71,7 @@ def test_a_guided_step_raises_the_agreement_and_only_where_it_is_meant_to():
 
     @torch.no_grad()
     def agreement_of(x0: torch.Tensor) -> float:
-        latents = prior.from_diffusion(x0 * prior.config.sample_scale)
-        rows = torch.cat([latents[:, n * 8:(n + 1) * 8] for n in free]).clamp(-1, 1)
-        envelope = onset_envelope(model.autoencoder.decode_log_magnitude(rows))
+        envelope = onset_envelope(decoded_log_magnitude(model, x0, free))
         return float(block_time_correlation(envelope, target.repeat(len(free), 1)))
 
     sigma = torch.tensor([3.0])                      # inside GUIDED_SIGMAS

@@ -8,6 +8,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from engine.core.latent_options import LATENT_ONLY
 from engine.errors import CommandError
 from engine.jobs.options import add_model_options, load_models_for
 from engine.jobs.progress import ProgressBar
@@ -264,18 +265,16 @@ def run_evaluate_generation(args) -> int:
             settings = tasks.generation_settings(task, models.latent is not None, args.prior, steps=args.steps,
                                                  method=args.method, s_churn=args.churn,
                                                  num_resamples=args.resamples, sigma_max=args.sigma_max,
-                                                 guidance=args.guidance if task == "impute" else None,
-                                                 harmony=args.harmony if task == "impute" else None,
-                                                 rhythm=args.rhythm if task == "impute" else None)
+                                                 **({name: getattr(args, name) for name in LATENT_ONLY}
+                                                    if task == "impute" else {}))
 
             def progress(fraction, message, index=index):
                 bar(0.1 + 0.9 * (index + fraction) / len(runs), message)
 
             audio = sample_candidates(models, task, real, settings, given=given, seed=args.seed,
                                       batch=args.batch, cache=args.cache, progress=progress)
-            guided = f", guidance {settings.guidance:g}" if task == "impute" and settings.guidance != 1 else ""
-            guided += f", harmony {settings.harmony:g}" if task == "impute" and settings.harmony else ""
-            guided += f", rhythm {settings.rhythm:g}" if task == "impute" and settings.rhythm else ""
+            guided = "".join(f", {name} {getattr(settings, name):g}" for name, (neutral, _) in LATENT_ONLY.items()
+                             if task == "impute" and getattr(settings, name) != neutral)
             label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
                      f"churn {settings.s_churn:g}{guided}, NFE {settings.nfe})")
             record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}

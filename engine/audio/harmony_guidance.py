@@ -70,22 +70,28 @@ def block_correlation(chroma: Tensor, target: Tensor, block: int = BLOCK_FRAMES)
                              for lo, hi in block_spans(chroma.shape[-1], block)])
 
 
+def decoded_log_magnitude(model, x0: Tensor, stems: list[int]) -> Tensor:
+    """The log magnitude [S B, F, K] (stem-major rows) of stems `stems` of an
+    x0 estimate [B, N C, K], decoded as generate_latent_stems decodes: the
+    calibrated sampling scale, the autoencoder's units, its tanh range; no
+    Griffin-Lim, so a guidance's gradient through it is cheap."""
+    prior = model.latent_prior
+    channels = prior.config.latent_channels
+    latents = prior.from_diffusion(x0 * prior.config.sample_scale)
+    rows = torch.cat([latents[:, n * channels:(n + 1) * channels] for n in stems])
+    return model.autoencoder.decode_log_magnitude(rows.clamp(-1.0, 1.0))
+
+
 def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list[int], strength: float) -> Denoiser:
     """`denoiser` with its x0 steered towards the target chroma [B, 12, K] (the
     given pitched stems', per latent frame) for the free pitched stems (rows of
     the stacked latent); the identity when strength is 0 or nothing is free."""
     if strength == 0 or not free_pitched:
         return denoiser
-    prior, autoencoder = model.latent_prior, model.autoencoder
-    channels = prior.config.latent_channels
-    sample_rate, n_fft = model.sample_rate, autoencoder.config.n_fft
+    sample_rate, n_fft = model.sample_rate, model.autoencoder.config.n_fft
 
     def agreement(x0: Tensor) -> Tensor:
-        # As generate_latent_stems decodes: the calibrated scale, the autoencoder's units, its tanh range.
-        latents = prior.from_diffusion(x0 * prior.config.sample_scale)
-        rows = torch.cat([latents[:, n * channels:(n + 1) * channels] for n in free_pitched])   # [S B, C, K]
-        magnitude = autoencoder.decode_log_magnitude(rows.clamp(-1.0, 1.0)).exp()
-        chroma = chroma_from_magnitude(magnitude, sample_rate, n_fft)
+        chroma = chroma_from_magnitude(decoded_log_magnitude(model, x0, free_pitched).exp(), sample_rate, n_fft)
         return block_correlation(chroma, target.repeat(len(free_pitched), 1, 1))   # rows are stem-major
 
     return steered(denoiser, agreement, GUIDED_SIGMAS, strength)

@@ -27,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.audio.harmony_guidance import BLOCK_FRAMES, Denoiser, block_spans, mean_correlation, steered
+from engine.audio.harmony_guidance import (BLOCK_FRAMES, Denoiser, block_spans, decoded_log_magnitude,
+                                          mean_correlation, steered)
 
-# Noise levels (unit-variance latents) at which the estimate is steered; chosen
-# on VALID (docs/models.md).
+# Noise levels (unit-variance latents) at which the estimate is steered. Not
+# swept: set below harmony guidance's 1.5 because onsets are settled at lower
+# noise than pitch classes; the strength was chosen on VALID (docs/models.md).
 GUIDED_SIGMAS = (0.5, 10.0)
 # A note one or two frames (11.6 ms each at hop 256) off still counts.
 TOLERANCE_FRAMES = 2
@@ -65,14 +67,9 @@ def rhythm_guided(denoiser: Denoiser, model, target: Tensor, free: list[int], st
     the stacked latent); the identity when strength is 0 or nothing is free."""
     if strength == 0 or not free:
         return denoiser
-    prior, autoencoder = model.latent_prior, model.autoencoder
-    channels = prior.config.latent_channels
 
     def agreement(x0: Tensor) -> Tensor:
-        # As generate_latent_stems decodes: the calibrated scale, the autoencoder's units, its tanh range.
-        latents = prior.from_diffusion(x0 * prior.config.sample_scale)
-        rows = torch.cat([latents[:, n * channels:(n + 1) * channels] for n in free])   # [S B, C, K]
-        envelope = onset_envelope(autoencoder.decode_log_magnitude(rows.clamp(-1.0, 1.0)))
-        return block_time_correlation(envelope, target.repeat(len(free), 1))
+        envelope = onset_envelope(decoded_log_magnitude(model, x0, free))
+        return block_time_correlation(envelope, target.repeat(len(free), 1))   # rows are stem-major
 
     return steered(denoiser, agreement, GUIDED_SIGMAS, strength)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.audio.windows import MAX_OVERLAP
-from engine.core.latent_options import waveform_problem
+from engine.core.latent_options import LATENT_ONLY, waveform_problem
 from engine.errors import CommandError
 
 TASKS = ("separate", "generate", "impute")
@@ -204,9 +204,7 @@ class JobOptions:
             value = getattr(self, option.name)
             if value is not None and (reason := option.problem(value)):
                 return reason
-        if self.prior == "waveform" and (reason := waveform_problem({"guidance": self.guidance,
-                                                                     "harmony": self.harmony,
-                                                                     "rhythm": self.rhythm})):
+        if self.prior == "waveform" and (reason := waveform_problem({n: getattr(self, n) for n in LATENT_ONLY})):
             return reason
         if (self.range is None) != (self.regenerate is None):
             return "range and regenerate go together: the time range, and the stems to write anew in it"
@@ -232,9 +230,7 @@ class JobOptions:
         overrides = dict(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
                          sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
         if task == "impute":
-            overrides["guidance"] = self.guidance
-            overrides["harmony"] = self.harmony
-            overrides["rhythm"] = self.rhythm
+            overrides.update({name: getattr(self, name) for name in LATENT_ONLY})
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, prior=self.prior,
