@@ -20,7 +20,7 @@ from engine.cli import main
 from engine.errors import CommandError
 from engine.storage.model import MSDMModel
 from training import audio_features as af
-from training.evaluate_generation import Judge, score_task
+from training.evaluate_generation import CEILING, Judge, score_task
 from training.generation_candidates import load_real_windows
 
 STEMS = ("bass", "drums", "guitar", "piano")
@@ -69,6 +69,11 @@ def test_the_measure_tells_real_from_noise_and_fit_from_misfit(tones_data):
         assert rows["shaped"]["structure distance", stem] > 0.7
         assert rows["real"]["clarity ratio", stem] > 0.9 and rows["shaped"]["clarity ratio", stem] < 0.7
     assert rows["candidate:"] == rows["real"]   # the same audio scores the same
+    with_ceiling = _rows(score_task(judge, "generate", truth, ceiling=truth[::-1].copy()))
+    assert with_ceiling["autoencoder"] != with_ceiling["real"]      # its own audio, scored as a reference
+    assert with_ceiling["model"] == with_ceiling["real"]
+    with pytest.raises(ValueError, match="ceiling"):
+        score_task(judge, "generate", truth, ceiling=truth[:, :2])
 
     # Imputation: the true stems fit (1), other tracks' stems do not (0), though they are real.
     rotated = truth[np.roll(np.arange(len(truth)), 1)].copy()
@@ -157,12 +162,17 @@ def test_evaluate_generation_samples_the_latent_prior(tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "l.csv").open()))
     settings = {json.loads(r["settings"])["sampler"]["prior"] for r in rows if r["method"].startswith("model")}
     assert settings == {"latent"}
+    # The autoencoder's round trip of the evaluation windows is scored beside them: the prior's ceiling.
+    ceiling = {(r["task"], r["metric"], r["stem"]): float(r["value"]) for r in rows if r["method"] == CEILING}
+    assert {task for task, _, _ in ceiling} == {"generate", "impute piano"}
+    assert all(np.isfinite(v) for v in ceiling.values())
     kept = sorted((tmp_path / "cache" / "impute-piano").glob("*/window-00/piano.wav"))
     assert len(kept) == 1
     assert main([*common, "--prior", "waveform", "--csv", str(tmp_path / "w.csv"),
                  "--markdown", str(tmp_path / "w.md")]) == 0
     rows = list(csv.DictReader((tmp_path / "w.csv").open()))
     assert {json.loads(r["settings"])["sampler"]["prior"] for r in rows if r["method"].startswith("model")} == {"waveform"}
+    assert not any(r["method"] == CEILING for r in rows)     # not the waveform prior's ceiling
     capsys.readouterr()
     plain = MSDMModel(model.config, model.network).save(tmp_path / "plain.safetensors")
     assert main([*common[:4], str(plain), *common[5:], "--prior", "latent", "--csv", str(tmp_path / "x.csv"),

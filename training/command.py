@@ -237,6 +237,19 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def autoencoder_round_trip(model, windows, seed: int):
+    """[W, N, T] real windows encoded and decoded by `model`'s stem autoencoder
+    (Griffin-Lim seeded per window as generation seeds it): what a perfect
+    latent prior would give back."""
+    import numpy as np
+
+    from engine.audio.latent_generation import decode_stems, encode_stems
+    from engine.core.diffusion import seed_for
+
+    return np.stack([decode_stems(model, encode_stems(model, window), window.shape[-1], seed_for(seed, w))
+                     for w, window in enumerate(windows)]).astype(np.float32)
+
+
 def run_evaluate_generation(args) -> int:
     from engine.core import tasks
     from training.evaluate_generation import Judge, elapsed, same_seed_correlation, score_task, write_report
@@ -260,6 +273,8 @@ def run_evaluate_generation(args) -> int:
         judge = Judge(real, draws=args.draws, seed=args.seed,
                       progress=lambda f, m: bar(0.1 * f, m))
         rows, imputed, notes = [], {}, []
+        ceiling = (autoencoder_round_trip(models.latent, real.evaluation_stems, args.seed)
+                   if models.latent is not None and args.prior != "waveform" else None)
         for index, run in enumerate(runs):
             task, given = (run, ()) if run == "generate" else run
             settings = tasks.generation_settings(task, models.latent is not None, args.prior, steps=args.steps,
@@ -278,7 +293,8 @@ def run_evaluate_generation(args) -> int:
             label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
                      f"churn {settings.s_churn:g}{guided}, NFE {settings.nfe})")
             record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}
-            rows += score_task(judge, task, audio, given=given, label=label, settings=record, seed=args.seed)
+            rows += score_task(judge, task, audio, given=given, label=label, settings=record, seed=args.seed,
+                               ceiling=ceiling)
             if task == "impute":
                 imputed[given] = audio
     finally:

@@ -154,11 +154,17 @@ def agreement(candidates: np.ndarray, real: RealWindows, given: Sequence[str]) -
     return out
 
 
+CEILING = "autoencoder round trip (the latent prior's ceiling)"
+
+
 def score_task(judge: Judge, task: str, candidates: np.ndarray, *, given: Sequence[str] = (),
                label: str = "model", settings: dict | None = None, references: bool = True,
-               seed: int = 0) -> list[Row]:
+               seed: int = 0, ceiling: np.ndarray | None = None) -> list[Row]:
     """Rows for one task's candidates [W, N, T] (windows in the order of the
-    evaluation windows), with the real and shaped-noise references first."""
+    evaluation windows), with the real and shaped-noise references first and,
+    when given, `ceiling`: the evaluation windows through the latent prior's
+    autoencoder (encoded, decoded), the best a prior over its latents can do,
+    which tells the decoder's share of a distance from the prior's."""
     real = judge.real
     if candidates.shape != real.evaluation_stems.shape:
         raise ValueError(f"candidates {candidates.shape} are not shaped like the evaluation windows "
@@ -170,7 +176,12 @@ def score_task(judge: Judge, task: str, candidates: np.ndarray, *, given: Sequen
         truth = real.evaluation_stems
         rng = np.random.default_rng([seed, 7])
         noise = np.stack([[af.shaped_noise(x, real.sample_rate, rng) for x in window] for window in truth])
-        for method, audio in (("real (the evaluation windows)", truth), ("shaped noise (of those windows)", noise)):
+        references_audio = [("real (the evaluation windows)", truth), ("shaped noise (of those windows)", noise)]
+        if ceiling is not None:
+            if ceiling.shape != truth.shape:
+                raise ValueError(f"ceiling {ceiling.shape} is not shaped like the evaluation windows {truth.shape}")
+            references_audio.append((CEILING, ceiling))
+        for method, audio in references_audio:
             values = judge.realism(audio, free)
             if given:
                 values.update(agreement(audio, real, given))
