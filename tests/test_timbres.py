@@ -110,6 +110,21 @@ def test_holdout_recorded_refuses_to_render_without_its_instruments(tmp_path, sa
     assert not (tmp_path / "d" / "dataset.json").exists()
 
 
+def test_a_plan_refuses_to_render_without_its_soundfonts(tmp_path, monkeypatch, no_samples):
+    # A plan draws among the installed fonts: without one, the documented command
+    # would quietly render another dataset (found on a fresh machine with only TimGM6mb).
+    monkeypatch.setattr(timbres, "TRAINING_SOUNDFONTS", (*timbres.TRAINING_SOUNDFONTS, tmp_path / "Absent_GM.sf2"))
+    for plan in ("diverse", "recorded"):
+        with pytest.raises(synth.SynthError, match=r"Absent_GM\.sf2.*--partial-timbres"):
+            synth.render_dataset(tmp_path / plan, tracks=1, seed=0, timbres=plan, jobs=1)
+        assert not (tmp_path / plan / "dataset.json").exists()
+    monkeypatch.setattr(timbres, "HOLDOUT_SOUNDFONTS", (tmp_path / "Absent_Holdout.sf3",))
+    with pytest.raises(synth.SynthError, match=r"Absent_Holdout\.sf3"):
+        synth.render_dataset(tmp_path / "h", tracks=1, seed=0, timbres="holdout", jobs=1)
+    # The four-SoundFont plan takes its own list and is not concerned.
+    assert timbres.missing_plan_soundfonts("soundfonts") == []
+
+
 def test_a_sampled_stem_renders_its_notes(sample_library, tmp_path):
     notes = [MidiNote(0, 60, 0.1, 0.6, 100), MidiNote(0, 67, 0.7, 1.2, 90)]
     audio, meta = timbres.render_timbre(timbres.Timbre("sampled", "test-piano"), "piano", notes, 1.5, SR * 3 // 2,
@@ -129,7 +144,7 @@ def test_holdout_plan_draws_only_held_out_timbres():
 @needs_fluidsynth
 def test_diverse_tracks_render_and_sum(tmp_path, no_samples):
     summary = synth.render_dataset(tmp_path / "d", tracks=3, seed=0, max_seconds=13.0, jobs=1,
-                                   timbres="diverse", music="mixed")
+                                   timbres="diverse", music="mixed", partial_timbres=True)
     assert summary["timbres"] == "diverse" and summary["skipped"] == []
     folders = sorted(p for split in ("train", "valid", "test") for p in (tmp_path / "d" / split).iterdir())
     assert len(folders) == 3
@@ -155,7 +170,7 @@ def test_a_failing_track_is_skipped_and_listed(tmp_path, monkeypatch, no_samples
 
     monkeypatch.setattr(dataset_module, "render_track", flaky)
     summary = synth.render_dataset(tmp_path / "d", tracks=3, seed=0, max_seconds=13.0, jobs=1,
-                                   timbres="diverse")
+                                   timbres="diverse", partial_timbres=True)
     assert summary["skipped"] == ["Track00002: fluidsynth did not finish bass.mid within 120 s"]
     assert summary["tracks"] == 2
     assert not (tmp_path / "d" / "valid" / "Track00002").exists()

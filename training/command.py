@@ -45,6 +45,9 @@ def register(commands) -> None:
                             "stems; holdout-recorded: "
                             "the recorded instruments held out of training (an electric bass, an acoustic guitar, "
                             "a piano), for choosing models")
+    synth.add_argument("--partial-timbres", action="store_true",
+                       help="render a timbre plan even when some of its SoundFonts are not installed (it draws "
+                            "among the others: a different dataset than the plan's; refused without this)")
     synth.add_argument("--music", choices=("corpus", "mixed"), default="corpus",
                        help="corpus (default): 4-part pieces of the music21 corpus; mixed: half the tracks "
                             "composed by the project (progressions, bass lines, strums, grooves), the rest from "
@@ -322,7 +325,7 @@ def run_dataset(args) -> int:
         summary = render_dataset(args.out, args.tracks, args.seed, max_seconds=args.max_seconds,
                                  soundfont=args.soundfont, jobs=args.jobs, first_track=args.first_track,
                                  splits=tuple(args.split or ("train", "valid", "test")),
-                                 timbres=args.timbres, music=args.music,
+                                 timbres=args.timbres, music=args.music, partial_timbres=args.partial_timbres,
                                  progress=lambda done, total: bar(done / total, f"rendered {done}/{total}"))
     except SynthError as error:
         raise CommandError(str(error)) from None

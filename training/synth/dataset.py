@@ -22,8 +22,9 @@ from engine.atomic import write_atomic
 from .arrangement import arrange, STEMS
 from .corpus import _music21, first_usable_piece, plan_tracks, SPLITS, SynthError, TrackPlan
 from .generated import arrange_track
-from .timbres import (HOLDOUT_SAMPLED, TIMBRE_PLANS, draw_timbre, holdout_sample_instruments, render_timbre,
-                      training_sample_instruments)
+from .timbres import (HOLDOUT_SAMPLED, SOUNDFONT_PACKAGES, TIMBRE_PLANS, draw_timbre, holdout_sample_instruments,
+                      missing_plan_soundfonts, render_timbre, training_sample_instruments)
+from .fetch_samples import FETCHED_INSTRUMENTS
 from .rendering import _find_fluidsynth, _fit, find_soundfont, mix_stems, render_stem, write_midi, write_wav_float32
 
 
@@ -209,7 +210,7 @@ def _default_jobs() -> int:
 def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22050, max_seconds: float = 60.0,
                    soundfont: str | Sequence[str] | None = None, jobs: int | None = None, progress=None,
                    first_track: int = 1, splits: Sequence[str] = SPLITS, timbres: str = "soundfonts",
-                   music: str = "corpus") -> dict:
+                   music: str = "corpus", partial_timbres: bool = False) -> dict:
     """Render ``tracks`` tracks into ``out_dir`` (resumable) and write dataset.json.
 
     ``soundfont``: one General MIDI SoundFont, or several: then each stem of
@@ -230,6 +231,9 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
     corpus part takes the extended plan (4-6-part pieces, more composers).
     A track that fails to render (a bad SoundFont, a hung renderer) is
     skipped and listed in dataset.json's "skipped", not the end of the run.
+    A plan whose SoundFonts are not all installed is refused (SynthError
+    naming the Debian packages) unless ``partial_timbres``: it would draw
+    among the others, a different dataset under the documented command.
     """
     if timbres not in TIMBRE_PLANS:
         raise ValueError(f"timbres must be one of {TIMBRE_PLANS}, got {timbres!r}")
@@ -245,6 +249,16 @@ def render_dataset(out_dir, tracks: int, seed: int = 0, *, sample_rate: int = 22
             # Without them the plan would quietly become "holdout" for those stems.
             raise SynthError(f"the held-out recorded instruments {missing} are not installed: "
                              "python -m training.synth.fetch_samples")
+    absent = [p.name for p in missing_plan_soundfonts(timbres)]
+    packages = sorted({SOUNDFONT_PACKAGES.get(name, name) for name in absent})
+    if timbres in ("diverse", "recorded"):
+        # Both plans draw every installed training instrument: without some, another dataset.
+        absent += sorted(set(FETCHED_INSTRUMENTS) - set(HOLDOUT_SAMPLED) - set(installed_sampled_instruments(timbres)))
+    if absent and not partial_timbres:
+        hint = f"apt-get install {' '.join(packages)}, " if packages else ""
+        raise SynthError(f"the {timbres!r} plan draws instruments that are not installed ({', '.join(absent)}): "
+                         f"{hint}python -m training.synth.fetch_samples --apt; --partial-timbres renders "
+                         "without them, a different dataset")
     fluidsynth = _find_fluidsynth()
     names = [soundfont] if soundfont is None or isinstance(soundfont, (str, os.PathLike)) else list(soundfont)
     if not names:

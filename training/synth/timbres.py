@@ -89,6 +89,31 @@ def installed(paths) -> tuple[Path, ...]:
     return tuple(p for p in paths if p.is_file())
 
 
+# The Debian package of each SoundFont a plan draws, for the error that names them.
+SOUNDFONT_PACKAGES = {
+    "TimGM6mb.sf2": "timgm6mb-soundfont", "FluidR3_GM.sf2": "fluid-soundfont-gm",
+    "OPL-3_FM_128M.sf2": "opl3-soundfont", "sf_GMbank.sf2": "csound-soundfont",
+    "Black_Pearl_4_LV2.sf2": "avldrums.lv2-soundfont", "Red_Zeppelin_4_LV2.sf2": "avldrums.lv2-soundfont",
+    "MuseScore_General_Lite.sf3": "musescore-general-soundfont-small",
+}
+
+
+def plan_soundfonts(plan: str) -> tuple[Path, ...]:
+    """Every SoundFont a timbre plan may draw ("soundfonts" takes its own list)."""
+    if plan in ("diverse", "recorded"):
+        return TRAINING_SOUNDFONTS + DRUM_SOUNDFONTS
+    if plan in ("holdout", "holdout-recorded"):
+        return HOLDOUT_SOUNDFONTS
+    return ()
+
+
+def missing_plan_soundfonts(plan: str) -> list[Path]:
+    """The plan's SoundFonts not installed here. draw_timbre draws among the
+    installed ones, so a render without them is another dataset under the same
+    name: dataset.render_dataset refuses it unless asked."""
+    return [p for p in plan_soundfonts(plan) if not p.is_file()]
+
+
 def draw_timbre(stem: str, rng: np.random.Generator, plan: str) -> Timbre:
     """The instrument of one stem under a timbre plan (TIMBRE_PLANS but "soundfonts")."""
     if plan == "holdout-recorded":
