@@ -73,6 +73,10 @@ def main() -> None:
         f"accompany {args.seconds:g} s of piano": lambda out: impute_file(
             models, {"piano": piano}, out, seed=0, settings=settings("impute")),
     }
+    if has_latent and models.latent.latent_guide is not None:
+        # Autoguidance (engine.core.latent_prior.AutoGuided): a pass of the guide per evaluation.
+        rows["  generate without autoguidance"] = lambda out: generate_file(
+            models, out, args.seconds, seed=0, settings=settings("generate").override(autoguidance=1.0))
     if has_latent and settings("impute").harmony:
         rows["  the same without harmony guidance"] = lambda out: impute_file(
             models, {"piano": piano}, out, seed=0, settings=settings("impute").override(harmony=0.0))

@@ -111,6 +111,16 @@ def _run(args) -> int:
                   f"{models.models[0].separator_parameters:,} parameters (separation starts from it)")
         else:
             print("first guess: none (separation runs the diffusion sampler from noise)")
+        latent = models.latent
+        if latent is not None:
+            from engine.core.latent_prior import count_parameters
+
+            c = latent.latent_prior.config
+            guide = latent.latent_guide
+            print(f"latent:      autoencoder {count_parameters(latent.autoencoder):,} + diffusion prior "
+                  f"{count_parameters(latent.latent_prior):,} parameters, sample scale {c.sample_scale:g}"
+                  + (f", autoguidance {c.autoguidance:g} with a guide of {count_parameters(guide):,} parameters"
+                     if guide is not None else "") + " (generate and impute use it)")
         for model in models.models:
             print(f"source:      {model.source}")
         return 0

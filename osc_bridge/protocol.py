@@ -405,7 +405,9 @@ def network_evaluations(kind: str, options: JobOptions) -> tuple[int, int, int]:
     # Guidance other than 1 runs the latent prior twice per evaluation (the
     # default counts as one: the paper's 256 imputation steps bound it anyway).
     guidance = options.guidance if kind == "impute" and options.guidance is not None else 1.0
-    return steps, resamples, sampler_evaluations(steps, resamples, options.method or "euler", guidance)
+    # Autoguidance likewise adds the guide's pass when asked for (the model's default counts as one).
+    autoguidance = options.autoguidance if kind != "separate" and options.autoguidance is not None else 1.0
+    return steps, resamples, sampler_evaluations(steps, resamples, options.method or "euler", guidance, autoguidance)
 
 
 def reply_port_of(request) -> int | None:

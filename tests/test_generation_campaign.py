@@ -51,3 +51,18 @@ def test_missing_measure_is_a_clear_error_and_a_figure_is_drawn(tmp_path, capsys
     assert main(["--point", f"a:10:{tmp_path / 'a.csv'}", "--point", f"b:20:{tmp_path / 'b.csv'}",
                  "-o", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_generation_only_sweep(tmp_path, capsys):
+    """--tasks generate reads generation rows alone (an autoguidance sweep has no
+    imputation rows); the imputation panels are then neither asked for nor drawn."""
+    _write(tmp_path / "g.csv", [r for r in _rows(1.0) if r[0] == "generate"])
+    values = campaign_values(tmp_path / "g.csv", ("generate",))
+    assert set(values) == {m[0] for m in MEASURES if m[1] == "generate"}
+    _write(tmp_path / "a.csv", _rows(1.0))
+    assert main(["--point", f"w 1:1:{tmp_path / 'g.csv'}", "--point", f"w 2:2:{tmp_path / 'a.csv'}",
+                 "--tasks", "generate", "--x-label", "autoguidance weight", "-o", str(tmp_path / "w.png")]) == 0
+    assert (tmp_path / "w.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):       # the full campaign still needs the imputation rows
+        main(["--point", f"w 1:1:{tmp_path / 'g.csv'}", "-o", str(tmp_path / "x.png")])
+    assert "no model rows of impute" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from engine.core.latent_options import LATENT_ONLY
+from engine.core.latent_options import GENERATE_TOO, LATENT_ONLY
 from engine.errors import CommandError
 from engine.jobs.options import add_model_options, load_models_for
 from engine.jobs.progress import ProgressBar
@@ -116,6 +116,8 @@ def register(commands) -> None:
                                                   "(engine.audio.harmony_guidance; default: the task's)")
     eg.add_argument("--rhythm", type=float, help="latent imputation: rhythm guidance strength "
                                                  "(engine.audio.rhythm_guidance; default: the task's)")
+    eg.add_argument("--autoguidance", type=float, help="latent prior: autoguidance weight with the model file's "
+                                                       "guide (default: the file's; 1: off)")
     eg.add_argument("--sigma-max", type=float, help="highest noise level (default: the task's)")
     eg.add_argument("--batch", type=int, default=4, help="windows sampled together (default 4)")
     eg.add_argument("--draws", type=int, default=16, help="real draws that calibrate the distance (default 16)")
@@ -255,6 +257,7 @@ def autoencoder_round_trip(model, windows, seed: int):
 
 def run_evaluate_generation(args) -> int:
     from engine.core import tasks
+    from engine.audio.latent_generation import resolve_autoguidance
     from training.evaluate_generation import Judge, elapsed, same_seed_correlation, score_task, write_report
     from training.generation_candidates import load_real_windows, sample_candidates
 
@@ -283,8 +286,10 @@ def run_evaluate_generation(args) -> int:
             settings = tasks.generation_settings(task, models.latent is not None, args.prior, steps=args.steps,
                                                  method=args.method, s_churn=args.churn,
                                                  num_resamples=args.resamples, sigma_max=args.sigma_max,
-                                                 **({name: getattr(args, name) for name in LATENT_ONLY}
-                                                    if task == "impute" else {}))
+                                                 **{name: getattr(args, name) for name in LATENT_ONLY
+                                                    if task == "impute" or name in GENERATE_TOO})
+            if models.latent is not None and settings.prior == "latent":
+                settings = resolve_autoguidance(settings, models.latent)   # the label says the weight used
 
             def progress(fraction, message, index=index):
                 bar(0.1 + 0.9 * (index + fraction) / len(runs), message)
@@ -292,7 +297,7 @@ def run_evaluate_generation(args) -> int:
             audio = sample_candidates(models, task, real, settings, given=given, seed=args.seed,
                                       batch=args.batch, cache=args.cache, progress=progress)
             guided = "".join(f", {name} {getattr(settings, name):g}" for name, (neutral, _) in LATENT_ONLY.items()
-                             if task == "impute" and getattr(settings, name) != neutral)
+                             if (task == "impute" or name in GENERATE_TOO) and getattr(settings, name) != neutral)
             label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
                      f"churn {settings.s_churn:g}{guided}, NFE {settings.nfe})")
             record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}

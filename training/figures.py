@@ -251,7 +251,8 @@ def plot_separator_before_after(records: Sequence[Mapping], labels: tuple[str, s
 
 
 def plot_generation_campaign(series: Sequence[tuple[str, float, Mapping[str, float]]],
-                             panels: Sequence[tuple[str, float, bool]], out_png: str | os.PathLike) -> Path:
+                             panels: Sequence[tuple[str, float, bool]], out_png: str | os.PathLike,
+                             x_label: str = "CPU-minutes of the latent prior") -> Path:
     """One panel per measure (title, the issue's bar, higher is better): each
     checkpoint's value (label, CPU-minutes, {title: value}) against its
     CPU-minutes, the bar dashed (training.generation_campaign)."""
@@ -267,7 +268,7 @@ def plot_generation_campaign(series: Sequence[tuple[str, float, Mapping[str, flo
         ax.text(xs[0], bar, f" bar {bar:g} ({'higher' if higher else 'lower'} is better)", va="bottom",
                 fontsize=7, color="0.3")
         ax.set_title(title, fontsize=8)
-        ax.set_xlabel("CPU-minutes of the latent prior", fontsize=8)
+        ax.set_xlabel(x_label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     fig.tight_layout()

@@ -17,6 +17,7 @@ the same part of the prior's file: the separator's tensors go in under
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
@@ -36,9 +37,18 @@ def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoen
     return encoder.eval(), LatentDenoiser(net).eval()
 
 
+def load_latent_guide(path: Path) -> LatentDenoiser:
+    """A train_latent_prior file as an autoguidance guide (engine.core.latent_prior.AutoGuided)."""
+    config, tensors = read_part(path, LATENT_PRIOR_FORMAT)
+    net = LatentUNet(LatentPriorConfig.from_dict({**config, "sample_scale": 1.0, "autoguidance": 1.0}))
+    net.load_state_dict(tensors, strict=True)
+    return LatentDenoiser(net).eval()
+
+
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
          autoencoder: Path | None = None, latent_prior: Path | None = None,
-         latent_storage: str | None = None) -> MSDMModel:
+         latent_storage: str | None = None, latent_guide: Path | None = None,
+         autoguidance: float | None = None) -> MSDMModel:
     if (autoencoder is None) != (latent_prior is None):
         raise ModelFileError("a latent prior needs both --autoencoder and --latent-prior")
     model = MSDMModel.load(prior)
@@ -49,6 +59,18 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
     if autoencoder is not None:
         model.autoencoder, model.latent_prior = load_latent_parts(autoencoder, latent_prior)
         notes.append(f"latent prior {latent_prior.name} over autoencoder {autoencoder.name}")
+    if latent_guide is not None:
+        if model.latent_prior is None:
+            raise ModelFileError("--latent-guide guides a latent prior: give one (--autoencoder, --latent-prior) "
+                                 "or a --prior file that has one")
+        model.latent_guide = load_latent_guide(latent_guide)
+        notes.append(f"latent guide {latent_guide.name}")
+    if autoguidance is not None:
+        if model.latent_prior is None:
+            raise ModelFileError("--autoguidance is the latent prior's: the model has none")
+        prior_part = model.latent_prior
+        prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config, autoguidance=autoguidance)
+        notes.append(f"autoguidance {autoguidance:g}")
     if latent_storage is not None:
         model.latent_storage = latent_storage
     model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode
@@ -65,15 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent-storage", choices=("float32", "float16"),
                         help="how the autoencoder and latent model are stored (default: as in --prior's file, "
                              "else float32; float16 halves their size, computing stays float32)")
+    parser.add_argument("--latent-guide", type=Path,
+                        help="a weaker latent diffusion file in the latent prior's diffusion space (train_latent_prior "
+                             "--space), packed as its autoguidance guide")
+    parser.add_argument("--autoguidance", type=float,
+                        help="the autoguidance weight the file samples with by default (chosen on VALID; 1: off)")
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--source", help="the provenance line stored in the file")
     args = parser.parse_args(argv)
-    if args.separator is None and args.autoencoder is None:
-        parser.error("give --separator, or --autoencoder with --latent-prior (or all three)")
+    if args.separator is None and args.autoencoder is None and args.latent_guide is None and args.autoguidance is None:
+        parser.error("give --separator, or --autoencoder with --latent-prior (or all three), or --latent-guide")
     try:
         model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior,
-                     args.latent_storage)
-    except ModelFileError as error:
+                     args.latent_storage, args.latent_guide, args.autoguidance)
+    except (ModelFileError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.out}: prior {model.num_parameters:,} parameters + separator "
           f"{model.separator_parameters:,} parameters + latent prior {model.latent_parameters:,} parameters")

@@ -199,7 +199,7 @@ def prior_config(path: Path) -> LatentPriorConfig:
     try:
         return LatentPriorConfig.from_dict(read_part_config(path, LATENT_PRIOR_FORMAT))
     except ModelFileError as error:
-        raise SystemExit(f"--init {error}") from error
+        raise SystemExit(f"{path}: {error}") from error
 
 
 def save_prior(denoiser: LatentDenoiser, path: Path, metadata: dict) -> None:
@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path,
                         help="start from this prior's weights (a best.safetensors), in its diffusion space: its "
                              "latent statistics and sigma_data are kept, whatever --data holds")
+    parser.add_argument("--space", type=Path,
+                        help="train fresh weights in this prior's diffusion space (its latent statistics and "
+                             "sigma_data, not its weights): a guide for autoguidance must diffuse where the prior "
+                             "it guides does (engine.core.latent_prior.AutoGuided)")
     parser.add_argument("--sigma-mean", type=float, default=-1.2,
                         help="training noise law: mean of ln(sigma) (default EDM's -1.2, which is for "
                              "sigma_data 0.5; v1's raw latents, sigma_data 0.37, sat at -0.2 relative to "
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     # in: a resumed run's own, else the --init's; only a fresh run measures the data.
     # New data moves the statistics a little, and a moved space would cost the init
     # part of what it learned.
-    space = resumed_config or init_config
+    space = resumed_config or init_config or (prior_config(args.space) if args.space is not None else None)
     if space is not None and bool(space.latent_shift) != args.normalise:
         raise SystemExit(f"--{'' if args.normalise else 'no-'}normalise disagrees with the weights it starts from "
                          f"(trained {'with' if space.latent_shift else 'without'} latent statistics)")

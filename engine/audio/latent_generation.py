@@ -21,7 +21,8 @@ from engine.audio.rhythm_guidance import given_onsets, rhythm_guided
 from engine.audio.windows import WindowPlan
 from engine.core.diffusion import seed_for
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
-from engine.core.tasks import SamplerSettings, generate, impute
+from engine.core.latent_prior import AutoGuided
+from engine.core.tasks import SamplerSettings, SettingsError, generate, impute
 from engine.storage.model import MSDMModel
 
 ProgressFn = Callable[[float, str], None]
@@ -93,6 +94,19 @@ def latent_frame_mask(sample_mask: np.ndarray, hop: int, n_fft: int, frames_late
     return (free[:, hi] - free[:, lo]) == 0
 
 
+def resolve_autoguidance(settings: SamplerSettings, model: MSDMModel) -> SamplerSettings:
+    """`settings` with the autoguidance weight the model samples with: the
+    request's, else the weight the model file was calibrated with beside its
+    guide (1 without one). A weight other than 1 needs a guide."""
+    weight = settings.autoguidance
+    if weight is None:
+        weight = model.latent_prior.config.autoguidance if model.latent_guide is not None else 1.0
+    elif weight != 1.0 and model.latent_guide is None:
+        raise SettingsError(f"autoguidance {weight:g} needs a guide model beside the latent prior; this model file "
+                            "has none (autoguidance 1, or a model file with a guide)")
+    return settings.override(autoguidance=weight)
+
+
 def generate_latent_stems(
     model: MSDMModel,
     frames: int,
@@ -112,7 +126,10 @@ def generate_latent_stems(
     STFT window spans is, the prior was trained with such time masks, and a
     stem with any free frame comes back decoded whole (the caller keeps its
     own audio outside the range)."""
+    settings = resolve_autoguidance(settings, model)
     prior = model.latent_prior
+    if settings.autoguidance != 1.0:
+        prior = AutoGuided(prior, model.latent_guide, settings.autoguidance)
     num, channels = prior.config.stems, prior.config.latent_channels
     hop = model.autoencoder.config.hop
     frames_latent = frames // hop + 1

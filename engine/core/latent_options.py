@@ -12,7 +12,10 @@ LATENT_ONLY = {
     "guidance": (1.0, "guidance is for the latent prior (the waveform prior imputes by replacement alone)"),
     "harmony": (0.0, "harmony guidance is for the latent prior (it steers the autoencoder's latents)"),
     "rhythm": (0.0, "rhythm guidance is for the latent prior (it steers the autoencoder's latents)"),
+    "autoguidance": (1.0, "autoguidance is for the latent prior (its guide is a weaker latent model)"),
 }
+# Those that generation takes too (the others need given stems).
+GENERATE_TOO = ("autoguidance",)
 
 
 def waveform_problem(values: Mapping[str, float | None]) -> str | None:

@@ -70,6 +70,11 @@ class SamplerSettings:
     # the given stems' onsets (engine.audio.rhythm_guidance; 0: off), at the
     # same cost as the harmony guidance.
     rhythm: float = 0.0
+    # Latent prior only: autoguidance weight (engine.core.latent_prior.AutoGuided)
+    # with the guide model packed in the model file; None: the weight the file
+    # was calibrated with (LatentPriorConfig.autoguidance; 1 without a guide),
+    # 1: off. Costs one pass of the guide per network evaluation.
+    autoguidance: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min <= self.sigma_max:
@@ -81,6 +86,8 @@ class SamplerSettings:
             raise SettingsError(f"harmony must be in [0, 5], got {self.harmony:g}")
         if not 0.0 <= self.rhythm <= 5.0:
             raise SettingsError(f"rhythm must be in [0, 5], got {self.rhythm:g}")
+        if self.autoguidance is not None and not 0.0 <= self.autoguidance <= 10.0:
+            raise SettingsError(f"autoguidance must be in [0, 10], got {self.autoguidance:g}")
         if self.prior not in PRIORS:
             raise SettingsError(f"unknown prior {self.prior!r}; use one of {', '.join(PRIORS)}")
         if self.steps < (0 if self.warm_start else 1):
@@ -98,7 +105,8 @@ class SamplerSettings:
     def nfe(self) -> int:
         """Network evaluations of the diffusion model (a warm start's first
         guess costs one pass of the much smaller separator on top)."""
-        return network_evaluations(self.steps, self.num_resamples, self.method, self.guidance)
+        return network_evaluations(self.steps, self.num_resamples, self.method, self.guidance,
+                                   1.0 if self.autoguidance is None else self.autoguidance)
 
     def sampler_kwargs(self) -> dict:
         return dict(

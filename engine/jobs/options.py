@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.audio.windows import MAX_OVERLAP
-from engine.core.latent_options import LATENT_ONLY, waveform_problem
+from engine.core.latent_options import GENERATE_TOO, LATENT_ONLY, waveform_problem
 from engine.errors import CommandError
 
 TASKS = ("separate", "generate", "impute")
@@ -122,6 +122,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("rhythm", float, None, "imputation with the latent prior: rhythm guidance, how hard the new stems' "
                                   "onsets are pulled towards the given stems' onsets (0: off; default: the task's)",
            0.0, 5.0, tasks=("impute",)),
+    Option("autoguidance", float, None, "the latent prior's autoguidance weight with the weaker guide model in "
+                                        "the model file, how far each step moves away from the guide's errors "
+                                        "(1: off, half the work; default: the weight the model file was "
+                                        "calibrated with)", 0.0, 10.0, tasks=("generate", "impute")),
     Option("seed", int, 0, "random seed: same seed, same audio (default 0)", *INT32),
     Option("overlap", float, 0.25, f"overlap between windows of long audio, 0..{MAX_OVERLAP:g} (default 0.25)",
            0.0, MAX_OVERLAP),
@@ -172,6 +176,7 @@ class JobOptions:
     guidance: float | None = None
     harmony: float | None = None
     rhythm: float | None = None
+    autoguidance: float | None = None
     seed: int = 0
     overlap: float = 0.25
     likelihood: str = "dirac"
@@ -229,8 +234,9 @@ class JobOptions:
 
         overrides = dict(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
                          sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
-        if task == "impute":
-            overrides.update({name: getattr(self, name) for name in LATENT_ONLY})
+        if task in ("generate", "impute"):
+            overrides.update({name: getattr(self, name) for name in LATENT_ONLY
+                              if task == "impute" or name in GENERATE_TOO})
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, prior=self.prior,

@@ -7,7 +7,9 @@ where the weights came from. Optionally it also holds a first-guess separator
 `separator_config`) and a latent prior: a stem autoencoder
 (`autoencoder.`, `autoencoder_config`) with a multi-source latent diffusion
 model over its latents (`latent_prior.`, `latent_prior_config`), which
-generation and imputation use when present. One file carries everything the
+generation and imputation use when present, and optionally a weaker latent
+model in the same diffusion space that guides it (autoguidance;
+`latent_guide.`, `latent_guide_config`). One file carries everything the
 three tasks need. Loading never executes code (safetensors only).
 """
 
@@ -27,7 +29,7 @@ from engine.atomic import write_atomic
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
 from engine.core.config import ModelConfig
 from engine.core.diffusion import KarrasDenoiser, StackedDenoiser
-from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet
+from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet, same_space
 from engine.core.network import UNet1d, count_parameters
 from engine.core.separator import MaskSeparator, SeparatorConfig
 from engine.errors import ModelFileError
@@ -36,6 +38,7 @@ FORMAT = "msdm-studio/1"
 SEPARATOR_PREFIX = "separator."
 AUTOENCODER_PREFIX = "autoencoder."
 LATENT_PRIOR_PREFIX = "latent_prior."
+LATENT_GUIDE_PREFIX = "latent_guide."
 
 
 LATENT_STORAGE = {"float32": torch.float32, "float16": torch.float16}
@@ -51,6 +54,9 @@ class MSDMModel:
     separator: MaskSeparator | None = None
     autoencoder: StemAutoencoder | None = None
     latent_prior: LatentDenoiser | None = None
+    # The autoguidance guide (engine.core.latent_prior.AutoGuided): a weaker
+    # latent model in the latent prior's diffusion space; None: none.
+    latent_guide: LatentDenoiser | None = None
     # How save() stores the autoencoder's and latent model's tensors: "float16"
     # halves the shipped file (both compute in float32 once loaded); load()
     # keeps what the file had, so a model loaded and saved again stays as small.
@@ -60,8 +66,8 @@ class MSDMModel:
         if self.latent_storage not in LATENT_STORAGE:
             raise ModelFileError(f"latent_storage must be one of {sorted(LATENT_STORAGE)}, got {self.latent_storage!r}")
         self.network.eval()
-        check_latent_parts(self.autoencoder, self.latent_prior, len(self.config.stems))
-        for part in (self.autoencoder, self.latent_prior):
+        check_latent_parts(self.autoencoder, self.latent_prior, len(self.config.stems), self.latent_guide)
+        for part in (self.autoencoder, self.latent_prior, self.latent_guide):
             if part is not None:
                 part.eval()
         if self.separator is not None:
@@ -107,6 +113,8 @@ class MSDMModel:
                                   if "autoencoder_config" in metadata else None)
             latent_config = (LatentPriorConfig.from_dict(json.loads(metadata["latent_prior_config"]))
                              if "latent_prior_config" in metadata else None)
+            guide_config = (LatentPriorConfig.from_dict(json.loads(metadata["latent_guide_config"]))
+                            if "latent_guide_config" in metadata else None)
         except (ValueError, TypeError) as error:
             raise ModelFileError(f"{path}: its latent prior's config cannot be used: {error}") from error
         if (autoencoder_config is None) != (latent_config is None):
@@ -126,7 +134,7 @@ class MSDMModel:
             raise ModelFileError(f"{path}: its tensors cannot be read ({error})") from error
         network = UNet1d(config.unet)
         parts = {}
-        for prefix in (SEPARATOR_PREFIX, AUTOENCODER_PREFIX, LATENT_PRIOR_PREFIX):
+        for prefix in (SEPARATOR_PREFIX, AUTOENCODER_PREFIX, LATENT_PRIOR_PREFIX, LATENT_GUIDE_PREFIX):
             parts[prefix] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             tensors = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
         separator_tensors = parts[SEPARATOR_PREFIX]
@@ -144,23 +152,32 @@ class MSDMModel:
             separator.to(device)
         elif separator_tensors:
             raise ModelFileError(f"{path}: separator weights without a separator_config")
-        autoencoder = latent_prior = None
+        autoencoder = latent_prior = latent_guide = None
+        if guide_config is not None and latent_config is None:
+            raise ModelFileError(f"{path}: a latent guide without the latent prior it guides")
+        if parts[LATENT_GUIDE_PREFIX] and guide_config is None:
+            raise ModelFileError(f"{path}: latent guide weights without their config")
         if latent_config is not None:
             try:
                 autoencoder = StemAutoencoder(autoencoder_config)
                 autoencoder.load_state_dict(parts[AUTOENCODER_PREFIX], strict=True)
                 latent_prior = LatentDenoiser(LatentUNet(latent_config))
                 latent_prior.net.load_state_dict(parts[LATENT_PRIOR_PREFIX], strict=True)
+                if guide_config is not None:
+                    latent_guide = LatentDenoiser(LatentUNet(guide_config))
+                    latent_guide.net.load_state_dict(parts[LATENT_GUIDE_PREFIX], strict=True)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise ModelFileError(f"{path}: its latent prior does not match its config: {error}") from error
             autoencoder.to(device)
             latent_prior.to(device)
+            if latent_guide is not None:
+                latent_guide.to(device)
         elif parts[AUTOENCODER_PREFIX] or parts[LATENT_PRIOR_PREFIX]:
             raise ModelFileError(f"{path}: latent prior weights without their configs")
         network.to(device)
         stored = {str(v.dtype).removeprefix("torch.") for v in parts[LATENT_PRIOR_PREFIX].values()}
         return cls(config, network, source=metadata.get("source", str(path)), path=path, metadata=metadata,
-                   separator=separator, autoencoder=autoencoder, latent_prior=latent_prior,
+                   separator=separator, autoencoder=autoencoder, latent_prior=latent_prior, latent_guide=latent_guide,
                    latent_storage="float16" if stored == {"float16"} else "float32")
 
     def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
@@ -186,6 +203,10 @@ class MSDMModel:
 
             tensors.update({AUTOENCODER_PREFIX + k: stored(v) for k, v in self.autoencoder.state_dict().items()})
             tensors.update({LATENT_PRIOR_PREFIX + k: stored(v) for k, v in self.latent_prior.net.state_dict().items()})
+            if self.latent_guide is not None:
+                metadata["latent_guide_config"] = json.dumps(self.latent_guide.config.to_dict())
+                tensors.update({LATENT_GUIDE_PREFIX + k: stored(v)
+                                for k, v in self.latent_guide.net.state_dict().items()})
         return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @property
@@ -212,11 +233,12 @@ class MSDMModel:
     @property
     def latent_parameters(self) -> int:
         """The autoencoder's and the latent diffusion model's parameters (0: none)."""
-        return sum(count_parameters(p) for p in (self.autoencoder, self.latent_prior) if p is not None)
+        return sum(count_parameters(p) for p in (self.autoencoder, self.latent_prior, self.latent_guide)
+                   if p is not None)
 
     def to(self, device: str | torch.device) -> "MSDMModel":
         self.network.to(device)
-        for part in (self.separator, self.autoencoder, self.latent_prior):
+        for part in (self.separator, self.autoencoder, self.latent_prior, self.latent_guide):
             if part is not None:
                 part.to(device)
         return self
@@ -225,8 +247,10 @@ class MSDMModel:
         return file_sha256(self.path) if self.path else "unsaved"
 
 
-def check_latent_parts(autoencoder: StemAutoencoder | None, latent_prior: LatentDenoiser | None, stems: int) -> None:
-    """Both or neither, with matching shapes."""
+def check_latent_parts(autoencoder: StemAutoencoder | None, latent_prior: LatentDenoiser | None, stems: int,
+                       latent_guide: LatentDenoiser | None = None) -> None:
+    """Both or neither, with matching shapes; a guide only beside a latent
+    prior, in its diffusion space; a calibrated autoguidance weight only with a guide."""
     if (autoencoder is None) != (latent_prior is None):
         raise ModelFileError("a latent prior needs both an autoencoder and a latent diffusion model")
     if latent_prior is not None and (latent_prior.config.latent_channels != autoencoder.config.latent_channels
@@ -234,6 +258,14 @@ def check_latent_parts(autoencoder: StemAutoencoder | None, latent_prior: Latent
         raise ModelFileError(f"the latent model expects {latent_prior.config.stems} stems x "
                              f"{latent_prior.config.latent_channels} latent channels; the autoencoder gives "
                              f"{autoencoder.config.latent_channels} for {stems} stems")
+    if latent_guide is not None:
+        if latent_prior is None:
+            raise ModelFileError("a latent guide without the latent prior it guides")
+        if (reason := same_space(latent_prior.config, latent_guide.config)) is not None:
+            raise ModelFileError(f"the latent guide cannot guide the latent prior: {reason}")
+    elif latent_prior is not None and latent_prior.config.autoguidance != 1.0:
+        raise ModelFileError(f"the latent prior is calibrated for autoguidance {latent_prior.config.autoguidance:g} "
+                             "but there is no guide beside it")
 
 
 @dataclass
