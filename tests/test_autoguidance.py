@@ -135,8 +135,10 @@ def test_sampling_takes_the_files_weight_unless_asked_and_needs_a_guide_for_one(
     with pytest.raises(SettingsError, match="no guide|has none"):
         resolve_autoguidance(LATENT_GENERATE.override(autoguidance=2.0), plain)
     guided = with_guide(tiny_latent_model(), weight=2.0)
-    assert resolve_autoguidance(LATENT_IMPUTE, guided).autoguidance == 2.0
-    assert resolve_autoguidance(LATENT_IMPUTE.override(autoguidance=1.0), guided).autoguidance == 1.0
+    assert resolve_autoguidance(LATENT_GENERATE, guided).autoguidance == 2.0
+    # Imputation does not autoguide unless asked (it fit the given harmony less on VALID).
+    assert LATENT_IMPUTE.autoguidance == 1.0 and resolve_autoguidance(LATENT_IMPUTE, plain).autoguidance == 1.0
+    assert resolve_autoguidance(LATENT_IMPUTE.override(autoguidance=3.0), guided).autoguidance == 3.0
     frames = 2 * SR
     settings = LATENT_GENERATE.override(steps=3)
     off = generate_latent_stems(guided, frames, seed=5, settings=settings.override(autoguidance=1.0))
@@ -147,10 +149,12 @@ def test_sampling_takes_the_files_weight_unless_asked_and_needs_a_guide_for_one(
     drums = np.random.default_rng(0).standard_normal(frames).astype(np.float32) * 0.1
     given = np.zeros((4, frames), np.float32)
     given[1] = drums
-    imputed = generate_latent_stems(guided, frames, seed=5, settings=LATENT_IMPUTE.override(steps=3, harmony=0.0,
-                                                                                            rhythm=0.0),
-                                    given=given, given_stems=(1,))
+    imputed = generate_latent_stems(guided, frames, seed=5, settings=LATENT_IMPUTE.override(
+        steps=3, harmony=0.0, rhythm=0.0, autoguidance=2.0), given=given, given_stems=(1,))
     np.testing.assert_array_equal(imputed[1], drums)
+    plain_imputed = generate_latent_stems(guided, frames, seed=5, settings=LATENT_IMPUTE.override(
+        steps=3, harmony=0.0, rhythm=0.0), given=given, given_stems=(1,))
+    assert not np.allclose(imputed[0], plain_imputed[0])
 
 
 def test_autoguidance_option_cost_and_waveform_refusal():
@@ -161,6 +165,7 @@ def test_autoguidance_option_cost_and_waveform_refusal():
     assert JobOptions(autoguidance=3.0).sampler_settings("generate", latent_prior=True).autoguidance == 3.0
     assert JobOptions(autoguidance=3.0).sampler_settings("impute", latent_prior=True).autoguidance == 3.0
     assert JobOptions().sampler_settings("generate", latent_prior=True).autoguidance is None
+    assert JobOptions().sampler_settings("impute", latent_prior=True).autoguidance == 1.0
     with pytest.raises(CommandError, match="autoguidance is for the latent prior"):
         JobOptions(prior="waveform", autoguidance=2.0).check()
     # The OSC server's per-request bound counts the guide's pass when one is asked for.

@@ -134,7 +134,11 @@ LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, met
 # follows their harmony with harmony guidance 0.06 (engine.audio.
 # harmony_guidance) and their onsets with rhythm guidance 0.06 (engine.audio.
 # rhythm_guidance), all chosen on VALID (32 windows: docs/models.md).
-LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.06, rhythm=0.06)
+# Generation takes the model file's autoguidance weight (None); imputation
+# does not autoguide by default: on VALID it made the new parts more real
+# (clarity, log-mel) but fit the given harmony less (guitar chroma from
+# bass+drums 0.75 -> 0.21, docs/models.md); --autoguidance W asks for it.
+LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.06, rhythm=0.06, autoguidance=1.0)
 # Refining the first guess with the latent prior (engine.audio.latent_refinement):
 # SDEdit from a level about the latents' own scale (unit variance), where the
 # prior can move notes, not only texture. Off by default: docs/models.md's row.

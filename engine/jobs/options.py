@@ -124,8 +124,8 @@ OPTIONS: tuple[Option, ...] = (
            0.0, 5.0, tasks=("impute",)),
     Option("autoguidance", float, None, "the latent prior's autoguidance weight with the weaker guide model in "
                                         "the model file, how far each step moves away from the guide's errors "
-                                        "(1: off, half the work; default: the weight the model file was "
-                                        "calibrated with)", 0.0, 10.0, tasks=("generate", "impute")),
+                                        "(1: off, half the work; default: for generate the weight the model "
+                                        "file was calibrated with, for impute 1)", 0.0, 10.0, tasks=("generate", "impute")),
     Option("seed", int, 0, "random seed: same seed, same audio (default 0)", *INT32),
     Option("overlap", float, 0.25, f"overlap between windows of long audio, 0..{MAX_OVERLAP:g} (default 0.25)",
            0.0, MAX_OVERLAP),
