@@ -119,8 +119,8 @@ def _run(args) -> int:
             guide = latent.latent_guide
             print(f"latent:      autoencoder {count_parameters(latent.autoencoder):,} + diffusion prior "
                   f"{count_parameters(latent.latent_prior):,} parameters, sample scale {c.sample_scale:g}"
-                  + (f", autoguidance {c.autoguidance:g} with a guide of {count_parameters(guide):,} parameters"
-                     if guide is not None else "") + " (generate and impute use it)")
+                  + (f", autoguidance {c.autoguidance:g} (scale {c.scale_for(c.autoguidance):g}) with a guide of "
+                     f"{count_parameters(guide):,} parameters" if guide is not None else "") + " (generate and impute use it)")
         for model in models.models:
             print(f"source:      {model.source}")
         return 0

@@ -197,3 +197,27 @@ def test_pack_model_adds_a_guide_and_its_weight(tmp_path):
         pack_main(["--prior", str(tmp_path / "base.safetensors"), "--latent-guide", str(tmp_path / "other.safetensors"),
                    "-o", str(tmp_path / "bad.safetensors")])
     assert refused.value.code == 2 and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_autoguided_sampling_decodes_at_its_own_calibrated_scale():
+    """The guide moves the samples' spread, so the level is calibrated again
+    with it (autoguidance_scale); unguided sampling keeps sample_scale."""
+    config = LatentPriorConfig(latent_channels=8, channels=16, attention_heads=2, sample_scale=0.8,
+                               autoguidance=2.0, autoguidance_scale=0.7)
+    assert config.scale_for(2.0) == 0.7 and config.scale_for(3.0) == 0.7
+    assert config.scale_for(1.0) == 0.8 and config.scale_for(None) == 0.8
+    assert dataclasses.replace(config, autoguidance_scale=0.0).scale_for(2.0) == 0.8
+    with pytest.raises(ValueError, match="autoguidance_scale"):
+        dataclasses.replace(config, autoguidance_scale=5.0)
+    frames, settings = 2 * SR, LATENT_GENERATE.override(steps=2)
+
+    def sampled(sample_scale: float, autoguidance_scale: float, autoguidance: float | None) -> np.ndarray:
+        model = with_guide(tiny_latent_model(), weight=2.0)
+        prior = model.latent_prior
+        prior.config = prior.net.config = dataclasses.replace(prior.config, sample_scale=sample_scale,
+                                                              autoguidance_scale=autoguidance_scale)
+        return generate_latent_stems(model, frames, seed=2, settings=settings.override(autoguidance=autoguidance))
+
+    np.testing.assert_array_equal(sampled(0.8, 0.6, None), sampled(0.6, 0.0, None))
+    np.testing.assert_array_equal(sampled(0.8, 0.6, 1.0), sampled(0.8, 0.0, 1.0))
+    assert not np.allclose(sampled(0.8, 0.6, None), sampled(0.8, 0.0, None))

@@ -52,11 +52,19 @@ def real_levels(root: Path, split: str, stems: tuple[str, ...], window: int, win
     return np.array([np.median(values) if values else np.nan for values in levels])
 
 
+def scale_field(model: MSDMModel) -> str:
+    """The config field of the scale the model's default generation decodes
+    with: autoguidance_scale when it autoguides by default, else sample_scale."""
+    guided = model.latent_guide is not None and model.latent_prior.config.autoguidance != 1.0
+    return "autoguidance_scale" if guided else "sample_scale"
+
+
 def generated_levels(model: MSDMModel, window: int, windows: int, scale: float, seed: int = 0) -> np.ndarray:
-    """Median RMS per stem of `windows` generated windows at sampling scale `scale`."""
+    """Median RMS per stem of `windows` generated windows (the default
+    generation settings, autoguided if the file is) at sampling scale `scale`."""
     prior = model.latent_prior
     original = prior.config
-    prior.config = dataclasses.replace(original, sample_scale=float(scale))
+    prior.config = dataclasses.replace(original, **{scale_field(model): float(scale)})
     try:
         audio = np.stack([generate_latent_stems(model, window, seed=seed + k, settings=LATENT_GENERATE)
                           for k in range(windows)])                     # [W, N, T]
@@ -99,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {s:.2f}{mark} | " + " | ".join(f"{20 * np.log10(g / r):+.1f}" for g, r in zip(levels, real)) + " |")
     print(f"real median RMS per stem on {args.data}/{args.split}: " + ", ".join(f"{v:.4f}" for v in real))
     prior = model.latent_prior
-    prior.config = prior.net.config = dataclasses.replace(prior.config, sample_scale=float(chosen))
-    model.save(args.out, source=f"{model.source}; latent sample_scale {chosen:.2f} "
+    field = scale_field(model)
+    prior.config = prior.net.config = dataclasses.replace(prior.config, **{field: float(chosen)})
+    model.save(args.out, source=f"{model.source}; latent {field} {chosen:.2f} "
                                 f"calibrated on {args.data}/{args.split}")
-    print(f"wrote {args.out} with sample_scale {chosen:.2f}")
+    print(f"wrote {args.out} with {field} {chosen:.2f}")
     return 0
 
 

@@ -70,19 +70,21 @@ def block_correlation(chroma: Tensor, target: Tensor, block: int = BLOCK_FRAMES)
                              for lo, hi in block_spans(chroma.shape[-1], block)])
 
 
-def decoded_log_magnitude(model, x0: Tensor, stems: list[int]) -> Tensor:
+def decoded_log_magnitude(model, x0: Tensor, stems: list[int], scale: float | None = None) -> Tensor:
     """The log magnitude [S B, F, K] (stem-major rows) of stems `stems` of an
     x0 estimate [B, N C, K], decoded as generate_latent_stems decodes: the
     calibrated sampling scale, the autoencoder's units, its tanh range; no
-    Griffin-Lim, so a guidance's gradient through it is cheap."""
+    Griffin-Lim, so a guidance's gradient through it is cheap. `scale`: the
+    sampling scale generation decodes with (default: the prior's sample_scale)."""
     prior = model.latent_prior
     channels = prior.config.latent_channels
-    latents = prior.from_diffusion(x0 * prior.config.sample_scale)
+    latents = prior.from_diffusion(x0 * (prior.config.sample_scale if scale is None else scale))
     rows = torch.cat([latents[:, n * channels:(n + 1) * channels] for n in stems])
     return model.autoencoder.decode_log_magnitude(rows.clamp(-1.0, 1.0))
 
 
-def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list[int], strength: float) -> Denoiser:
+def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list[int], strength: float,
+                   scale: float | None = None) -> Denoiser:
     """`denoiser` with its x0 steered towards the target chroma [B, 12, K] (the
     given pitched stems', per latent frame) for the free pitched stems (rows of
     the stacked latent); the identity when strength is 0 or nothing is free."""
@@ -91,7 +93,7 @@ def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list
     sample_rate, n_fft = model.sample_rate, model.autoencoder.config.n_fft
 
     def agreement(x0: Tensor) -> Tensor:
-        chroma = chroma_from_magnitude(decoded_log_magnitude(model, x0, free_pitched).exp(), sample_rate, n_fft)
+        chroma = chroma_from_magnitude(decoded_log_magnitude(model, x0, free_pitched, scale).exp(), sample_rate, n_fft)
         return block_correlation(chroma, target.repeat(len(free_pitched), 1, 1))   # rows are stem-major
 
     return steered(denoiser, agreement, GUIDED_SIGMAS, strength)

@@ -131,6 +131,7 @@ def generate_latent_stems(
     if settings.autoguidance != 1.0:
         prior = AutoGuided(prior, model.latent_guide, settings.autoguidance)
     num, channels = prior.config.stems, prior.config.latent_channels
+    scale = prior.config.scale_for(settings.autoguidance)
     hop = model.autoencoder.config.hop
     frames_latent = frames // hop + 1
     factor = prior.config.downsampling_factor
@@ -209,10 +210,10 @@ def generate_latent_stems(
             conditioned = prior.with_given(window_latents, mask[None], settings.guidance, window_harmony)
             if target is not None:
                 conditioned = harmony_guided(conditioned, model, target[:, :, start:start + window], free_pitched,
-                                             settings.harmony)
+                                             settings.harmony, scale)
             if onsets is not None:
                 conditioned = rhythm_guided(conditioned, model, onsets[:, start:start + window], free,
-                                            settings.rhythm)
+                                            settings.rhythm, scale)
             result = impute(conditioned, window_latents, channel_mask, seeds,
                             settings=settings, callback=callback, device=model.device, clip=None)
         else:
@@ -223,8 +224,9 @@ def generate_latent_stems(
         progress(1 - DECODE_SHARE, "decoding")
     out = np.zeros((num, frames), dtype=np.float32)
     if free:
-        # The calibrated sampling temperature (LatentPriorConfig.sample_scale).
-        latents = prior.from_diffusion(latents * prior.config.sample_scale)
+        # The calibrated sampling temperature (LatentPriorConfig.sample_scale, or
+        # autoguidance_scale when autoguided).
+        latents = prior.from_diffusion(latents * scale)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
         out[free] = soft_limit(decode_stems(model, rows, frames, seed))
     if given_stems:

@@ -61,7 +61,8 @@ def given_onsets(autoencoder, given_mix: Tensor) -> Tensor:
     return onset_envelope(autoencoder.log_magnitude(given_mix[None]))
 
 
-def rhythm_guided(denoiser: Denoiser, model, target: Tensor, free: list[int], strength: float) -> Denoiser:
+def rhythm_guided(denoiser: Denoiser, model, target: Tensor, free: list[int], strength: float,
+                  scale: float | None = None) -> Denoiser:
     """`denoiser` with its x0 steered towards the onset envelope `target`
     [B, K] (the given stems', per latent frame) for the free stems (rows of
     the stacked latent); the identity when strength is 0 or nothing is free."""
@@ -69,7 +70,7 @@ def rhythm_guided(denoiser: Denoiser, model, target: Tensor, free: list[int], st
         return denoiser
 
     def agreement(x0: Tensor) -> Tensor:
-        envelope = onset_envelope(decoded_log_magnitude(model, x0, free))
+        envelope = onset_envelope(decoded_log_magnitude(model, x0, free, scale))
         return block_time_correlation(envelope, target.repeat(len(free), 1))   # rows are stem-major
 
     return steered(denoiser, agreement, GUIDED_SIGMAS, strength)

@@ -71,6 +71,15 @@ class LatentPriorConfig:
     # this prior in a model file (AutoGuided; 1: none): what sampling uses
     # unless a request names another.
     autoguidance: float = 1.0
+    # The sampling scale (as sample_scale) when sampling autoguided: the guide
+    # moves the samples' spread, so the level is calibrated again with it
+    # (training.calibrate_latent_prior; 0: sample_scale).
+    autoguidance_scale: float = 0.0
+
+    def scale_for(self, autoguidance: float | None) -> float:
+        """The sampling scale for an autoguidance weight (1 or None: unguided)."""
+        guided = autoguidance not in (None, 1.0) and self.autoguidance_scale
+        return self.autoguidance_scale if guided else self.sample_scale
 
     def __post_init__(self) -> None:
         checks = {
@@ -90,6 +99,7 @@ class LatentPriorConfig:
             "sample_scale": 0.1 <= self.sample_scale <= 2.0,
             "harmony_channels": self.harmony_channels in (0, 12),
             "autoguidance": 0.0 <= self.autoguidance <= 10.0,
+            "autoguidance_scale": self.autoguidance_scale == 0.0 or 0.1 <= self.autoguidance_scale <= 2.0,
             "latent_scale": len(self.latent_scale) == len(self.latent_shift)
                             and all(math.isfinite(v) and 1e-4 <= v <= 10 for v in self.latent_scale),
         }
