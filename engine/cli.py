@@ -120,7 +120,8 @@ def _run(args) -> int:
             print(f"latent:      autoencoder {count_parameters(latent.autoencoder):,} + diffusion prior "
                   f"{count_parameters(latent.latent_prior):,} parameters, sample scale {c.sample_scale:g}"
                   + (f", autoguidance {c.autoguidance:g} (scale {c.scale_for(c.autoguidance):g}) with a guide of "
-                     f"{count_parameters(guide):,} parameters" if guide is not None else "") + " (generate and impute use it)")
+                     f"{count_parameters(guide):,} parameters, by default for generate only" if guide is not None
+                     else "") + " (generate and impute run on it)")
         for model in models.models:
             print(f"source:      {model.source}")
         return 0

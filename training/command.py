@@ -297,7 +297,8 @@ def run_evaluate_generation(args) -> int:
             audio = sample_candidates(models, task, real, settings, given=given, seed=args.seed,
                                       batch=args.batch, cache=args.cache, progress=progress)
             guided = "".join(f", {name} {getattr(settings, name):g}" for name, (neutral, _) in LATENT_ONLY.items()
-                             if (task == "impute" or name in GENERATE_TOO) and getattr(settings, name) != neutral)
+                             if (task == "impute" or name in GENERATE_TOO)
+                             and getattr(settings, name) not in (neutral, None))
             label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
                      f"churn {settings.s_churn:g}{guided}, NFE {settings.nfe})")
             record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}
