@@ -178,3 +178,35 @@ def test_evaluate_generation_samples_the_latent_prior(tmp_path, capsys):
     assert main([*common[:4], str(plain), *common[5:], "--prior", "latent", "--csv", str(tmp_path / "x.csv"),
                  "--markdown", str(tmp_path / "x.md")]) == 2
     assert "latent prior" in capsys.readouterr().err
+
+
+def test_evaluate_generation_says_which_autoguidance_it_sampled_with(tmp_path, capsys):
+    """A file with a guide generates autoguided at its own weight, and the
+    label and settings say so (imputation does not, unless asked)."""
+    import dataclasses
+
+    import torch
+
+    from engine.core.latent_prior import LatentDenoiser, LatentUNet
+
+    model = tiny_latent_model()
+    torch.manual_seed(3)
+    model.latent_guide = LatentDenoiser(LatentUNet(model.latent_prior.config))
+    prior = model.latent_prior
+    prior.config = prior.net.config = dataclasses.replace(prior.config, autoguidance=2.5)
+    model.__post_init__()
+    path = model.save(tmp_path / "guided.safetensors")
+    data = write_tracks(tmp_path / "data", count=6, seconds=3.0, seed=2)
+    common = ["evaluate-generation", "--data", str(data), "--model", str(path), "--windows", "2", "--steps", "2",
+              "--given", "piano", "--draws", "4", "-q"]
+    assert main([*common, "--csv", str(tmp_path / "a.csv"), "--markdown", str(tmp_path / "a.md")]) == 0
+    rows = [r for r in csv.DictReader((tmp_path / "a.csv").open()) if r["method"].startswith("model")]
+    weights = {r["task"]: json.loads(r["settings"])["sampler"]["autoguidance"] for r in rows}
+    assert weights == {"generate": 2.5, "impute piano": 1.0}
+    assert {r["method"] for r in rows if r["task"] == "generate"} == {
+        "model (dpmpp2m 2 steps x 1, churn 0, autoguidance 2.5, NFE 4)"}
+    assert main([*common, "--autoguidance", "1", "--csv", str(tmp_path / "b.csv"),
+                 "--markdown", str(tmp_path / "b.md")]) == 0
+    rows = [r for r in csv.DictReader((tmp_path / "b.csv").open()) if r["method"].startswith("model")]
+    assert {json.loads(r["settings"])["sampler"]["autoguidance"] for r in rows} == {1.0}
+    capsys.readouterr()
