@@ -8,7 +8,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from engine.core.latent_options import GENERATE_TOO, LATENT_ONLY
+from engine.core.latent_options import LATENT_ONLY, latent_options_for
 from engine.errors import CommandError
 from engine.jobs.options import add_model_options, load_models_for
 from engine.jobs.progress import ProgressBar
@@ -286,8 +286,7 @@ def run_evaluate_generation(args) -> int:
             settings = tasks.generation_settings(task, models.latent is not None, args.prior, steps=args.steps,
                                                  method=args.method, s_churn=args.churn,
                                                  num_resamples=args.resamples, sigma_max=args.sigma_max,
-                                                 **{name: getattr(args, name) for name in LATENT_ONLY
-                                                    if task == "impute" or name in GENERATE_TOO})
+                                                 **{name: getattr(args, name) for name in latent_options_for(task)})
             if models.latent is not None and settings.prior == "latent":
                 settings = resolve_autoguidance(settings, models.latent)   # the label says the weight used
 
@@ -296,9 +295,8 @@ def run_evaluate_generation(args) -> int:
 
             audio = sample_candidates(models, task, real, settings, given=given, seed=args.seed,
                                       batch=args.batch, cache=args.cache, progress=progress)
-            guided = "".join(f", {name} {getattr(settings, name):g}" for name, (neutral, _) in LATENT_ONLY.items()
-                             if (task == "impute" or name in GENERATE_TOO)
-                             and getattr(settings, name) not in (neutral, None))
+            guided = "".join(f", {name} {getattr(settings, name):g}" for name in latent_options_for(task)
+                             if getattr(settings, name) not in (LATENT_ONLY[name][0], None))
             label = (f"model ({settings.method} {settings.steps} steps x {settings.num_resamples}, "
                      f"churn {settings.s_churn:g}{guided}, NFE {settings.nfe})")
             record = {"sampler": dataclasses.asdict(settings), "seed": args.seed, "model": models.describe()}

@@ -27,22 +27,20 @@ from engine.storage.model import MSDMModel, load_separator
 from training.part_files import AUTOENCODER_FORMAT, LATENT_PRIOR_FORMAT, read_part
 
 
+def load_latent_prior(path: Path) -> LatentDenoiser:
+    """A train_latent_prior file: the prior, or an autoguidance guide for one
+    (engine.core.latent_prior.AutoGuided)."""
+    config, tensors = read_part(path, LATENT_PRIOR_FORMAT)
+    net = LatentUNet(LatentPriorConfig.from_dict(config))
+    net.load_state_dict(tensors, strict=True)
+    return LatentDenoiser(net).eval()
+
+
 def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoencoder, LatentDenoiser]:
     config, tensors = read_part(autoencoder, AUTOENCODER_FORMAT)
     encoder = StemAutoencoder(AutoencoderConfig.from_dict(config))
     encoder.load_state_dict(tensors, strict=True)
-    config, tensors = read_part(latent_prior, LATENT_PRIOR_FORMAT)
-    net = LatentUNet(LatentPriorConfig.from_dict(config))
-    net.load_state_dict(tensors, strict=True)
-    return encoder.eval(), LatentDenoiser(net).eval()
-
-
-def load_latent_guide(path: Path) -> LatentDenoiser:
-    """A train_latent_prior file as an autoguidance guide (engine.core.latent_prior.AutoGuided)."""
-    config, tensors = read_part(path, LATENT_PRIOR_FORMAT)
-    net = LatentUNet(LatentPriorConfig.from_dict({**config, "sample_scale": 1.0, "autoguidance": 1.0}))
-    net.load_state_dict(tensors, strict=True)
-    return LatentDenoiser(net).eval()
+    return encoder.eval(), load_latent_prior(latent_prior)
 
 
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
@@ -63,7 +61,7 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
         if model.latent_prior is None:
             raise ModelFileError("--latent-guide guides a latent prior: give one (--autoencoder, --latent-prior) "
                                  "or a --prior file that has one")
-        model.latent_guide = load_latent_guide(latent_guide)
+        model.latent_guide = load_latent_prior(latent_guide)
         notes.append(f"latent guide {latent_guide.name}")
     if autoguidance is not None:
         if model.latent_prior is None:

@@ -18,6 +18,13 @@ LATENT_ONLY = {
 GENERATE_TOO = ("autoguidance",)
 
 
+def latent_options_for(task: str) -> tuple[str, ...]:
+    """The latent-only options a task takes: all of them for impute, those
+    of GENERATE_TOO for generate, none for separate."""
+    return tuple(name for name in LATENT_ONLY
+                 if task == "impute" or (task == "generate" and name in GENERATE_TOO))
+
+
 def waveform_problem(values: Mapping[str, float | None]) -> str | None:
     """Why the waveform prior cannot run with `values` (option -> value; None:
     not given), or None when it can."""

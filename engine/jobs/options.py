@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.audio.windows import MAX_OVERLAP
-from engine.core.latent_options import GENERATE_TOO, LATENT_ONLY, waveform_problem
+from engine.core.latent_options import LATENT_ONLY, latent_options_for, waveform_problem
 from engine.errors import CommandError
 
 TASKS = ("separate", "generate", "impute")
@@ -234,9 +234,7 @@ class JobOptions:
 
         overrides = dict(steps=self.steps, num_resamples=self.resamples, s_churn=self.churn,
                          sigma_min=self.sigma_min, sigma_max=self.sigma_max, method=self.method)
-        if task in ("generate", "impute"):
-            overrides.update({name: getattr(self, name) for name in LATENT_ONLY
-                              if task == "impute" or name in GENERATE_TOO})
+        overrides.update({name: getattr(self, name) for name in latent_options_for(task)})
         if task == "separate":
             settings = tasks.separation_settings(self.likelihood, num_stems=num_stems, isdm=isdm,
                                                  has_first_guess=first_guess, start=self.start, prior=self.prior,
