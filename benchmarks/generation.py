@@ -33,6 +33,11 @@ from engine.storage.loading import load_models
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "example_mix.flac"
 
 
+# The weight the shipped guide was chosen at (docs/models.md, third session of
+# 2026-12-06); the file samples without it by default since the fourth.
+OPT_IN_AUTOGUIDANCE = 2.5
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -74,9 +79,14 @@ def main() -> None:
             models, {"piano": piano}, out, seed=0, settings=settings("impute")),
     }
     if has_latent and models.latent.latent_guide is not None:
-        # Autoguidance (engine.core.latent_prior.AutoGuided): a pass of the guide per evaluation.
-        rows["  generate without autoguidance"] = lambda out: generate_file(
-            models, out, args.seconds, seed=0, settings=settings("generate").override(autoguidance=1.0))
+        # Autoguidance (engine.core.latent_prior.AutoGuided): a pass of the guide per
+        # evaluation. Timed against the file's default: off if it autoguides, else
+        # on at the weight its guide was chosen at (docs/models.md).
+        guided_by_default = models.latent.latent_prior.config.autoguidance != 1.0
+        weight = 1.0 if guided_by_default else OPT_IN_AUTOGUIDANCE
+        rows[f"  generate {'without autoguidance' if guided_by_default else f'autoguided (w {weight:g})'}"] = (
+            lambda out: generate_file(models, out, args.seconds, seed=0,
+                                      settings=settings("generate").override(autoguidance=weight)))
     if has_latent and settings("impute").harmony:
         rows["  the same without harmony guidance"] = lambda out: impute_file(
             models, {"piano": piano}, out, seed=0, settings=settings("impute").override(harmony=0.0))

@@ -221,3 +221,63 @@ def test_autoguided_sampling_decodes_at_its_own_calibrated_scale():
     np.testing.assert_array_equal(sampled(0.8, 0.6, None), sampled(0.6, 0.0, None))
     np.testing.assert_array_equal(sampled(0.8, 0.6, 1.0), sampled(0.8, 0.0, 1.0))
     assert not np.allclose(sampled(0.8, 0.6, None), sampled(0.8, 0.0, None))
+
+
+def test_calibration_sets_the_scale_of_the_sampling_it_names(monkeypatch):
+    """--field sample_scale on an autoguided file measures unguided samples
+    (imputation's default) at that scale; the default field is the guided one."""
+    import training.calibrate_latent_prior as calibrate
+
+    model = with_guide(tiny_latent_model(), weight=2.0)
+    seen = []
+
+    def fake(model_, window, *, seed, settings):
+        config = model_.latent_prior.config
+        seen.append((settings.autoguidance, config.sample_scale, config.autoguidance_scale))
+        return np.full((4, window), 0.1, np.float32)
+
+    monkeypatch.setattr(calibrate, "generate_latent_stems", fake)
+    calibrate.generated_levels(model, 256, 2, 0.65)
+    assert seen[-1] == (None, model.latent_prior.config.sample_scale, 0.65)
+    calibrate.generated_levels(model, 256, 2, 0.75, field="sample_scale")
+    assert seen[-1] == (1.0, 0.75, model.latent_prior.config.autoguidance_scale)
+    # The file's own config is left as it was.
+    assert model.latent_prior.config.autoguidance_scale == 0.0 and model.latent_prior.config.sample_scale == 1.0
+
+
+def test_autoguided_stems_decode_at_their_own_calibrated_scales(monkeypatch):
+    """autoguidance_stem_scales multiply each stem's sampled latents (after
+    sampling, so the stems' samples are otherwise the same); unguided
+    sampling keeps sample_scale for every stem."""
+    from engine.audio import latent_generation
+    import training.calibrate_latent_prior as calibrate
+
+    seen = []
+
+    def capture(model, latents, frames, seed):
+        seen.append(latents.clone())
+        return np.zeros((latents.shape[0] // model.autoencoder.config.latent_channels, frames), np.float32)
+
+    monkeypatch.setattr(latent_generation, "decode_stems", capture)
+    settings = LATENT_GENERATE.override(steps=3)
+    scales = (0.5, 0.75, 1.0, 1.5)
+    for stem_scales in ((1.0,) * 4, scales):
+        model = with_guide(tiny_latent_model(), weight=2.0)
+        prior = model.latent_prior
+        prior.config = prior.net.config = dataclasses.replace(prior.config, autoguidance_scale=1.0,
+                                                              autoguidance_stem_scales=stem_scales)
+        latent_generation.generate_latent_stems(model, SR, seed=4, settings=settings)
+        latent_generation.generate_latent_stems(model, SR, seed=4, settings=settings.override(autoguidance=1.0))
+    channels = 8
+    base, scaled = seen[0], seen[2]
+    for n, s in enumerate(scales):
+        rows = slice(n * channels, (n + 1) * channels)
+        torch.testing.assert_close(scaled[rows], base[rows] * s, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen[3], seen[1], atol=0, rtol=0)   # unguided: sample_scale, unchanged
+    with pytest.raises(ValueError, match="autoguidance_stem_scales"):
+        LatentPriorConfig(autoguidance_stem_scales=(1.0, 1.0))
+    # Calibration: each stem takes the scale that matches its own level.
+    real = np.array([0.05, 0.06, 0.04, 0.045])
+    best = np.array([0.6, 0.8, 0.7, 0.9])
+    by_scale = {s: real * 10 ** ((s - best) * 5) for s in (0.6, 0.7, 0.8, 0.9)}
+    assert calibrate.choose_stem_scales(real, by_scale) == (0.6, 0.8, 0.7, 0.9)

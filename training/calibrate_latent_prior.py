@@ -28,7 +28,7 @@ from engine.core.tasks import LATENT_GENERATE
 from engine.storage.model import MSDMModel
 from training.data import scan
 
-SCALES = tuple(np.round(np.arange(0.60, 1.0001, 0.05), 2))
+SCALES = tuple(np.round(np.arange(0.50, 1.0001, 0.05), 2))
 # A window this quiet is silence (a stem that rests), not a level to match.
 SILENT_RMS = 1e-4
 
@@ -59,20 +59,34 @@ def scale_field(model: MSDMModel) -> str:
     return "autoguidance_scale" if guided else "sample_scale"
 
 
-def generated_levels(model: MSDMModel, window: int, windows: int, scale: float, seed: int = 0) -> np.ndarray:
-    """Median RMS per stem of `windows` generated windows (the default
-    generation settings, autoguided if the file is) at sampling scale `scale`."""
+def generated_levels(model: MSDMModel, window: int, windows: int, scale: float, seed: int = 0,
+                     field: str | None = None) -> np.ndarray:
+    """Median RMS per stem of `windows` generated windows at sampling scale
+    `scale` in `field` (default: the one default generation uses), sampled
+    autoguided by the file's weight for autoguidance_scale, unguided for sample_scale."""
     prior = model.latent_prior
     original = prior.config
-    prior.config = dataclasses.replace(original, **{scale_field(model): float(scale)})
+    field = field or scale_field(model)
+    settings = LATENT_GENERATE if field == "autoguidance_scale" else LATENT_GENERATE.override(autoguidance=1.0)
+    # One scale for every stem while measuring (per-stem scales are chosen from these runs).
+    prior.config = dataclasses.replace(original, **{field: float(scale)}, autoguidance_stem_scales=())
     try:
-        audio = np.stack([generate_latent_stems(model, window, seed=seed + k, settings=LATENT_GENERATE)
+        audio = np.stack([generate_latent_stems(model, window, seed=seed + k, settings=settings)
                           for k in range(windows)])                     # [W, N, T]
     finally:
         prior.config = original
     rms = np.sqrt(np.mean(audio ** 2, axis=-1))                          # [W, N]
     return np.array([np.median(column[column > SILENT_RMS]) if (column > SILENT_RMS).any() else np.nan
                      for column in rms.T])
+
+
+def choose_stem_scales(real: np.ndarray, by_scale: dict[float, np.ndarray]) -> tuple[float, ...]:
+    """Per stem, the scale whose generated level is closest to the real one:
+    the scale multiplies each stem's sampled latents after sampling, so a
+    stem's level at a scale does not depend on the other stems' scales."""
+    scales = list(by_scale)
+    errors = np.abs(np.log(np.stack([by_scale[s] for s in scales]) / real))     # [S, N]
+    return tuple(float(scales[i]) for i in np.nanargmin(errors, axis=0))
 
 
 def choose_scale(real: np.ndarray, by_scale: dict[float, np.ndarray]) -> float:
@@ -90,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="valid")
     parser.add_argument("--windows", type=int, default=8, help="generated windows per scale")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--field", choices=("sample_scale", "autoguidance_scale"),
+                        help="which scale to calibrate (default: the one default generation uses; sample_scale is "
+                             "also imputation's, which does not autoguide by default)")
+    parser.add_argument("--per-stem", action="store_true",
+                        help="also choose each stem's autoguided scale (autoguidance_stem_scales): autoguidance "
+                             "widens some stems more than others, and one scale leaves them unbalanced")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -97,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if model.latent_prior is None:
         raise SystemExit(f"{args.model} has no latent prior to calibrate")
     window = window_samples(model)  # one latent window of the prior (~3 s)
+    field = args.field or scale_field(model)
+    if field == "autoguidance_scale" and (model.latent_guide is None or model.latent_prior.config.autoguidance == 1.0):
+        raise SystemExit(f"{args.model} does not autoguide by default: it has no autoguidance_scale to calibrate")
+    if args.per_stem and field != "autoguidance_scale":
+        raise SystemExit("--per-stem calibrates the autoguided scales (autoguidance_stem_scales): not with "
+                         "--field sample_scale")
     real = real_levels(args.data, args.split, model.stems, window)
-    by_scale = {s: generated_levels(model, window, args.windows, s) for s in SCALES}
+    by_scale = {s: generated_levels(model, window, args.windows, s, field=field) for s in SCALES}
     chosen = choose_scale(real, by_scale)
     print("| scale | " + " | ".join(f"{stem} dB vs real" for stem in model.stems) + " |")
     print("|---:|" + "---:|" * len(model.stems))
@@ -107,11 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {s:.2f}{mark} | " + " | ".join(f"{20 * np.log10(g / r):+.1f}" for g, r in zip(levels, real)) + " |")
     print(f"real median RMS per stem on {args.data}/{args.split}: " + ", ".join(f"{v:.4f}" for v in real))
     prior = model.latent_prior
-    field = scale_field(model)
-    prior.config = prior.net.config = dataclasses.replace(prior.config, **{field: float(chosen)})
-    model.save(args.out, source=f"{model.source}; latent {field} {chosen:.2f} "
+    per_stem = choose_stem_scales(real, by_scale) if args.per_stem else ()
+    prior.config = prior.net.config = dataclasses.replace(prior.config, **{field: float(chosen)},
+                                                          **({"autoguidance_stem_scales": per_stem}
+                                                             if field == "autoguidance_scale" else {}))
+    stems_note = (f" (per stem {', '.join(f'{n} {v:.2f}' for n, v in zip(model.stems, per_stem))})"
+                  if per_stem else "")
+    model.save(args.out, source=f"{model.source}; latent {field} {chosen:.2f}{stems_note} "
                                 f"calibrated on {args.data}/{args.split}")
-    print(f"wrote {args.out} with {field} {chosen:.2f}")
+    print(f"wrote {args.out} with {field} {chosen:.2f}{stems_note}")
     return 0
 
 

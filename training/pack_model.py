@@ -46,7 +46,7 @@ def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoen
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
          autoencoder: Path | None = None, latent_prior: Path | None = None,
          latent_storage: str | None = None, latent_guide: Path | None = None,
-         autoguidance: float | None = None) -> MSDMModel:
+         autoguidance: float | None = None, span_projection: bool | None = None) -> MSDMModel:
     if (autoencoder is None) != (latent_prior is None):
         raise ModelFileError("a latent prior needs both --autoencoder and --latent-prior")
     model = MSDMModel.load(prior)
@@ -69,6 +69,13 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
         prior_part = model.latent_prior
         prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config, autoguidance=autoguidance)
         notes.append(f"autoguidance {autoguidance:g}")
+    if span_projection is not None:
+        if model.latent_prior is None:
+            raise ModelFileError("--span-projection is the latent prior's: the model has none")
+        prior_part = model.latent_prior
+        prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config,
+                                                                        span_projection=span_projection)
+        notes.append(f"span projection {'on' if span_projection else 'off'}")
     if latent_storage is not None:
         model.latent_storage = latent_storage
     model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode
@@ -90,14 +97,19 @@ def main(argv: list[str] | None = None) -> int:
                              "--space), packed as its autoguidance guide")
     parser.add_argument("--autoguidance", type=float,
                         help="the autoguidance weight the file samples with by default (chosen on VALID; 1: off)")
+    parser.add_argument("--span-projection", action=argparse.BooleanOptionalAction, default=None,
+                        help="sample with the latent prior's estimate at the data mean outside its output layer's "
+                             "span (engine.core.latent_prior.SpanProjected; default: as in --prior's file)")
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--source", help="the provenance line stored in the file")
     args = parser.parse_args(argv)
-    if args.separator is None and args.autoencoder is None and args.latent_guide is None and args.autoguidance is None:
-        parser.error("give --separator, or --autoencoder with --latent-prior (or all three), or --latent-guide")
+    if (args.separator is None and args.autoencoder is None and args.latent_guide is None and args.autoguidance is None
+            and args.span_projection is None):
+        parser.error("give --separator, or --autoencoder with --latent-prior (or all three), or --latent-guide, "
+                     "--autoguidance or --span-projection")
     try:
         model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior,
-                     args.latent_storage, args.latent_guide, args.autoguidance)
+                     args.latent_storage, args.latent_guide, args.autoguidance, args.span_projection)
     except (ModelFileError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.out}: prior {model.num_parameters:,} parameters + separator "

@@ -120,10 +120,10 @@ def cache_harmony(roots: list[Path], split: str, hop: int) -> list[Path]:
 
 def load_init(denoiser: LatentDenoiser, weights: dict[str, torch.Tensor]) -> None:
     """An --init prior's weights into `denoiser`; a prior trained without the
-    harmony condition loads into one with it (its harmony_in layer stays at
-    zero, so the network computes what the init computed)."""
+    harmony condition or the full-rank head loads into one with them (their
+    last layers stay at zero, so the network computes what the init computed)."""
     missing, unexpected = denoiser.net.load_state_dict(weights, strict=False)
-    if unexpected or any(not key.startswith("harmony_in.") for key in missing):
+    if unexpected or any(not key.startswith(("harmony_in.", "head.")) for key in missing):
         raise SystemExit(f"--init does not fit this prior: missing {missing}, unexpected {unexpected}")
 
 
@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=256, help="latent frames per crop (256: ~3 s)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--channels", type=int, default=128)
+    parser.add_argument("--head-channels", type=int, default=0,
+                        help="a full-rank output head of this width (LatentPriorConfig.head_channels; 0: none; "
+                             "an --init without one starts it at zero)")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--valid-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     # be reduced). --sigma-mean moves it; the default keeps past runs reproducible.
     config = LatentPriorConfig(latent_channels=autoencoder.config.latent_channels, channels=args.channels,
                                sigma_data=round(sigma_data, 4), sigma_mean=args.sigma_mean,
-                               sigma_std=args.sigma_std, harmony_channels=PITCH_CLASSES if harmony else 0)
+                               sigma_std=args.sigma_std, harmony_channels=PITCH_CLASSES if harmony else 0,
+                               head_channels=resumed_config.head_channels if resumed_config else args.head_channels)
     if shift is not None:
         config = config.with_latent_statistics(shift[:, 0], scale[:, 0])
     torch.manual_seed(args.seed)

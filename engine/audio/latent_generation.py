@@ -21,7 +21,7 @@ from engine.audio.rhythm_guidance import given_onsets, rhythm_guided
 from engine.audio.windows import WindowPlan
 from engine.core.diffusion import seed_for
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
-from engine.core.latent_prior import AutoGuided
+from engine.core.latent_prior import sampling_denoiser
 from engine.core.tasks import SamplerSettings, SettingsError, generate, impute
 from engine.storage.model import MSDMModel
 
@@ -127,11 +127,11 @@ def generate_latent_stems(
     stem with any free frame comes back decoded whole (the caller keeps its
     own audio outside the range)."""
     settings = resolve_autoguidance(settings, model)
-    prior = model.latent_prior
-    if settings.autoguidance != 1.0:
-        prior = AutoGuided(prior, model.latent_guide, settings.autoguidance)
+    prior = sampling_denoiser(model.latent_prior, model.latent_guide, settings.autoguidance)
     num, channels = prior.config.stems, prior.config.latent_channels
-    scale = prior.config.scale_for(settings.autoguidance)
+    # The calibrated sampling temperature of each stem's latents (per channel row).
+    scale = torch.tensor(prior.config.stem_scales_for(settings.autoguidance),
+                         device=model.device).repeat_interleave(prior.config.latent_channels)[:, None]
     hop = model.autoencoder.config.hop
     frames_latent = frames // hop + 1
     factor = prior.config.downsampling_factor
@@ -225,7 +225,7 @@ def generate_latent_stems(
     out = np.zeros((num, frames), dtype=np.float32)
     if free:
         # The calibrated sampling temperature (LatentPriorConfig.sample_scale, or
-        # autoguidance_scale when autoguided).
+        # autoguidance_scale / autoguidance_stem_scales when autoguided).
         latents = prior.from_diffusion(latents * scale)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
         out[free] = soft_limit(decode_stems(model, rows, frames, seed))

@@ -75,11 +75,40 @@ class LatentPriorConfig:
     # moves the samples' spread, so the level is calibrated again with it
     # (training.calibrate_latent_prior; 0: sample_scale).
     autoguidance_scale: float = 0.0
+    # Per stem, the autoguided sampling scale (empty: autoguidance_scale for
+    # every stem). Autoguidance widens some stems' samples more than others
+    # (v4 with v2a, w 2.5, span projection: at one scale the piano came out
+    # +6 dB and the drums -3.5 dB against real), and the scale acts after
+    # sampling, on each stem's latents alone, so each stem's level is
+    # calibrated on its own (training.calibrate_latent_prior --per-stem).
+    autoguidance_stem_scales: tuple[float, ...] = ()
+    # Sample with the denoiser's estimate set to the data mean (0) outside the
+    # span of its output layer (SpanProjected): the U-Net writes each patch of
+    # `patch` frames x N x C numbers from `channels` features, so in the rest
+    # of the patch space D = c_skip x and the probability-flow ODE leaves
+    # unit-variance white noise there (docs/models.md, fourth session of
+    # 2026-12-06). False: as the files before it.
+    span_projection: bool = False
+    # A full-rank output head (0: none, as the priors before it): per latent
+    # frame, the U-Net's last features beside the noisy input -> 1x1 conv ->
+    # depthwise conv over 5 frames -> 1x1 conv to every stacked channel, added
+    # to the patch output. With head_channels >= stems x latent_channels the
+    # network can write every direction of a patch, which stem_out alone
+    # cannot (SpanProjected's docstring); it starts at zero, so a prior
+    # trained without it loads unchanged.
+    head_channels: int = 0
 
     def scale_for(self, autoguidance: float | None) -> float:
         """The sampling scale for an autoguidance weight (1 or None: unguided)."""
         guided = autoguidance not in (None, 1.0) and self.autoguidance_scale
         return self.autoguidance_scale if guided else self.sample_scale
+
+    def stem_scales_for(self, autoguidance: float | None) -> tuple[float, ...]:
+        """Each stem's sampling scale for an autoguidance weight: the per-stem
+        autoguided ones where calibrated, else scale_for's for every stem."""
+        if autoguidance not in (None, 1.0) and self.autoguidance_stem_scales:
+            return self.autoguidance_stem_scales
+        return (self.scale_for(autoguidance),) * self.stems
 
     def __post_init__(self) -> None:
         checks = {
@@ -100,6 +129,10 @@ class LatentPriorConfig:
             "harmony_channels": self.harmony_channels in (0, 12),
             "autoguidance": 0.0 <= self.autoguidance <= 10.0,
             "autoguidance_scale": self.autoguidance_scale == 0.0 or 0.1 <= self.autoguidance_scale <= 2.0,
+            "span_projection": isinstance(self.span_projection, bool),
+            "head_channels": 0 <= self.head_channels <= 2048,
+            "autoguidance_stem_scales": len(self.autoguidance_stem_scales) in (0, self.stems)
+                                        and all(0.1 <= v <= 2.0 for v in self.autoguidance_stem_scales),
             "latent_scale": len(self.latent_scale) == len(self.latent_shift)
                             and all(math.isfinite(v) and 1e-4 <= v <= 10 for v in self.latent_scale),
         }
@@ -228,6 +261,14 @@ class LatentUNet(nn.Module):
         self.stem_out = nn.ConvTranspose1d(previous, config.width, config.patch, stride=config.patch)
         nn.init.zeros_(self.stem_out.weight)
         nn.init.zeros_(self.stem_out.bias)
+        self.head = None
+        if config.head_channels:
+            h = config.head_channels
+            self.head = nn.Sequential(nn.Conv1d(previous + config.width, h, 1), nn.SiLU(),
+                                      nn.Conv1d(h, h, 5, padding=2, groups=h), nn.SiLU(),
+                                      nn.Conv1d(h, config.width, 1))
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: Tensor, c_noise: Tensor, given: Tensor, mask: Tensor,
                 harmony: Tensor | None = None) -> Tensor:
@@ -251,7 +292,12 @@ class LatentUNet(nn.Module):
                 h = layer(torch.cat([h, skips.pop()], dim=1), embedding)
             else:
                 h = layer(h)
-        return self.stem_out(F.silu(self.norm_out(h)))
+        features = F.silu(self.norm_out(h))
+        out = self.stem_out(features)
+        if self.head is not None:
+            per_frame = features.repeat_interleave(self.config.patch, dim=-1)
+            out = out + self.head(torch.cat([per_frame, x], dim=1))
+        return out
 
 
 class LatentDenoiser(nn.Module):
@@ -278,6 +324,25 @@ class LatentDenoiser(nn.Module):
     def from_diffusion(self, sample: Tensor) -> Tensor:
         """The inverse of to_diffusion."""
         return sample * self.scale + self.shift
+
+    def output_rows(self) -> Tensor:
+        """[F, W x P]: the patch vectors the output layer can write, one per
+        feature (ConvTranspose1d weight [F, W, P], patch entries in (channel,
+        frame) order). D(x) - c_skip x lies in their span (plus the bias)."""
+        weight = self.net.stem_out.weight.detach()
+        rows = weight.reshape(weight.shape[0], -1)
+        if self.net.head is not None:
+            # The head writes each frame of the patch through its last 1x1 conv.
+            last = self.net.head[-1].weight.detach()[:, :, 0].T                  # [H, W]
+            patch = self.config.patch
+            for p in range(patch):
+                frame = torch.zeros(last.shape[0], last.shape[1], patch)
+                frame[:, :, p] = last
+                rows = torch.cat([rows, frame.reshape(last.shape[0], -1)])
+        return rows
+
+    def output_networks(self) -> tuple["LatentDenoiser", ...]:
+        return (self,)
 
     def frame_mask(self, mask: Tensor, frames: int) -> Tensor:
         """A mask per stem [B, N] or per stem and latent frame [B, N, K] -> bool [B, N, K]."""
@@ -403,7 +468,77 @@ class AutoGuided:
     def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         return self.denoise(x, sigma)
 
+    def output_networks(self) -> tuple[LatentDenoiser, ...]:
+        return (self.prior, self.guide)
+
     with_given = LatentDenoiser.with_given
+
+
+def span_basis(networks, rtol: float = 1e-5) -> Tensor:
+    """[W x P, r] orthonormal basis of the patch vectors the output layers of
+    `networks` can write (their union: an autoguided denoiser mixes both)."""
+    rows = torch.cat([net.output_rows().to(torch.float64) for net in networks])
+    u, singular, _ = torch.linalg.svd(rows.T, full_matrices=False)
+    rank = int((singular > rtol * singular.max()).sum())
+    return u[:, :rank].to(torch.float32)
+
+
+class SpanProjected:
+    """A latent denoiser whose estimate is the data mean (0 in the standardised
+    diffusion space) outside the span of its output layer.
+
+    LatentUNet writes a patch of P frames x W channels (P x W numbers: 512 for
+    v4) from F features (128): its correction c_out F(x) has rank F per patch,
+    so in the other P W - F directions D(x, sigma) = c_skip x, and along them
+    the probability-flow ODE, dx/dsigma = x sigma / (sigma^2 + sigma_data^2),
+    carries the starting noise to the end: x(0) = sigma_data / sqrt(sigma_max^2
+    + sigma_data^2) x(sigma_max), unit-variance white noise, where real
+    latents hold under a tenth of their energy (v4 with its guide: 43 of 545
+    per patch on VALID; generated: 263). Here D = D(x) - c_skip P x, with P the
+    projection onto those directions, so along them x shrinks with sigma and
+    ends at 0: the posterior mean of a near-empty subspace, not a draw from a
+    unit-variance one. Inside the span nothing changes. Costs two matrix
+    products per evaluation."""
+
+    def __init__(self, denoiser) -> None:
+        self.denoiser = denoiser
+        basis = span_basis(denoiser.output_networks())
+        patch = denoiser.config.patch
+        if basis.shape[0] != denoiser.config.width * patch:
+            raise ValueError(f"output rows of length {basis.shape[0]}, expected {denoiser.config.width * patch}")
+        self.basis = basis.to(denoiser.shift.device)
+
+    def __getattr__(self, name: str):
+        # config, shift, scale, to_diffusion, frame_mask...: the wrapped denoiser's.
+        return getattr(self.denoiser, name)
+
+    def complement(self, x: Tensor) -> Tensor:
+        """The part of x [B, W, K] outside the span, per patch of P frames."""
+        b, w, k = x.shape
+        patch = self.denoiser.config.patch
+        patches = x.reshape(b, w, k // patch, patch).permute(0, 2, 1, 3).reshape(b, k // patch, w * patch)
+        outside = patches - (patches @ self.basis) @ self.basis.T
+        return outside.reshape(b, k // patch, w, patch).permute(0, 2, 1, 3).reshape(b, w, k)
+
+    def denoise(self, x: Tensor, sigma: Tensor | float, given: Tensor | None = None,
+                mask: Tensor | None = None, harmony: Tensor | None = None) -> Tensor:
+        estimate = self.denoiser.denoise(x, sigma, given, mask, harmony)
+        sd = self.denoiser.config.sigma_data
+        s = as_sigma_batch(sigma, x)[:, None, None]
+        return estimate - sd ** 2 / (s ** 2 + sd ** 2) * self.complement(x)
+
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        return self.denoise(x, sigma)
+
+    with_given = LatentDenoiser.with_given
+
+
+def sampling_denoiser(prior: LatentDenoiser, guide: LatentDenoiser | None, autoguidance: float):
+    """The denoiser generation and imputation sample with: the prior,
+    autoguided by `guide` at weight `autoguidance` (1: not), projected onto
+    its output span when its config asks (SpanProjected)."""
+    denoiser = prior if autoguidance == 1.0 else AutoGuided(prior, guide, autoguidance)
+    return SpanProjected(denoiser) if prior.config.span_projection else denoiser
 
 
 def count_parameters(module: nn.Module) -> int:
