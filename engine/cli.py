@@ -117,15 +117,18 @@ def _run(args) -> int:
 
             c = latent.latent_prior.config
             guide = latent.latent_guide
-            print(f"latent:      autoencoder {count_parameters(latent.autoencoder):,} + diffusion prior "
-                  f"{count_parameters(latent.latent_prior):,} parameters, sample scale {c.sample_scale:g}"
-                  + ((f", autoguidance {c.autoguidance:g} (scale {c.scale_for(c.autoguidance):g}) with a guide of "
-                      f"{count_parameters(guide):,} parameters, by default for generate only"
-                      if c.autoguidance != 1.0 else
-                      f", a guide of {count_parameters(guide):,} parameters for --autoguidance W (off by default"
-                      + (f"; scale {c.autoguidance_scale:g} when on" if c.autoguidance_scale else "") + ")")
-                     if guide is not None else "") + (", projected onto its output span" if c.span_projection else "")
-                  + " (generate and impute run on it)")
+            parts = [f"latent:      autoencoder {count_parameters(latent.autoencoder):,} + diffusion prior "
+                     f"{count_parameters(latent.latent_prior):,} parameters, sample scale {c.sample_scale:g}"]
+            if guide is not None and c.autoguidance != 1.0:
+                parts.append(f"autoguidance {c.autoguidance:g} (scale {c.scale_for(c.autoguidance):g}) with a guide "
+                             f"of {count_parameters(guide):,} parameters, by default for generate only")
+            elif guide is not None:
+                when_on = f"; scale {c.autoguidance_scale:g} when on" if c.autoguidance_scale else ""
+                parts.append(f"a guide of {count_parameters(guide):,} parameters for --autoguidance W "
+                             f"(off by default{when_on})")
+            if c.span_projection:
+                parts.append("projected onto its output span")
+            print(", ".join(parts) + " (generate and impute run on it)")
         for model in models.models:
             print(f"source:      {model.source}")
         return 0

@@ -25,6 +25,7 @@ import torch
 
 from engine.audio.latent_generation import generate_latent_stems, window_samples
 from engine.core.tasks import LATENT_GENERATE
+from engine.errors import UserError
 from engine.storage.model import MSDMModel
 from training.data import scan
 
@@ -97,21 +98,7 @@ def choose_scale(real: np.ndarray, by_scale: dict[float, np.ndarray]) -> float:
     return min(by_scale, key=lambda s: error(by_scale[s]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a model file with a latent prior")
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", default="valid")
-    parser.add_argument("--windows", type=int, default=8, help="generated windows per scale")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--field", choices=("sample_scale", "autoguidance_scale"),
-                        help="which scale to calibrate (default: the one default generation uses; sample_scale is "
-                             "also imputation's, which does not autoguide by default)")
-    parser.add_argument("--per-stem", action="store_true",
-                        help="also choose each stem's autoguided scale (autoguidance_stem_scales): autoguidance "
-                             "widens some stems more than others, and one scale leaves them unbalanced")
-    parser.add_argument("-o", "--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+def run(args) -> None:
     torch.set_num_threads(args.threads)
     model = MSDMModel.load(args.model)
     if model.latent_prior is None:
@@ -142,6 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     model.save(args.out, source=f"{model.source}; latent {field} {chosen:.2f}{stems_note} "
                                 f"calibrated on {args.data}/{args.split}")
     print(f"wrote {args.out} with {field} {chosen:.2f}{stems_note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a model file with a latent prior")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--windows", type=int, default=8, help="generated windows per scale")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--field", choices=("sample_scale", "autoguidance_scale"),
+                        help="which scale to calibrate (default: the one default generation uses; sample_scale is "
+                             "also imputation's, which does not autoguide by default)")
+    parser.add_argument("--per-stem", action="store_true",
+                        help="also choose each stem's autoguided scale (autoguidance_stem_scales): autoguidance "
+                             "widens some stems more than others, and one scale leaves them unbalanced")
+    parser.add_argument("-o", "--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except UserError as error:
+        parser.exit(2, f"error: {error}\n")
     return 0
 
 

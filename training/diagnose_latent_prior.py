@@ -29,8 +29,9 @@ import torch
 from engine.audio.latent_generation import (decode_stems, encode_stems, resolve_autoguidance, soft_limit,
                                             window_samples)
 from engine.core.diffusion import ItemNoise, Unconditional, karras_sigmas, sample, seed_for
-from engine.core.latent_prior import sampling_denoiser, span_basis
+from engine.core.latent_prior import sampling_denoiser, span_basis, to_patch_vectors
 from engine.core.tasks import LATENT_GENERATE, generate
+from engine.errors import UserError
 from engine.storage.model import MSDMModel
 from training.evaluate_generation import Judge
 from training.generation_candidates import load_real_windows
@@ -38,17 +39,11 @@ from training.generation_candidates import load_real_windows
 SHOWN = ("log-mel distance", "structure distance", "clarity ratio")
 
 
-def to_patches(latents: torch.Tensor, patch: int) -> torch.Tensor:
-    """[B, W, K] -> [B x K // P, W P] in the output layer's (channel, frame) order."""
-    b, w, k = latents.shape
-    k = k // patch * patch
-    x = latents[..., :k].reshape(b, w, k // patch, patch).permute(0, 2, 1, 3)
-    return x.reshape(-1, w * patch)
-
-
 def span_energy(latents: torch.Tensor, basis: torch.Tensor, patch: int) -> tuple[float, float]:
-    """Mean energy per patch inside and outside the span of `basis` [W P, r]."""
-    x = to_patches(latents, patch)
+    """Mean energy per patch inside and outside the span of `basis` [W P, r]
+    (a last partial patch left out)."""
+    whole = latents.shape[-1] // patch * patch
+    x = to_patch_vectors(latents[..., :whole], patch).reshape(-1, basis.shape[0])
     inside = (x @ basis).pow(2).sum(1)
     return float(inside.mean()), float((x.pow(2).sum(1) - inside).mean())
 
@@ -84,17 +79,7 @@ def sdedit(model: MSDMModel, denoiser, windows: np.ndarray, sigma: float, steps:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--split", default="valid")
-    parser.add_argument("--windows", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--autoguidance", type=float, help="default: the file's weight")
-    parser.add_argument("--sdedit", type=float, nargs="*", default=[], help="noise levels (0: the round trip)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+def run(args) -> None:
     torch.set_num_threads(args.threads)
     model = MSDMModel.load(args.model)
     prior = model.latent_prior
@@ -105,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     real = load_real_windows(args.data, model.stems, model.sample_rate, window_samples(model), args.windows,
                              split=args.split, seed=args.seed)
     frames = real.window // model.autoencoder.config.hop + 1
-    networks = (prior,) if settings.autoguidance == 1.0 else (prior, model.latent_guide)
-    basis = span_basis(networks)
+    basis = span_basis(denoiser.output_networks())   # the networks the sampling denoiser mixes
     patch = prior.config.patch
     reference = torch.stack([prior.to_diffusion(encode_stems(model, w)) for w in real.reference[:64]])
     began = time.perf_counter()
@@ -124,6 +108,23 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"sigma": sigma, **{f"{metric} {stem}": round(value, 3)
                                                  for (metric, stem), value in scores.items() if metric in SHOWN}}),
                   flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--windows", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autoguidance", type=float, help="default: the file's weight")
+    parser.add_argument("--sdedit", type=float, nargs="*", default=[], help="noise levels (0: the round trip)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except UserError as error:
+        parser.exit(2, f"error: {error}\n")
     return 0
 
 

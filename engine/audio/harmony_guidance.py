@@ -70,12 +70,13 @@ def block_correlation(chroma: Tensor, target: Tensor, block: int = BLOCK_FRAMES)
                              for lo, hi in block_spans(chroma.shape[-1], block)])
 
 
-def decoded_log_magnitude(model, x0: Tensor, stems: list[int], scale: float | None = None) -> Tensor:
+def decoded_log_magnitude(model, x0: Tensor, stems: list[int], scale: float | Tensor | None = None) -> Tensor:
     """The log magnitude [S B, F, K] (stem-major rows) of stems `stems` of an
     x0 estimate [B, N C, K], decoded as generate_latent_stems decodes: the
     calibrated sampling scale, the autoencoder's units, its tanh range; no
     Griffin-Lim, so a guidance's gradient through it is cheap. `scale`: the
-    sampling scale generation decodes with (default: the prior's sample_scale)."""
+    sampling scale generation decodes with, one number or one per stacked
+    channel row [N C, 1] (default: the prior's sample_scale)."""
     prior = model.latent_prior
     channels = prior.config.latent_channels
     latents = prior.from_diffusion(x0 * (prior.config.sample_scale if scale is None else scale))
@@ -84,7 +85,7 @@ def decoded_log_magnitude(model, x0: Tensor, stems: list[int], scale: float | No
 
 
 def harmony_guided(denoiser: Denoiser, model, target: Tensor, free_pitched: list[int], strength: float,
-                   scale: float | None = None) -> Denoiser:
+                   scale: float | Tensor | None = None) -> Denoiser:
     """`denoiser` with its x0 steered towards the target chroma [B, 12, K] (the
     given pitched stems', per latent frame) for the free pitched stems (rows of
     the stacked latent); the identity when strength is 0 or nothing is free."""

@@ -131,7 +131,7 @@ def generate_latent_stems(
     num, channels = prior.config.stems, prior.config.latent_channels
     # The calibrated sampling temperature of each stem's latents (per channel row).
     scale = torch.tensor(prior.config.stem_scales_for(settings.autoguidance),
-                         device=model.device).repeat_interleave(prior.config.latent_channels)[:, None]
+                         device=model.device).repeat_interleave(channels)[:, None]
     hop = model.autoencoder.config.hop
     frames_latent = frames // hop + 1
     factor = prior.config.downsampling_factor

@@ -62,7 +62,7 @@ def given_onsets(autoencoder, given_mix: Tensor) -> Tensor:
 
 
 def rhythm_guided(denoiser: Denoiser, model, target: Tensor, free: list[int], strength: float,
-                  scale: float | None = None) -> Denoiser:
+                  scale: float | Tensor | None = None) -> Denoiser:
     """`denoiser` with its x0 steered towards the onset envelope `target`
     [B, K] (the given stems', per latent frame) for the free stems (rows of
     the stacked latent); the identity when strength is 0 or nothing is free."""

@@ -474,6 +474,19 @@ class AutoGuided:
     with_given = LatentDenoiser.with_given
 
 
+def to_patch_vectors(x: Tensor, patch: int) -> Tensor:
+    """[B, W, K] -> [B, K // P, W P]: each patch of P frames as one vector in
+    the output layer's (channel, frame) order (ConvTranspose1d's weight layout)."""
+    b, w, k = x.shape
+    return x.reshape(b, w, k // patch, patch).permute(0, 2, 1, 3).reshape(b, k // patch, w * patch)
+
+
+def from_patch_vectors(vectors: Tensor, width: int, patch: int) -> Tensor:
+    """The inverse of to_patch_vectors: [B, K // P, W P] -> [B, W, K]."""
+    b, count, _ = vectors.shape
+    return vectors.reshape(b, count, width, patch).permute(0, 2, 1, 3).reshape(b, width, count * patch)
+
+
 def span_basis(networks, rtol: float = 1e-5) -> Tensor:
     """[W x P, r] orthonormal basis of the patch vectors the output layers of
     `networks` can write (their union: an autoguided denoiser mixes both)."""
@@ -514,11 +527,9 @@ class SpanProjected:
 
     def complement(self, x: Tensor) -> Tensor:
         """The part of x [B, W, K] outside the span, per patch of P frames."""
-        b, w, k = x.shape
         patch = self.denoiser.config.patch
-        patches = x.reshape(b, w, k // patch, patch).permute(0, 2, 1, 3).reshape(b, k // patch, w * patch)
-        outside = patches - (patches @ self.basis) @ self.basis.T
-        return outside.reshape(b, k // patch, w, patch).permute(0, 2, 1, 3).reshape(b, w, k)
+        vectors = to_patch_vectors(x, patch)
+        return from_patch_vectors(vectors - (vectors @ self.basis) @ self.basis.T, x.shape[1], patch)
 
     def denoise(self, x: Tensor, sigma: Tensor | float, given: Tensor | None = None,
                 mask: Tensor | None = None, harmony: Tensor | None = None) -> Tensor:
