@@ -118,7 +118,9 @@ def _run(args) -> int:
             c = latent.latent_prior.config
             guide = latent.latent_guide
             parts = [f"latent:      autoencoder {count_parameters(latent.autoencoder):,} + diffusion prior "
-                     f"{count_parameters(latent.latent_prior):,} parameters, sample scale {c.sample_scale:g}"]
+                     f"{count_parameters(latent.latent_prior):,} parameters, sample scale "
+                     + (", ".join(f"{n} {v:g}" for n, v in zip(latent.stems, c.sample_stem_scales))
+                        if c.sample_stem_scales else f"{c.sample_scale:g}")]
             if guide is not None and c.autoguidance != 1.0:
                 parts.append(f"autoguidance {c.autoguidance:g} (scale {c.scale_for(c.autoguidance):g}) with a guide "
                              f"of {count_parameters(guide):,} parameters, by default for generate only")

@@ -70,12 +70,19 @@ def generated_levels(model: MSDMModel, window: int, windows: int, scale: float, 
     field = field or scale_field(model)
     settings = LATENT_GENERATE if field == "autoguidance_scale" else LATENT_GENERATE.override(autoguidance=1.0)
     # One scale for every stem while measuring (per-stem scales are chosen from these runs).
-    prior.config = dataclasses.replace(original, **{field: float(scale)}, autoguidance_stem_scales=())
+    prior.config = dataclasses.replace(original, **{field: float(scale)}, autoguidance_stem_scales=(),
+                                       sample_stem_scales=(), sample_stem_gains=())
     try:
-        audio = np.stack([generate_latent_stems(model, window, seed=seed + k, settings=settings)
-                          for k in range(windows)])                     # [W, N, T]
+        return levels_as_configured(model, window, windows, settings, seed)
     finally:
         prior.config = original
+
+
+def levels_as_configured(model: MSDMModel, window: int, windows: int, settings, seed: int = 0) -> np.ndarray:
+    """Median RMS per stem of `windows` windows generated with the file's
+    config as it stands and `settings` (silent windows left out)."""
+    audio = np.stack([generate_latent_stems(model, window, seed=seed + k, settings=settings)
+                      for k in range(windows)])                         # [W, N, T]
     rms = np.sqrt(np.mean(audio ** 2, axis=-1))                          # [W, N]
     return np.array([np.median(column[column > SILENT_RMS]) if (column > SILENT_RMS).any() else np.nan
                      for column in rms.T])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
@@ -46,7 +47,9 @@ def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoen
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
          autoencoder: Path | None = None, latent_prior: Path | None = None,
          latent_storage: str | None = None, latent_guide: Path | None = None,
-         autoguidance: float | None = None, span_projection: bool | None = None) -> MSDMModel:
+         autoguidance: float | None = None, span_projection: bool | None = None,
+         sample_scale: float | None = None, sample_stem_scales: tuple[float, ...] | None = None,
+         sample_stem_gains: tuple[float, ...] | None = None) -> MSDMModel:
     if (autoencoder is None) != (latent_prior is None):
         raise ModelFileError("a latent prior needs both --autoencoder and --latent-prior")
     model = MSDMModel.load(prior)
@@ -76,6 +79,23 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
         prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config,
                                                                         span_projection=span_projection)
         notes.append(f"span projection {'on' if span_projection else 'off'}")
+    if sample_stem_scales is not None and sample_stem_gains is None:
+        sample_stem_gains = ()   # gains go with the scales they were measured at
+    if sample_scale is not None or sample_stem_scales is not None or sample_stem_gains is not None:
+        if model.latent_prior is None:
+            raise ModelFileError("--sample-scale and --sample-stem-scales are the latent prior's: the model has none")
+        prior_part = model.latent_prior
+        changes = {k: v for k, v in (("sample_scale", sample_scale), ("sample_stem_scales", sample_stem_scales),
+                                     ("sample_stem_gains", sample_stem_gains)) if v is not None}
+        prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config, **changes)
+        if sample_scale is not None:
+            notes.append(f"sampling scale {sample_scale:g}")
+        if sample_stem_scales is not None:
+            notes.append("sampling scales per stem " + (", ".join(
+                f"{n} {v:g}" for n, v in zip(model.stems, sample_stem_scales)) if sample_stem_scales else "off"))
+        if sample_stem_gains:
+            notes.append("level-matching gains " + ", ".join(
+                f"{n} {20 * math.log10(v):+.1f} dB" for n, v in zip(model.stems, sample_stem_gains)))
     if latent_storage is not None:
         model.latent_storage = latent_storage
     model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode
@@ -100,16 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--span-projection", action=argparse.BooleanOptionalAction, default=None,
                         help="sample with the latent prior's estimate at the data mean outside its output layer's "
                              "span (engine.core.latent_prior.SpanProjected; default: as in --prior's file)")
+    parser.add_argument("--sample-scale", type=float,
+                        help="the latent prior's unguided sampling scale (LatentPriorConfig.sample_scale)")
+    parser.add_argument("--sample-stem-scales", type=float, nargs="*", metavar="SCALE",
+                        help="one unguided sampling scale per stem, in the model's stem order (chosen on VALID by "
+                             "training.choose_sample_scales); none: back to --sample-scale for every stem")
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--source", help="the provenance line stored in the file")
     args = parser.parse_args(argv)
-    if (args.separator is None and args.autoencoder is None and args.latent_guide is None and args.autoguidance is None
-            and args.span_projection is None):
+    settings = (args.autoguidance, args.span_projection, args.sample_scale, args.sample_stem_scales)
+    if args.separator is None and args.autoencoder is None and args.latent_guide is None and all(
+            v is None for v in settings):
         parser.error("give --separator, or --autoencoder with --latent-prior (or all three), or --latent-guide, "
-                     "--autoguidance or --span-projection")
+                     "--autoguidance, --span-projection, --sample-scale or --sample-stem-scales")
+    stem_scales = None if args.sample_stem_scales is None else tuple(args.sample_stem_scales)
     try:
         model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior,
-                     args.latent_storage, args.latent_guide, args.autoguidance, args.span_projection)
+                     args.latent_storage, args.latent_guide, args.autoguidance, args.span_projection,
+                     args.sample_scale, stem_scales)
     except (ModelFileError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.out}: prior {model.num_parameters:,} parameters + separator "

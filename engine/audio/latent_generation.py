@@ -228,7 +228,8 @@ def generate_latent_stems(
         # autoguidance_scale / autoguidance_stem_scales when autoguided).
         latents = prior.from_diffusion(latents * scale)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
-        out[free] = soft_limit(decode_stems(model, rows, frames, seed))
+        gains = np.array(prior.config.stem_gains_for(settings.autoguidance), np.float32)[free, None]
+        out[free] = soft_limit(decode_stems(model, rows, frames, seed) * gains)
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
     if progress is not None:

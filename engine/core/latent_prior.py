@@ -82,6 +82,22 @@ class LatentPriorConfig:
     # sampling, on each stem's latents alone, so each stem's level is
     # calibrated on its own (training.calibrate_latent_prior --per-stem).
     autoguidance_stem_scales: tuple[float, ...] = ()
+    # Per stem, the unguided sampling scale (empty: sample_scale for every
+    # stem). Matching the stems' loudness (what sample_scale is calibrated
+    # for) is not what the realism measures reward: a wider scale gives the
+    # decoded spectra more contrast (VALID, fifth session of
+    # 2026-12-06: log-mel and structure distances and pitch clarity all
+    # improve from 0.95 to 1.1, the piano's up to 1.25 and beyond), so each
+    # stem's can be chosen on VALID by those measures
+    # (training.choose_sample_scales). Off in the shipped file: the wider
+    # scale also exaggerates the dynamics (docs/models.md).
+    sample_stem_scales: tuple[float, ...] = ()
+    # Per stem, a gain on the decoded audio that goes with sample_stem_scales
+    # (empty: none): a wider scale also makes the loud parts louder (at the
+    # chosen scales +6 to +13 dB RMS against real stems), so the level is
+    # matched again after decoding, where a gain changes nothing but the
+    # level (training.choose_sample_scales measures it as calibrate_latent_prior does).
+    sample_stem_gains: tuple[float, ...] = ()
     # Sample with the denoiser's estimate set to the data mean (0) outside the
     # span of its output layer (SpanProjected): the U-Net writes each patch of
     # `patch` frames x N x C numbers from `channels` features, so in the rest
@@ -105,10 +121,21 @@ class LatentPriorConfig:
 
     def stem_scales_for(self, autoguidance: float | None) -> tuple[float, ...]:
         """Each stem's sampling scale for an autoguidance weight: the per-stem
-        autoguided ones where calibrated, else scale_for's for every stem."""
-        if autoguidance not in (None, 1.0) and self.autoguidance_stem_scales:
-            return self.autoguidance_stem_scales
+        ones of that mode (autoguided or unguided) where chosen, else
+        scale_for's for every stem."""
+        if autoguidance not in (None, 1.0):
+            if self.autoguidance_stem_scales:
+                return self.autoguidance_stem_scales
+        elif self.sample_stem_scales:
+            return self.sample_stem_scales
         return (self.scale_for(autoguidance),) * self.stems
+
+    def stem_gains_for(self, autoguidance: float | None) -> tuple[float, ...]:
+        """Each stem's gain on its decoded audio: sample_stem_gains when
+        sampling unguided with them, else 1 for every stem."""
+        if autoguidance in (None, 1.0) and self.sample_stem_gains:
+            return self.sample_stem_gains
+        return (1.0,) * self.stems
 
     def __post_init__(self) -> None:
         checks = {
@@ -133,6 +160,10 @@ class LatentPriorConfig:
             "head_channels": 0 <= self.head_channels <= 2048,
             "autoguidance_stem_scales": len(self.autoguidance_stem_scales) in (0, self.stems)
                                         and all(0.1 <= v <= 2.0 for v in self.autoguidance_stem_scales),
+            "sample_stem_scales": len(self.sample_stem_scales) in (0, self.stems)
+                                  and all(0.1 <= v <= 2.0 for v in self.sample_stem_scales),
+            "sample_stem_gains": len(self.sample_stem_gains) in (0, len(self.sample_stem_scales))
+                                 and all(0.01 <= v <= 10.0 for v in self.sample_stem_gains),
             "latent_scale": len(self.latent_scale) == len(self.latent_shift)
                             and all(math.isfinite(v) and 1e-4 <= v <= 10 for v in self.latent_scale),
         }
