@@ -2,6 +2,7 @@
 estimates whose mixing is known."""
 
 import numpy as np
+import pytest
 
 from training.diagnose_separator import leak_energy, merged
 
@@ -34,3 +35,10 @@ def test_merging_adds_guitar_and_piano_in_guitars_place():
     assert joined.shape == (3, 10)
     np.testing.assert_array_equal(joined[:2], refs[:2])
     np.testing.assert_array_equal(joined[2], refs[2] + refs[3])
+
+
+def test_chunks_must_divide_the_papers():
+    from training.diagnose_separator import diagnose
+
+    with pytest.raises(ValueError, match="must divide"):
+        diagnose(None, [], chunk=100000)
