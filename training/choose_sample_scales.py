@@ -39,7 +39,7 @@ from engine.core.tasks import LATENT_GENERATE
 from engine.errors import ModelFileError
 from engine.storage.model import MSDMModel
 from training.calibrate_latent_prior import levels_as_configured, real_levels
-from training.pack_model import pack
+from training.pack_model import set_latent_settings
 
 MEASURES = ("log-mel distance", "structure distance")
 SHOWN = (*MEASURES, "clarity ratio")
@@ -47,6 +47,8 @@ SHOWN = (*MEASURES, "clarity ratio")
 
 def model_rows(path: Path) -> dict[tuple[str, str], float]:
     """(measure, stem) -> value of a generation run's model row (evaluate-generation's CSV)."""
+    if not path.is_file():
+        raise SystemExit(f"error: no CSV '{path}' (write one with msdm evaluate-generation --csv)")
     with open(path, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["task"] == "generate" and r["method"].startswith("model")]
     if not rows:
@@ -67,6 +69,9 @@ def measured(runs: dict[float, list[Path]], stems: tuple[str, ...]) -> dict[floa
 def choose(table: dict[float, dict[tuple[str, str], float]], stems: tuple[str, ...]) -> tuple[float, ...]:
     """Per stem, the scale with the least summed realism distance (ties: the smaller scale)."""
     def cost(scale: float, stem: str) -> float:
+        missing = [m for m in MEASURES if (m, stem) not in table[scale]]
+        if missing:
+            raise SystemExit(f"error: the runs at scale {scale:g} lack {', '.join(missing)} for {stem}")
         return sum(table[scale][(m, stem)] for m in MEASURES)
     return tuple(min(sorted(table), key=lambda scale: cost(scale, stem)) for stem in stems)
 
@@ -111,14 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     for scale, *paths in args.run:
         if not paths:
             parser.error(f"--run {scale}: give the CSVs of that scale")
-        runs.setdefault(float(scale), []).extend(Path(p) for p in paths)
+        try:
+            value = float(scale)
+        except ValueError:
+            parser.error(f"--run {scale}: the first value is the scale, a number")
+        runs.setdefault(value, []).extend(Path(p) for p in paths)
     counts = {len(paths) for paths in runs.values()}
     if len(counts) != 1:
         parser.error("give every scale the same runs (the same seeds and datasets)")
+    if args.data is not None and not (args.data / args.split).is_dir():
+        parser.exit(2, f"error: no dataset split folder '{args.data / args.split}'\n")
     try:
         model = MSDMModel.load(args.model)
     except ModelFileError as error:
         parser.exit(2, f"error: {error}\n")
+    if model.latent_prior is None:
+        parser.exit(2, f"error: {args.model} has no latent prior\n")
     stems = model.stems
     table = measured(runs, stems)
     chosen = choose(table, stems)
@@ -131,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {scale:g} | " + " | ".join(cells) + " |")
     gains = level_gains(model, chosen, args.data, args.split, args.windows) if args.data is not None else ()
     try:
-        pack(args.model, None, args.out, sample_stem_scales=chosen, sample_stem_gains=gains)
-    except (ModelFileError, ValueError) as error:
+        notes = set_latent_settings(model, sample_stem_scales=chosen, sample_stem_gains=gains)
+    except ValueError as error:
         parser.exit(2, f"error: {error}\n")
+    model.save(args.out, source="; ".join([model.source, *notes]))
     print(f"wrote {args.out} with sampling scales " + ", ".join(f"{s} {v:g}" for s, v in zip(stems, chosen))
           + ("; gains " + ", ".join(f"{s} {20 * np.log10(g):+.1f} dB" for s, g in zip(stems, gains)) if gains else ""))
     return 0

@@ -44,6 +44,37 @@ def load_latent_parts(autoencoder: Path, latent_prior: Path) -> tuple[StemAutoen
     return encoder.eval(), load_latent_prior(latent_prior)
 
 
+# How each latent sampling setting reads in a file's provenance line.
+SETTING_NOTES = {
+    "autoguidance": lambda value, stems: f"autoguidance {value:g}",
+    "span_projection": lambda value, stems: f"span projection {'on' if value else 'off'}",
+    "sample_scale": lambda value, stems: f"sampling scale {value:g}",
+    "sample_stem_scales": lambda value, stems: "sampling scales per stem " + (
+        ", ".join(f"{n} {v:g}" for n, v in zip(stems, value)) if value else "off"),
+    "sample_stem_gains": lambda value, stems: ("level-matching gains " + ", ".join(
+        f"{n} {20 * math.log10(v):+.1f} dB" for n, v in zip(stems, value))) if value else "",
+}
+
+
+def set_latent_settings(model: MSDMModel, **settings) -> list[str]:
+    """Set the latent prior's sampling settings that are given (not None) in
+    its config (LatentPriorConfig fields, SETTING_NOTES's keys); the notes
+    for the file's provenance line. New per-stem scales drop the gains that
+    were measured at the old ones unless gains come with them."""
+    changes = {name: value for name, value in settings.items() if value is not None}
+    if not changes:
+        return []
+    if model.latent_prior is None:
+        given = " and ".join("--" + name.replace("_", "-") for name in changes)
+        raise ModelFileError(f"{given}: the latent prior's, and the model has none")
+    if "sample_stem_scales" in changes:
+        changes.setdefault("sample_stem_gains", ())
+    prior = model.latent_prior
+    prior.config = prior.net.config = dataclasses.replace(prior.config, **changes)
+    notes = [SETTING_NOTES[name](value, model.stems) for name, value in changes.items()]
+    return [note for note in notes if note]
+
+
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
          autoencoder: Path | None = None, latent_prior: Path | None = None,
          latent_storage: str | None = None, latent_guide: Path | None = None,
@@ -66,36 +97,9 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
                                  "or a --prior file that has one")
         model.latent_guide = load_latent_prior(latent_guide)
         notes.append(f"latent guide {latent_guide.name}")
-    if autoguidance is not None:
-        if model.latent_prior is None:
-            raise ModelFileError("--autoguidance is the latent prior's: the model has none")
-        prior_part = model.latent_prior
-        prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config, autoguidance=autoguidance)
-        notes.append(f"autoguidance {autoguidance:g}")
-    if span_projection is not None:
-        if model.latent_prior is None:
-            raise ModelFileError("--span-projection is the latent prior's: the model has none")
-        prior_part = model.latent_prior
-        prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config,
-                                                                        span_projection=span_projection)
-        notes.append(f"span projection {'on' if span_projection else 'off'}")
-    if sample_stem_scales is not None and sample_stem_gains is None:
-        sample_stem_gains = ()   # gains go with the scales they were measured at
-    if sample_scale is not None or sample_stem_scales is not None or sample_stem_gains is not None:
-        if model.latent_prior is None:
-            raise ModelFileError("--sample-scale and --sample-stem-scales are the latent prior's: the model has none")
-        prior_part = model.latent_prior
-        changes = {k: v for k, v in (("sample_scale", sample_scale), ("sample_stem_scales", sample_stem_scales),
-                                     ("sample_stem_gains", sample_stem_gains)) if v is not None}
-        prior_part.config = prior_part.net.config = dataclasses.replace(prior_part.config, **changes)
-        if sample_scale is not None:
-            notes.append(f"sampling scale {sample_scale:g}")
-        if sample_stem_scales is not None:
-            notes.append("sampling scales per stem " + (", ".join(
-                f"{n} {v:g}" for n, v in zip(model.stems, sample_stem_scales)) if sample_stem_scales else "off"))
-        if sample_stem_gains:
-            notes.append("level-matching gains " + ", ".join(
-                f"{n} {20 * math.log10(v):+.1f} dB" for n, v in zip(model.stems, sample_stem_gains)))
+    notes += set_latent_settings(model, autoguidance=autoguidance, span_projection=span_projection,
+                                 sample_scale=sample_scale, sample_stem_scales=sample_stem_scales,
+                                 sample_stem_gains=sample_stem_gains)
     if latent_storage is not None:
         model.latent_storage = latent_storage
     model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode

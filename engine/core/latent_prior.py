@@ -94,7 +94,7 @@ class LatentPriorConfig:
     sample_stem_scales: tuple[float, ...] = ()
     # Per stem, a gain on the decoded audio that goes with sample_stem_scales
     # (empty: none): a wider scale also makes the loud parts louder (at the
-    # chosen scales +6 to +13 dB RMS against real stems), so the level is
+    # scales chosen on VALID +6 to +14 dB RMS against real stems), so the level is
     # matched again after decoding, where a gain changes nothing but the
     # level (training.choose_sample_scales measures it as calibrate_latent_prior does).
     sample_stem_gains: tuple[float, ...] = ()
