@@ -130,6 +130,9 @@ def _run(args) -> int:
                              f"(off by default{when_on})")
             if c.span_projection:
                 parts.append("projected onto its output span")
+            if c.sample_level_in:
+                parts.append(f"frame levels mapped to real stems' ({len(c.sample_level_in) // c.stems} points a stem, "
+                             "unguided)")
             print(", ".join(parts) + " (generate and impute run on it)")
         for model in models.models:
             print(f"source:      {model.source}")

@@ -30,7 +30,7 @@ def test_unguided_stems_decode_at_their_own_scales(monkeypatch):
     its own scale."""
     seen = []
 
-    def capture(model, latents, frames, seed):
+    def capture(model, latents, frames, seed, level_maps=None):
         seen.append(latents.clone())
         return np.zeros((latents.shape[0] // model.autoencoder.config.latent_channels, frames), np.float32)
 
@@ -92,6 +92,36 @@ def test_choice_is_per_stem_by_summed_realism_and_lands_in_the_file(tmp_path):
     # Everything else in the file is kept.
     before = MSDMModel.load(model_path).latent_prior.config
     assert dataclasses.replace(config, sample_stem_scales=()) == before
+
+
+def test_clarity_distance_counts_for_pitched_stems_when_asked(tmp_path):
+    """--clarity adds |1 - clarity ratio| / (1 - shaped noise's ratio) for the
+    stems that have a clarity ratio; the drums are chosen as before."""
+    model_path = tmp_path / "m.safetensors"
+    tiny_latent_model().save(model_path, source="tiny")
+    # mel + structure: 1.0 wins for every stem (0.50 against 0.55); the clarity
+    # distance at 1.0 is (1 - 0.7) / (1 - 0.4) = 0.5, at 1.2 (1 - 0.85) / 0.6 = 0.25.
+    runs = []
+    for scale, cost, ratio in ((1.0, 0.50, 0.70), (1.2, 0.55, 0.85)):
+        path = tmp_path / f"s{scale}.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["task", "method", "metric", "stem", "value", "windows", "settings"])
+            for stem in STEMS:
+                writer.writerow(["generate", "model (x)", "log-mel distance", stem, cost / 2, 32, "{}"])
+                writer.writerow(["generate", "model (x)", "structure distance", stem, cost / 2, 32, "{}"])
+                if stem != "drums":
+                    writer.writerow(["generate", "model (x)", "clarity ratio", stem, ratio, 32, "{}"])
+                    writer.writerow(["generate", "shaped noise (of those windows)", "clarity ratio", stem, 0.4,
+                                     32, "{}"])
+        runs += ["--run", str(scale), str(path)]
+    plain, with_clarity = tmp_path / "plain.safetensors", tmp_path / "clarity.safetensors"
+    assert choose_sample_scales.main(["--model", str(model_path), *runs, "-o", str(plain)]) == 0
+    assert choose_sample_scales.main(["--model", str(model_path), *runs, "--clarity", "-o", str(with_clarity)]) == 0
+    assert MSDMModel.load(plain).latent_prior.config.sample_stem_scales == (1.0, 1.0, 1.0, 1.0)
+    assert MSDMModel.load(with_clarity).latent_prior.config.sample_stem_scales == (1.2, 1.0, 1.2, 1.2)
+    table = choose_sample_scales.measured({1.0: [tmp_path / "s1.0.csv"]}, tuple(STEMS))
+    assert table[1.0][(choose_sample_scales.CLARITY, "bass")] == pytest.approx(0.5)
 
 
 def test_runs_must_cover_every_scale_alike(tmp_path):

@@ -14,7 +14,10 @@ those runs is exact.
 Per stem, the chosen scale minimises the mean, over the runs given for it
 (seeds, datasets), of the sum of the generation's normalised log-mel and
 structure distances (0 = real windows of other tracks, 1 = noise shaped to
-them). A wider scale also makes the loud parts louder, so with `--data` the
+them); with `--clarity`, for the pitched stems also of a pitch-clarity
+distance on the same scale, |1 - clarity ratio| / (1 - the shaped noise's
+clarity ratio) (0 = as periodic as real stems, 1 = as shaped noise), so
+every realism measure of issue 20 has its say. A wider scale also makes the loud parts louder, so with `--data` the
 stems are then generated at the chosen scales and each is given the gain
 that brings its median RMS to the real stems' (as calibrate_latent_prior
 matches levels; LatentPriorConfig.sample_stem_gains). The file's other
@@ -42,7 +45,8 @@ from training.calibrate_latent_prior import levels_as_configured, real_levels
 from training.pack_model import set_latent_settings
 
 MEASURES = ("log-mel distance", "structure distance")
-SHOWN = (*MEASURES, "clarity ratio")
+CLARITY = "clarity distance"
+SHOWN = (*MEASURES, "clarity ratio", CLARITY)
 
 
 def model_rows(path: Path) -> dict[tuple[str, str], float]:
@@ -50,10 +54,17 @@ def model_rows(path: Path) -> dict[tuple[str, str], float]:
     if not path.is_file():
         raise SystemExit(f"error: no CSV '{path}' (write one with msdm evaluate-generation --csv)")
     with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["task"] == "generate" and r["method"].startswith("model")]
-    if not rows:
+        rows = [r for r in csv.DictReader(handle) if r["task"] == "generate"]
+    model = [r for r in rows if r["method"].startswith("model")]
+    if not model:
         raise SystemExit(f"{path}: no generation row of a model (an evaluate-generation CSV with --tasks generate)")
-    return {(r["metric"], r["stem"]): float(r["value"]) for r in rows}
+    out = {(r["metric"], r["stem"]): float(r["value"]) for r in model}
+    noise = {r["stem"]: float(r["value"]) for r in rows
+             if r["method"].startswith("shaped noise") and r["metric"] == "clarity ratio"}
+    for stem, ratio in noise.items():
+        if ("clarity ratio", stem) in out and ratio < 1:
+            out[(CLARITY, stem)] = abs(1.0 - out[("clarity ratio", stem)]) / (1.0 - ratio)
+    return out
 
 
 def measured(runs: dict[float, list[Path]], stems: tuple[str, ...]) -> dict[float, dict[tuple[str, str], float]]:
@@ -66,13 +77,17 @@ def measured(runs: dict[float, list[Path]], stems: tuple[str, ...]) -> dict[floa
     return out
 
 
-def choose(table: dict[float, dict[tuple[str, str], float]], stems: tuple[str, ...]) -> tuple[float, ...]:
-    """Per stem, the scale with the least summed realism distance (ties: the smaller scale)."""
+def choose(table: dict[float, dict[tuple[str, str], float]], stems: tuple[str, ...],
+           clarity: bool = False) -> tuple[float, ...]:
+    """Per stem, the scale with the least summed realism distance (ties: the
+    smaller scale); `clarity`: the clarity distance counts too, for the stems
+    that have one (the pitched ones) at every scale."""
     def cost(scale: float, stem: str) -> float:
         missing = [m for m in MEASURES if (m, stem) not in table[scale]]
         if missing:
             raise SystemExit(f"error: the runs at scale {scale:g} lack {', '.join(missing)} for {stem}")
-        return sum(table[scale][(m, stem)] for m in MEASURES)
+        pitched = clarity and all((CLARITY, stem) in table[s] for s in table)
+        return sum(table[scale][(m, stem)] for m in (*MEASURES, *((CLARITY,) if pitched else ())))
     return tuple(min(sorted(table), key=lambda scale: cost(scale, stem)) for stem in stems)
 
 
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="valid")
     parser.add_argument("--windows", type=int, default=16, help="generated windows that measure the levels")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clarity", action="store_true",
+                        help="count the pitch-clarity distance of the pitched stems in the choice as well")
     parser.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -134,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {args.model} has no latent prior\n")
     stems = model.stems
     table = measured(runs, stems)
-    chosen = choose(table, stems)
+    chosen = choose(table, stems, clarity=args.clarity)
+    counted = (*MEASURES, CLARITY) if args.clarity else MEASURES
     print("| scale | " + " | ".join(f"{m} {s}" for m in SHOWN for s in stems) + " |")
     print("|---:|" + "---:|" * (len(SHOWN) * len(stems)))
     for scale in sorted(table):
         cells = [(f"{table[scale][(m, s)]:.2f}" if (m, s) in table[scale] else "-")
-                 + ("*" if chosen[i] == scale and m in MEASURES else "")
+                 + ("*" if chosen[i] == scale and m in counted else "")
                  for m in SHOWN for i, s in enumerate(stems)]
         print(f"| {scale:g} | " + " | ".join(cells) + " |")
     gains = level_gains(model, chosen, args.data, args.split, args.windows) if args.data is not None else ()

@@ -273,3 +273,26 @@ def plot_generation_campaign(series: Sequence[tuple[str, float, Mapping[str, flo
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return _save(plt, fig, out_png)
+
+
+def plot_level_distributions(rows: Mapping[str, Sequence[np.ndarray]], stems: Sequence[str],
+                             out_png: str | os.PathLike, floor_db: float = -60.0) -> Path:
+    """One panel per stem: the share of frames at or under each level (an
+    empirical distribution function) for each row (e.g. real, generated,
+    generated and mapped; training.calibrate_frame_levels), levels under
+    `floor_db` drawn at it."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(stems), figsize=(3.0 * len(stems), 3.0), dpi=120, sharey=True)
+    for n, (ax, stem) in enumerate(zip(np.atleast_1d(axes), stems)):
+        for k, (label, levels) in enumerate(rows.items()):
+            values = np.sort(np.maximum(np.asarray(levels[n], dtype=np.float64), floor_db))
+            ax.plot(values, np.arange(1, len(values) + 1) / len(values), color=f"C{k}", lw=1.2,
+                    ls="-" if k == 0 else "--" if k == 1 else "-.", label=label)
+        ax.set_title(stem, fontsize=9)
+        ax.set_xlabel("frame level (dB)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    np.atleast_1d(axes)[0].set_ylabel("share of frames at or under", fontsize=8)
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(plt, fig, out_png)

@@ -19,7 +19,9 @@ import torch
 from engine.audio.harmony_guidance import UNPITCHED, harmony_guided
 from engine.audio.rhythm_guidance import given_onsets, rhythm_guided
 from engine.audio.windows import WindowPlan
+from engine.core.autoencoder import griffin_lim
 from engine.core.diffusion import seed_for
+from engine.core.frame_levels import apply_level_map
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
 from engine.core.latent_prior import sampling_denoiser
 from engine.core.tasks import SamplerSettings, SettingsError, generate, impute
@@ -71,15 +73,22 @@ def encode_stems(model: MSDMModel, stems: np.ndarray, chunk_frames: int = 1024) 
 
 
 @torch.no_grad()
-def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int) -> np.ndarray:
+def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int,
+                 level_maps: list | None = None) -> np.ndarray:
     """[N x C, K] -> [N, frames] waveforms (Griffin-Lim's start phase from `seed`).
     Latents are clipped to (-1, 1), the encoder's tanh range: the decoder was
     never trained outside it, and a sampled latent past it can decode to
-    magnitudes far above anything real."""
-    channels = model.autoencoder.config.latent_channels
+    magnitudes far above anything real. `level_maps` (one (points in, points
+    out) per stem, engine.core.frame_levels) moves each decoded frame's level
+    before the phase is found."""
+    autoencoder = model.autoencoder
+    channels = autoencoder.config.latent_channels
     stacked = latents.clamp(-1.0, 1.0).reshape(-1, channels, latents.shape[-1])
     generator = torch.Generator().manual_seed(seed)
-    return model.autoencoder.decode(stacked, frames, generator=generator).cpu().numpy()
+    magnitude = autoencoder.decode_magnitude(stacked)
+    if level_maps is not None:
+        magnitude = torch.stack([apply_level_map(m, *level_map) for m, level_map in zip(magnitude, level_maps)])
+    return griffin_lim(magnitude, autoencoder.config, autoencoder.window, frames, generator).cpu().numpy()
 
 
 def latent_frame_mask(sample_mask: np.ndarray, hop: int, n_fft: int, frames_latent: int) -> np.ndarray:
@@ -229,7 +238,11 @@ def generate_latent_stems(
         latents = prior.from_diffusion(latents * scale)
         rows = torch.cat([latents[n * channels:(n + 1) * channels, :frames_latent] for n in free])
         gains = np.array(prior.config.stem_gains_for(settings.autoguidance), np.float32)[free, None]
-        out[free] = soft_limit(decode_stems(model, rows, frames, seed) * gains)
+        # The calibrated frame-level map of each stem, where the file has one.
+        levels = prior.config.stem_levels_for(settings.autoguidance)
+        decoded = (decode_stems(model, rows, frames, seed) if levels is None
+                   else decode_stems(model, rows, frames, seed, level_maps=[levels[n] for n in free]))
+        out[free] = soft_limit(decoded * gains)
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
     if progress is not None:

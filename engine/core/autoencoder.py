@@ -140,10 +140,13 @@ class StemAutoencoder(nn.Module):
     def encode(self, waveform: Tensor) -> Tensor:
         return self.encode_log_magnitude(self.log_magnitude(waveform))
 
+    def decode_magnitude(self, latent: Tensor) -> Tensor:
+        """[B, C, K] -> the STFT magnitude [B, F, K] the decoder gives."""
+        return (self.decode_log_magnitude(latent).exp() - self.config.magnitude_floor).clamp_min(0.0)
+
     def decode(self, latent: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
         """[B, C, K] -> waveform [B, length] by fast Griffin-Lim on the decoded magnitude."""
-        magnitude = (self.decode_log_magnitude(latent).exp() - self.config.magnitude_floor).clamp_min(0.0)
-        return griffin_lim(magnitude, self.config, self.window, length, generator)
+        return griffin_lim(self.decode_magnitude(latent), self.config, self.window, length, generator)
 
     @torch.no_grad()
     def fit_input_scaling(self, waveforms: Tensor) -> None:

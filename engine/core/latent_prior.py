@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from engine.core.diffusion import as_sigma_batch
+from engine.core.frame_levels import check_stem_maps, split_stem_maps
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,10 @@ class LatentPriorConfig:
     # calibrated on its own (training.calibrate_latent_prior --per-stem).
     autoguidance_stem_scales: tuple[float, ...] = ()
     # Per stem, the unguided sampling scale (empty: sample_scale for every
-    # stem). Matching the stems' loudness (what sample_scale is calibrated
-    # for) is not what the realism measures reward: a wider scale gives the
-    # decoded spectra more contrast (VALID, fifth session of
-    # 2026-12-06: log-mel and structure distances and pitch clarity all
-    # improve from 0.95 to 1.1, the piano's up to 1.25 and beyond), so each
-    # stem's can be chosen on VALID by those measures
-    # (training.choose_sample_scales). Off in the shipped file: the wider
-    # scale also exaggerates the dynamics (docs/models.md).
+    # stem), chosen on VALID by the realism measures, not by loudness
+    # (training.choose_sample_scales): a wider scale gives the decoded
+    # spectra their contrast and, without sample_level_in/out, exaggerates
+    # the dynamics (docs/models.md, 2026-12-06 and 2026-12-07).
     sample_stem_scales: tuple[float, ...] = ()
     # Per stem, a gain on the decoded audio that goes with sample_stem_scales
     # (empty: none): a wider scale also makes the loud parts louder (at the
@@ -98,6 +95,12 @@ class LatentPriorConfig:
     # matched again after decoding, where a gain changes nothing but the
     # level (training.choose_sample_scales measures it as calibrate_latent_prior does).
     sample_stem_gains: tuple[float, ...] = ()
+    # Per stem, a map of decoded frame levels, flattened stem after stem (Q
+    # points in, Q out, dB; empty: none): real stems' level distribution for
+    # the frames of the wider sample_stem_scales (engine.core.frame_levels,
+    # training.calibrate_frame_levels). Unguided sampling only.
+    sample_level_in: tuple[float, ...] = ()
+    sample_level_out: tuple[float, ...] = ()
     # Sample with the denoiser's estimate set to the data mean (0) outside the
     # span of its output layer (SpanProjected): the U-Net writes each patch of
     # `patch` frames x N x C numbers from `channels` features, so in the rest
@@ -137,6 +140,13 @@ class LatentPriorConfig:
             return self.sample_stem_gains
         return (1.0,) * self.stems
 
+    def stem_levels_for(self, autoguidance: float | None) -> list[tuple[tuple[float, ...], tuple[float, ...]]] | None:
+        """Each stem's frame-level map (points in, points out) when sampling
+        unguided with one, else None."""
+        if autoguidance not in (None, 1.0) or not self.sample_level_in:
+            return None
+        return split_stem_maps(self.sample_level_in, self.sample_level_out, self.stems)
+
     def __post_init__(self) -> None:
         checks = {
             "stems": 1 <= self.stems <= 16,
@@ -171,6 +181,9 @@ class LatentPriorConfig:
         if bad:
             raise ValueError("latent prior config out of range: "
                              + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+        level_problem = check_stem_maps(self.sample_level_in, self.sample_level_out, self.stems)
+        if level_problem:
+            raise ValueError(f"latent prior config: sample_level_in/out: {level_problem}")
         if self.attention_heads and (self.channels * self.multipliers[-1]) % self.attention_heads:
             raise ValueError("latent prior config: the coarsest width must be a multiple of attention_heads")
 

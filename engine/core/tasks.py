@@ -131,16 +131,18 @@ GAUSSIAN_GAMMA_SCALE = 0.75  # gamma = 0.75 sigma
 # range scaled to it, DPM-Solver++(2M) for few steps (docs/models.md: chosen on VALID).
 LATENT_GENERATE = SamplerSettings(steps=24, sigma_min=0.002, sigma_max=20.0, method="dpmpp2m", prior="latent")
 # Imputation leans on the given stems with classifier-free guidance w = 2,
-# follows their harmony with harmony guidance 0.1 (engine.audio.
+# follows their harmony with harmony guidance 0.25 (engine.audio.
 # harmony_guidance; 0.06 until the span projection made the new parts more
-# real and less tied to the given chords) and their onsets with rhythm
-# guidance 0.06 (engine.audio.rhythm_guidance), all chosen on VALID (32
-# windows: docs/models.md).
+# real and less tied to the given chords, 0.1 until the wider sampling scales
+# with frame-level maps of the first session of 2026-12-07, at which 0.1 left
+# chord agreement under 0.5 on the held-out VALID timbres) and their onsets
+# with rhythm guidance 0.06 (engine.audio.rhythm_guidance), all chosen on
+# VALID (32 windows: docs/models.md).
 # Generation takes the model file's autoguidance weight (None); imputation
 # does not autoguide by default: on VALID it made the new parts more real
 # (clarity, log-mel) but fit the given harmony less (guitar chroma from
 # bass+drums 0.75 -> 0.21, docs/models.md); --autoguidance W asks for it.
-LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.1, rhythm=0.06, autoguidance=1.0)
+LATENT_IMPUTE = LATENT_GENERATE.override(guidance=2.0, harmony=0.25, rhythm=0.06, autoguidance=1.0)
 # Refining the first guess with the latent prior (engine.audio.latent_refinement):
 # SDEdit from a level about the latents' own scale (unit variance), where the
 # prior can move notes, not only texture. Off by default: docs/models.md's row.
