@@ -140,7 +140,7 @@ def test_gains_multiply_each_decoded_stem_when_unguided(monkeypatch):
     limiter, which leaves quiet audio untouched); autoguided sampling has none."""
     decoded = np.full((4, 2048), 0.01, np.float32)
 
-    def fixed(model, latents, frames, seed):
+    def fixed(model, latents, frames, seed, level_maps=None):
         return decoded[: latents.shape[0] // model.autoencoder.config.latent_channels, :frames].copy()
 
     monkeypatch.setattr(latent_generation, "decode_stems", fixed)

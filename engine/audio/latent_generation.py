@@ -240,9 +240,8 @@ def generate_latent_stems(
         gains = np.array(prior.config.stem_gains_for(settings.autoguidance), np.float32)[free, None]
         # The calibrated frame-level map of each stem, where the file has one.
         levels = prior.config.stem_levels_for(settings.autoguidance)
-        decoded = (decode_stems(model, rows, frames, seed) if levels is None
-                   else decode_stems(model, rows, frames, seed, level_maps=[levels[n] for n in free]))
-        out[free] = soft_limit(decoded * gains)
+        level_maps = None if levels is None else [levels[n] for n in free]
+        out[free] = soft_limit(decode_stems(model, rows, frames, seed, level_maps=level_maps) * gains)
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
     if progress is not None:
