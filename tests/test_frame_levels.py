@@ -97,6 +97,17 @@ def test_generation_decodes_through_the_map():
     np.testing.assert_allclose(outputs[1], outputs[0] * 0.1, atol=1e-6 * np.abs(outputs[0]).max())
 
 
+def use_real_windows(monkeypatch, reference: np.ndarray) -> None:
+    """calibrate_frame_levels reads `reference` [W, N, T] as the real windows."""
+    tracks = np.arange(len(reference))
+
+    def fake_real(data, stems, rate, window, count, *, split="test", seed=0):
+        return RealWindows(tuple(stems), rate, window, reference, tracks, reference, tracks, np.arange(1),
+                           [f"t{k}" for k in tracks])
+
+    monkeypatch.setattr(calibrate_frame_levels, "load_real_windows", fake_real)
+
+
 def test_calibration_fits_maps_that_move_generated_levels_to_the_real_ones(tmp_path, monkeypatch, capsys):
     model = tiny_latent_model()
     model_path = tmp_path / "m.safetensors"
@@ -108,12 +119,7 @@ def test_calibration_fits_maps_that_move_generated_levels_to_the_real_ones(tmp_p
     # ask for a map steeper than overlapping STFT frames can follow.)
     reference = np.stack([[level * rng.standard_normal(window) for level in (0.005, 0.01, 0.02, 0.3)]
                           for _ in range(6)]).astype(np.float32)
-
-    def fake_real(data, stems, rate, window_, count, *, split="test", seed=0):
-        return RealWindows(tuple(stems), rate, window_, reference, np.arange(6), reference, np.arange(6),
-                           np.arange(1), [f"t{k}" for k in range(6)])
-
-    monkeypatch.setattr(calibrate_frame_levels, "load_real_windows", fake_real)
+    use_real_windows(monkeypatch, reference)
     out = tmp_path / "levels.safetensors"
     assert calibrate_frame_levels.main(["--model", str(model_path), "--data", str(tmp_path), "--windows", "3",
                                         "--points", "9", "-o", str(out)]) == 0
@@ -128,7 +134,8 @@ def test_calibration_fits_maps_that_move_generated_levels_to_the_real_ones(tmp_p
         gap_before = abs(np.median(before[n]) - np.median(real[n]))
         gap_after = abs(np.median(after[n]) - np.median(real[n]))
         assert gap_before > 3.0 and gap_after < 0.5 * gap_before
-    assert "generated, mapped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "generated, mapped" in printed and "samples past the limiter's knee" in printed
 
 
 def test_calibration_refuses_bad_input_with_one_line(tmp_path, capsys):
@@ -160,10 +167,7 @@ def test_calibration_maps_only_the_named_stems(tmp_path, monkeypatch, capsys):
     window = latent_generation.window_samples(model)
     rng = np.random.default_rng(2)
     reference = np.stack([[0.01 * rng.standard_normal(window) for _ in range(4)] for _ in range(4)]).astype(np.float32)
-    monkeypatch.setattr(calibrate_frame_levels, "load_real_windows",
-                        lambda data, stems, rate, window_, count, *, split="test", seed=0: RealWindows(
-                            tuple(stems), rate, window_, reference, np.arange(4), reference, np.arange(4),
-                            np.arange(1), [f"t{k}" for k in range(4)]))
+    use_real_windows(monkeypatch, reference)
     out = tmp_path / "bass-only.safetensors"
     assert calibrate_frame_levels.main(["--model", str(model_path), "--data", str(tmp_path), "--windows", "2",
                                         "--points", "5", "--rounds", "0", "--stems", "bass", "--figure",

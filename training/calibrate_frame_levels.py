@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio.latent_generation import generate_latent_stems, window_samples
-from engine.core.frame_levels import ACTIVE_LEVEL_DB, fit_level_map, frame_levels_db
+from engine.audio.latent_generation import LIMIT_KNEE, generate_latent_stems, window_samples
+from engine.core.frame_levels import ACTIVE_LEVEL_DB, fit_level_map, frame_levels_db, split_stem_maps
 from engine.core.tasks import LATENT_GENERATE
 from engine.errors import UserError
 from engine.storage.model import MSDMModel
+from training.calibrate_latent_prior import SILENT_RMS
 from training.generation_candidates import load_real_windows
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -83,21 +84,47 @@ def fit_maps(generated: list[np.ndarray], real: list[np.ndarray], points: int,
     return tuple(points_in), tuple(points_out)
 
 
-def refine_maps(points_out: tuple[float, ...], points: int, mapped: list[np.ndarray],
+def refine_maps(points_in: tuple[float, ...], points_out: tuple[float, ...], mapped: list[np.ndarray],
                 real: list[np.ndarray], which: list[bool] | None = None) -> tuple[float, ...]:
     """One round: per stem, out += c(out), c the real quantiles less the
     mapped frames' at the same probabilities (sounding frames), interpolated
     at each output level; kept non-decreasing. Stems with `which` False stay."""
     q = np.linspace(1.0, 99.0, 33)
     refined = []
-    for n, (m, r) in enumerate(zip(mapped, real)):
+    stem_maps = split_stem_maps(points_in, points_out, len(real))
+    for n, (m, r, (_, stem_out)) in enumerate(zip(mapped, real, stem_maps)):
         m, r = m[m > ACTIVE_LEVEL_DB], r[r > ACTIVE_LEVEL_DB]
-        out = np.array(points_out[n * points:(n + 1) * points])
+        out = np.array(stem_out)
         if (which is None or which[n]) and len(m) >= len(q) and len(r) >= len(q):
             at, miss = np.percentile(m, q), np.percentile(r, q) - np.percentile(m, q)
             out = np.maximum.accumulate(out + np.interp(out, at, miss))
         refined.extend(round(float(v), 3) for v in out)
     return tuple(refined)
+
+
+def window_rms(audio: np.ndarray) -> list[np.ndarray]:
+    """[W, N, T] -> per stem, the RMS of its sounding windows (above
+    calibrate_latent_prior.SILENT_RMS)."""
+    rms = np.sqrt(np.mean(audio.astype(np.float64) ** 2, axis=-1))     # [W, N]
+    return [column[column > SILENT_RMS] for column in rms.T]
+
+
+def loudness_table(stems, audio: np.ndarray, real: np.ndarray) -> str:
+    """Per stem, of generated windows [W, N, T]: the median RMS and the
+    loudest tenth's (90th percentile) against the median RMS of the real
+    windows [W', N, T] (sounding windows only), and the share of samples
+    past the soft limiter's knee."""
+    real_rms = [np.median(column) if len(column) else np.nan for column in window_rms(real)]
+    lines = ["| stem | median RMS vs real | loudest tenth of windows vs real median | samples past the limiter's knee |",
+             "|---|---:|---:|---:|"]
+    for n, (stem, sounding) in enumerate(zip(stems, window_rms(audio))):
+        if not len(sounding):
+            lines.append(f"| {stem} | silent | silent | 0 % |")
+            continue
+        median, loud = (20 * np.log10(v / real_rms[n]) for v in (np.median(sounding), np.percentile(sounding, 90)))
+        knee = 100 * np.mean(np.abs(audio[:, n]) > LIMIT_KNEE)
+        lines.append(f"| {stem} | {median:+.1f} dB | {loud:+.1f} dB | {knee:.2f} % |")
+    return "\n".join(lines)
 
 
 def percentile_table(stems, rows: dict[str, list[np.ndarray]]) -> str:
@@ -143,11 +170,14 @@ def run(args) -> None:
         prior.config = prior.net.config = dataclasses.replace(original, sample_level_in=points_in,
                                                               sample_level_out=points_out)
         seed = args.seed + (round_ + 1) * args.windows
-        after = stem_frame_levels(model, generate_windows(model, window, args.windows, seed))
+        audio = generate_windows(model, window, args.windows, seed)
+        after = stem_frame_levels(model, audio)
         rows["generated, mapped" if round_ == 0 else f"mapped, refined x{round_}"] = after
         if round_ < args.rounds:
-            points_out = refine_maps(points_out, args.points, after, real, which)
-    report = percentile_table(model.stems, rows)
+            points_out = refine_maps(points_in, points_out, after, real, which)
+    # The last round's windows are generated with the maps the file gets.
+    report = (percentile_table(model.stems, rows) + "\n\nLevels of the last row's windows against the real ones':\n\n"
+              + loudness_table(model.stems, audio, reference))
     print(report)
     if args.figure:
         from training.figures import plot_level_distributions
