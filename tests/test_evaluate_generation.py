@@ -210,3 +210,29 @@ def test_evaluate_generation_says_which_autoguidance_it_sampled_with(tmp_path, c
     rows = [r for r in csv.DictReader((tmp_path / "b.csv").open()) if r["method"].startswith("model")]
     assert {json.loads(r["settings"])["sampler"]["autoguidance"] for r in rows} == {1.0}
     capsys.readouterr()
+
+
+def test_report_brackets_distances_whose_scale_cannot_be_read(tmp_path):
+    from types import SimpleNamespace
+
+    from training import generation_metrics as gm
+    from training.evaluate_generation import UNREADABLE, Row, write_report
+
+    sound = gm.DistanceScale(np.array([9.0, 11.0]), np.array([29.0, 31.0]))
+    turned_over = gm.DistanceScale(np.array([80.0, 86.0]), np.array([35.0, 37.0]))
+    judge = SimpleNamespace(
+        real=SimpleNamespace(stems=("bass", "drums"), reference=np.zeros((3, 2, 4)), pool=np.zeros((5, 2, 4))),
+        draws=2, scale=lambda stem, name, windows: turned_over if (stem, name) == ("drums", "log-mel") else sound)
+    values = {("log-mel distance", "bass"): 0.12, ("log-mel distance", "drums"): 0.85,
+              ("structure distance", "drums"): 0.30, ("pitch clarity", "bass"): 0.7}
+    write_report([Row("generate", "model", values, 16)], judge, tmp_path / "r.csv", tmp_path / "r.md")
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| model | 0.12 | (0.85) | 0.30 | 0.70 |" in markdown and UNREADABLE in markdown
+    readable = {(r["metric"], r["stem"]): r["readable"] for r in csv.DictReader(open(tmp_path / "r.csv"))}
+    assert readable == {("log-mel distance", "bass"): "1", ("log-mel distance", "drums"): "0",
+                        ("structure distance", "drums"): "1", ("pitch clarity", "bass"): ""}
+    # Every cell readable: no brackets, no note.
+    write_report([Row("generate", "model", {("log-mel distance", "bass"): 0.12}, 16)], judge,
+                 tmp_path / "s.csv", tmp_path / "s.md")
+    assert "(" not in (tmp_path / "s.md").read_text().split("**generate**")[1].split("\n\n")[1] \
+        and UNREADABLE not in (tmp_path / "s.md").read_text()

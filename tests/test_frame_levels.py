@@ -97,6 +97,23 @@ def test_generation_decodes_through_the_map():
     np.testing.assert_allclose(outputs[1], outputs[0] * 0.1, atol=1e-6 * np.abs(outputs[0]).max())
 
 
+def test_generation_without_the_limiter_gives_the_mapped_levels():
+    """A map that raises every level by 40 dB takes the tiny model's stems far
+    past the limiter's knee: with limit=False they come out exactly 100x
+    louder than unmapped, with the limiter they are that audio limited."""
+    settings = LATENT_GENERATE.override(steps=3, autoguidance=1.0)
+    plain = latent_generation.generate_latent_stems(tiny_latent_model(), SR, seed=3, settings=settings)
+    model = tiny_latent_model()
+    prior = model.latent_prior
+    prior.config = prior.net.config = dataclasses.replace(
+        prior.config, sample_level_in=(-150.0, 100.0) * 4, sample_level_out=(-110.0, 140.0) * 4)
+    loud = latent_generation.generate_latent_stems(model, SR, seed=3, settings=settings, limit=False)
+    limited = latent_generation.generate_latent_stems(model, SR, seed=3, settings=settings)
+    np.testing.assert_allclose(loud, plain * 100.0, rtol=1e-4, atol=1e-4 * np.abs(loud).max())
+    assert np.abs(loud).max() > 1.0 >= np.abs(limited).max()   # tanh rounds to 1.0 in float32 far past the knee
+    np.testing.assert_allclose(limited, latent_generation.soft_limit(loud), atol=1e-6)
+
+
 def use_real_windows(monkeypatch, reference: np.ndarray) -> None:
     """calibrate_frame_levels reads `reference` [W, N, T] as the real windows."""
     tracks = np.arange(len(reference))
@@ -136,6 +153,29 @@ def test_calibration_fits_maps_that_move_generated_levels_to_the_real_ones(tmp_p
         assert gap_before > 3.0 and gap_after < 0.5 * gap_before
     printed = capsys.readouterr().out
     assert "generated, mapped" in printed and "samples past the limiter's knee" in printed
+
+
+def test_calibration_fits_the_levels_the_map_sees_not_the_limiters(tmp_path, monkeypatch):
+    """Real stems louder than the soft limiter lets through (frames far past
+    its knee): measured after the limiter, the mapped stems would never reach
+    them and the refinement would keep raising the map; fitted on the
+    unlimited levels, the map brings the stems' frames to the real ones'."""
+    model = tiny_latent_model()
+    model_path = tmp_path / "m.safetensors"
+    model.save(model_path, source="tiny")
+    window = latent_generation.window_samples(model)
+    rng = np.random.default_rng(2)
+    reference = (2.0 * rng.standard_normal((6, 4, window))).astype(np.float32)
+    use_real_windows(monkeypatch, reference)
+    out = tmp_path / "loud.safetensors"
+    assert calibrate_frame_levels.main(["--model", str(model_path), "--data", str(tmp_path), "--windows", "3",
+                                        "--points", "9", "--rounds", "2", "-o", str(out)]) == 0
+    calibrated = MSDMModel.load(out)
+    real = calibrate_frame_levels.stem_frame_levels(calibrated, reference)
+    after = calibrate_frame_levels.stem_frame_levels(
+        calibrated, calibrate_frame_levels.generate_windows(calibrated, window, 3, 50, limit=False))
+    for n in range(4):
+        assert abs(np.median(after[n]) - np.median(real[n])) < 1.5
 
 
 def test_calibration_refuses_bad_input_with_one_line(tmp_path, capsys):
@@ -180,3 +220,31 @@ def test_calibration_maps_only_the_named_stems(tmp_path, monkeypatch, capsys):
         calibrate_frame_levels.main(["--model", str(model_path), "--data", str(tmp_path), "--stems", "vocals",
                                      "-o", str(tmp_path / "x.safetensors")])
     assert "vocals" in capsys.readouterr().err
+
+
+def test_loudness_report_compares_generated_windows_with_real_ones(tmp_path, monkeypatch, capsys):
+    """The tiny model's stems against real windows 10x louder than them:
+    every stem's median reads about -20 dB, and a missing split is one line."""
+    from training import loudness_report
+
+    model = tiny_latent_model()
+    model_path = tmp_path / "m.safetensors"
+    model.save(model_path, source="tiny")
+    window = latent_generation.window_samples(model)
+    generated = calibrate_frame_levels.generate_windows(model, window, 2, 0)
+    reference = (10.0 * generated).astype(np.float32)
+    tracks = np.arange(len(reference))
+    monkeypatch.setattr(loudness_report, "load_real_windows",
+                        lambda data, stems, rate, window, count, *, split="test", seed=0: RealWindows(
+                            tuple(stems), rate, window, reference, tracks, reference, tracks, np.arange(1),
+                            ["t0", "t1"]))
+    assert loudness_report.main(["--model", str(model_path), "--data", str(tmp_path), "--windows", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " dB |" in line]
+    assert len(rows) == 4
+    for row in rows:
+        median = float(row.split("|")[2].strip().split(" ")[0])
+        assert median == pytest.approx(-20.0, abs=0.5)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as stop:
+        loudness_report.main(["--model", str(model_path), "--data", str(tmp_path / "none")])
+    assert stop.value.code == 2 and "no dataset split folder" in capsys.readouterr().err

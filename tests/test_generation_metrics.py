@@ -69,6 +69,16 @@ def test_distance_scale_maps_real_to_zero_and_noise_to_one():
     scale = gm.DistanceScale(np.array([9.0, 11.0]), np.array([29.0, 31.0]))
     assert scale.normalise(10.0) == 0.0 and scale.normalise(30.0) == 1.0 and scale.normalise(50.0) == 2.0
     assert scale.resolution == pytest.approx(0.05) and scale.separation == pytest.approx(10.0)
+    assert scale.readable
+
+
+def test_distance_scale_is_unreadable_when_noise_is_not_farther_than_real():
+    # Two halves with different drum kits: real draws farther from the reference than
+    # shaped noise (the reserved 12-track set's drums): the scale turns over.
+    inverted = gm.DistanceScale(np.array([80.0, 86.0]), np.array([35.0, 37.0]))
+    assert inverted.separation > 1 and not inverted.readable
+    overlapping = gm.DistanceScale(np.array([10.0, 20.0]), np.array([15.0, 25.0]))   # spreads 0.5 + 0.5
+    assert overlapping.noise.mean() > overlapping.real.mean() and not overlapping.readable
 
 
 def test_pitch_agreement_of_a_reconstruction():

@@ -9,8 +9,11 @@ distance scale is calibrated on `draws` random sets of real windows of the
 candidate's size from the pool half (never the evaluation windows), so the
 real row's distance shows the measure's own noise.
 
-Rows go to a CSV (task, method, metric, stem, value, windows, settings) and a
-markdown table per task, both written atomically.
+Rows go to a CSV (task, method, metric, stem, value, windows, settings,
+readable) and a markdown table per task, both written atomically. A distance
+whose scale cannot be read on the split (gm.DistanceScale.readable: shaped
+noise no farther than real draws, or the two within one spread) is flagged
+0 in the CSV's last column and bracketed in the markdown.
 """
 
 from __future__ import annotations
@@ -203,6 +206,18 @@ def same_seed_correlation(a: np.ndarray, b: np.ndarray) -> float:
 # Reports
 # --------------------------------------------------------------------------- #
 
+UNREADABLE = ("A distance in brackets is not readable at this many windows on this split: shaped noise sits no "
+              "farther from the reference half than real draws do, or the two overlap within one spread "
+              "(separation < 1). More tracks or more windows make it readable; do not compare it with a bar.")
+
+
+def _readable(judge: Judge, metric: str, stem: str, windows: int) -> bool | None:
+    """Whether a distance cell's scale can be read (DistanceScale.readable); None for other metrics."""
+    if metric not in DISTANCES:
+        return None
+    return judge.scale(stem, DISTANCES[metric], windows).readable
+
+
 def _format(value: float) -> str:
     return "" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
@@ -217,13 +232,15 @@ def write_report(rows: Sequence[Row], judge: Judge, csv_path: str | os.PathLike,
     stems = judge.real.stems
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["task", "method", "metric", "stem", "value", "windows", "settings"])
+    writer.writerow(["task", "method", "metric", "stem", "value", "windows", "settings", "readable"])
     for row in rows:
         for metric in METRICS:
             for stem in stems:
                 if (metric, stem) in row.values:
+                    readable = _readable(judge, metric, stem, row.windows)
                     writer.writerow([row.task, row.method, metric, stem, repr(row.values[metric, stem]), row.windows,
-                                     json.dumps(row.settings, sort_keys=True)])
+                                     json.dumps(row.settings, sort_keys=True),
+                                     "" if readable is None else int(readable)])
     write_atomic(csv_path, buffer.getvalue())
 
     lines = []
@@ -234,7 +251,11 @@ def write_report(rows: Sequence[Row], judge: Judge, csv_path: str | os.PathLike,
                   "| method | " + " | ".join(f"{SHORT[m]} {s}" for m, s in columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for row in group:
-            lines.append(f"| {row.method} | " + " | ".join(_format(row.values.get(c)) for c in columns) + " |")
+            cells = []
+            for metric, stem in columns:
+                text = _format(row.values.get((metric, stem)))
+                cells.append(f"({text})" if text and _readable(judge, metric, stem, row.windows) is False else text)
+            lines.append(f"| {row.method} | " + " | ".join(cells) + " |")
         lines.append("")
     counts = sorted({row.windows for row in rows})
     for count in counts:
@@ -246,6 +267,8 @@ def write_report(rows: Sequence[Row], judge: Judge, csv_path: str | os.PathLike,
         lines.append(f"At {count} windows, spread of a real draw's distance / separation of real from shaped "
                      f"noise (1 / (spread of real + spread of noise)): " + "; ".join(parts) + ".")
     lines.append(LEGEND)
+    if any(_readable(judge, m, s, row.windows) is False for row in rows for m, s in row.values):
+        lines.append(UNREADABLE)
     lines.append(f"Real statistics: {len(judge.real.reference)} windows of the reference half; scale from "
                  f"{judge.draws} draws of the pool half ({len(judge.real.pool)} windows).")
     lines += list(notes)

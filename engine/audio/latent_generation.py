@@ -127,6 +127,7 @@ def generate_latent_stems(
     given_mask: np.ndarray | None = None,
     overlap: float = 0.25,
     progress: ProgressFn | None = None,
+    limit: bool = True,
 ) -> np.ndarray:
     """All stems [N, frames] at the model's rate; rows `given_stems` of `given`
     are the condition and come back unchanged. `given_mask` ([N, frames] bool,
@@ -134,7 +135,10 @@ def generate_latent_stems(
     of some stems regenerated): a latent frame is given where every sample its
     STFT window spans is, the prior was trained with such time masks, and a
     stem with any free frame comes back decoded whole (the caller keeps its
-    own audio outside the range)."""
+    own audio outside the range). `limit` False leaves out the soft limiter:
+    the decoded stems' frame levels are then the ones the frame-level map
+    gives (Griffin-Lim keeps them within a decibel), which is what
+    training.calibrate_frame_levels must measure to fit the map."""
     settings = resolve_autoguidance(settings, model)
     prior = sampling_denoiser(model.latent_prior, model.latent_guide, settings.autoguidance)
     num, channels = prior.config.stems, prior.config.latent_channels
@@ -241,7 +245,8 @@ def generate_latent_stems(
         # The calibrated frame-level map of each stem, where the file has one.
         levels = prior.config.stem_levels_for(settings.autoguidance)
         level_maps = None if levels is None else [levels[n] for n in free]
-        out[free] = soft_limit(decode_stems(model, rows, frames, seed, level_maps=level_maps) * gains)
+        decoded = decode_stems(model, rows, frames, seed, level_maps=level_maps) * gains
+        out[free] = soft_limit(decoded) if limit else decoded
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
     if progress is not None:
