@@ -109,8 +109,8 @@ class DistanceScale:
     def readable(self) -> bool:
         """Whether a normalised distance on this scale means anything: shaped
         noise must sit farther from the reference than real draws do (on a set
-        whose halves hold different instruments, e.g. 12 tracks each with its
-        own drum kit, real draws can be the farther ones and the scale turns
+        whose halves hold different instruments, e.g. 12 tracks among eight
+        drum kits, real draws can be the farther ones and the scale turns
         over), and their one-sigma ranges must not meet (separation >= 1)."""
         return bool(self.noise.mean() > self.real.mean()) and self.separation >= 1.0
 
