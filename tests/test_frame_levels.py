@@ -114,22 +114,27 @@ def test_generation_without_the_limiter_gives_the_mapped_levels():
     np.testing.assert_allclose(limited, latent_generation.soft_limit(loud), atol=1e-6)
 
 
-def use_real_windows(monkeypatch, reference: np.ndarray) -> None:
-    """calibrate_frame_levels reads `reference` [W, N, T] as the real windows."""
+def saved_tiny_model(tmp_path):
+    """The tiny latent model, its file in `tmp_path`, and its window (samples)."""
+    model = tiny_latent_model()
+    model_path = tmp_path / "m.safetensors"
+    model.save(model_path, source="tiny")
+    return model, model_path, latent_generation.window_samples(model)
+
+
+def use_real_windows(monkeypatch, reference: np.ndarray, module=calibrate_frame_levels) -> None:
+    """`module` (a training command) reads `reference` [W, N, T] as the real windows."""
     tracks = np.arange(len(reference))
 
     def fake_real(data, stems, rate, window, count, *, split="test", seed=0):
         return RealWindows(tuple(stems), rate, window, reference, tracks, reference, tracks, np.arange(1),
                            [f"t{k}" for k in tracks])
 
-    monkeypatch.setattr(calibrate_frame_levels, "load_real_windows", fake_real)
+    monkeypatch.setattr(module, "load_real_windows", fake_real)
 
 
 def test_calibration_fits_maps_that_move_generated_levels_to_the_real_ones(tmp_path, monkeypatch, capsys):
-    model = tiny_latent_model()
-    model_path = tmp_path / "m.safetensors"
-    model.save(model_path, source="tiny")
-    window = latent_generation.window_samples(model)
+    model, model_path, window = saved_tiny_model(tmp_path)
     rng = np.random.default_rng(1)
     # Real windows: white noise at a different level per stem. (The tiny
     # random prior's frames all have about one level, so a real spread would
@@ -160,10 +165,7 @@ def test_calibration_fits_the_levels_the_map_sees_not_the_limiters(tmp_path, mon
     its knee): measured after the limiter, the mapped stems would never reach
     them and the refinement would keep raising the map; fitted on the
     unlimited levels, the map brings the stems' frames to the real ones'."""
-    model = tiny_latent_model()
-    model_path = tmp_path / "m.safetensors"
-    model.save(model_path, source="tiny")
-    window = latent_generation.window_samples(model)
+    model, model_path, window = saved_tiny_model(tmp_path)
     rng = np.random.default_rng(2)
     reference = (2.0 * rng.standard_normal((6, 4, window))).astype(np.float32)
     use_real_windows(monkeypatch, reference)
@@ -201,10 +203,7 @@ def test_info_says_the_file_maps_frame_levels(tmp_path, capsys):
 
 
 def test_calibration_maps_only_the_named_stems(tmp_path, monkeypatch, capsys):
-    model = tiny_latent_model()
-    model_path = tmp_path / "m.safetensors"
-    model.save(model_path, source="tiny")
-    window = latent_generation.window_samples(model)
+    model, model_path, window = saved_tiny_model(tmp_path)
     rng = np.random.default_rng(2)
     reference = np.stack([[0.01 * rng.standard_normal(window) for _ in range(4)] for _ in range(4)]).astype(np.float32)
     use_real_windows(monkeypatch, reference)
@@ -227,17 +226,10 @@ def test_loudness_report_compares_generated_windows_with_real_ones(tmp_path, mon
     every stem's median reads about -20 dB, and a missing split is one line."""
     from training import loudness_report
 
-    model = tiny_latent_model()
-    model_path = tmp_path / "m.safetensors"
-    model.save(model_path, source="tiny")
-    window = latent_generation.window_samples(model)
+    model, model_path, window = saved_tiny_model(tmp_path)
     generated = calibrate_frame_levels.generate_windows(model, window, 2, 0)
     reference = (10.0 * generated).astype(np.float32)
-    tracks = np.arange(len(reference))
-    monkeypatch.setattr(loudness_report, "load_real_windows",
-                        lambda data, stems, rate, window, count, *, split="test", seed=0: RealWindows(
-                            tuple(stems), rate, window, reference, tracks, reference, tracks, np.arange(1),
-                            ["t0", "t1"]))
+    use_real_windows(monkeypatch, reference, module=loudness_report)
     assert loudness_report.main(["--model", str(model_path), "--data", str(tmp_path), "--windows", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and " dB |" in line]
     assert len(rows) == 4

@@ -140,6 +140,17 @@ def percentile_table(stems, rows: dict[str, list[np.ndarray]]) -> str:
     return "\n".join(lines)
 
 
+def load_latent_model(path: Path) -> MSDMModel:
+    """The model file at `path`, which must have a latent prior (UserError: one line)."""
+    try:
+        model = MSDMModel.load(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load {path}: {error}") from None
+    if model.latent_prior is None:
+        raise UserError(f"{path} has no latent prior")
+    return model
+
+
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     if args.windows < 2:
@@ -150,13 +161,8 @@ def run(args) -> None:
         raise UserError("--points must be from 2 to 64")
     if not args.data.is_dir():
         raise UserError(f"no dataset folder '{args.data}'")
-    try:
-        model = MSDMModel.load(args.model)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {args.model}: {error}") from None
+    model = load_latent_model(args.model)
     prior = model.latent_prior
-    if prior is None:
-        raise UserError(f"{args.model} has no latent prior")
     unknown = [stem for stem in args.stems or () if stem not in model.stems]
     if unknown:
         raise UserError(f"--stems: {', '.join(unknown)} not among the model's stems ({', '.join(model.stems)})")

@@ -16,19 +16,13 @@ import torch
 
 from engine.audio.latent_generation import window_samples
 from engine.errors import UserError
-from engine.storage.model import MSDMModel
-from training.calibrate_frame_levels import generate_windows, loudness_table
+from training.calibrate_frame_levels import generate_windows, load_latent_model, loudness_table
 from training.generation_candidates import load_real_windows
 
 
 def report(model_path: Path, data: Path, split: str, windows: int, seed: int) -> str:
     """The loudness table of `windows` unguided windows (seeds from `seed`) against the split's reference half."""
-    try:
-        model = MSDMModel.load(model_path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {model_path}: {error}") from None
-    if model.latent_prior is None:
-        raise UserError(f"{model_path} has no latent prior")
+    model = load_latent_model(model_path)
     window = window_samples(model)
     real = load_real_windows(data, model.stems, model.sample_rate, window, 1, split=split).reference
     audio = generate_windows(model, window, windows, seed)
