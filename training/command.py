@@ -244,8 +244,9 @@ def run_evaluate(args) -> int:
 
 def autoencoder_round_trip(model, windows, seed: int):
     """[W, N, T] real windows encoded and decoded by `model`'s stem autoencoder
-    (Griffin-Lim seeded per window as generation seeds it): what a perfect
-    latent prior would give back."""
+    (decoded as generation decodes: the phase-locked vocoder for the stems
+    the file names, Griffin-Lim seeded per window for the others): what a
+    perfect latent prior would give back."""
     import numpy as np
 
     from engine.audio.latent_generation import decode_stems, encode_stems

@@ -11,9 +11,14 @@ compared with its input:
 - pitch agreement (bass, guitar, piano): the share of the input's clearly
   pitched frames whose F0 the reconstruction matches within 50 cents, and
   the chroma correlation (training.generation_metrics.pitch_agreement);
+  pitch clarity of the reconstruction beside the input's (a mean over
+  windows, so not the pooled number of evaluate-generation);
 - the same for the front end alone ("ceiling": Griffin-Lim on the input's
   own magnitude), so the cost of the learned compression is read apart from
-  the cost of dropping the phase.
+  the cost of dropping the phase;
+- the decoded magnitude both ways: Griffin-Lim from random phase, and the
+  phase-locked vocoder's phase (engine.core.phase), which the shipped model
+  uses for the pitched stems.
 
     python -m training.evaluate_autoencoder --autoencoder runs/ae/best.safetensors --data data/synth --split test
 """
@@ -31,7 +36,7 @@ from engine.atomic import write_atomic
 from engine.core.autoencoder import griffin_lim
 from training import audio_features as af
 from training.evaluate import read_track_stems
-from training.generation_metrics import pitch_agreement
+from training.generation_metrics import pitch_agreement, pitch_clarity
 from training.train_autoencoder import STEMS, load_autoencoder
 
 SAMPLE_RATE = 22050
@@ -67,26 +72,34 @@ def windows_of(data: Path, split: str, tracks: int, per_track: int) -> list[tupl
     return out
 
 
+# method name -> (Griffin-Lim on the input's own magnitude?, phase-locked vocoder instead of Griffin-Lim?)
+METHODS = {
+    "autoencoder, Griffin-Lim": (False, False),
+    "autoencoder, phase-locked vocoder": (False, True),
+    "ceiling: Griffin-Lim on the input's magnitude": (True, False),
+}
+
+
 @torch.no_grad()
-def reconstruct(autoencoder, audio: np.ndarray, ceiling: bool, seed: int = 0) -> np.ndarray:
+def reconstruct(autoencoder, audio: np.ndarray, ceiling: bool, seed: int = 0, locked: bool = False) -> np.ndarray:
     x = torch.from_numpy(audio)[None]
     generator = torch.Generator().manual_seed(seed)
     if ceiling:
         return griffin_lim(autoencoder.stft(x).abs(), autoencoder.config, autoencoder.window, x.shape[-1],
                            generator)[0].numpy()
-    return autoencoder.decode(autoencoder.encode(x), x.shape[-1], generator=generator)[0].numpy()
+    return autoencoder.decode(autoencoder.encode(x), x.shape[-1], generator=generator, locked=locked)[0].numpy()
 
 
 def evaluate(autoencoder, windows: list[tuple[str, np.ndarray]]) -> list[dict]:
     rows = []
-    for name, ceiling in (("autoencoder", False), ("ceiling: Griffin-Lim on the input's magnitude", True)):
+    for name, (ceiling, locked) in METHODS.items():
         for stem in STEMS:
             scores = {"si_snr": [], "log_mel_db": [], "spectral_convergence": [], "f0_within_50_cents": [],
-                      "chroma_correlation": []}
+                      "chroma_correlation": [], "pitch_clarity": [], "input_pitch_clarity": []}
             for s, audio in windows:
                 if s != stem:
                     continue
-                rec = reconstruct(autoencoder, audio, ceiling)
+                rec = reconstruct(autoencoder, audio, ceiling, locked=locked)
                 scores["si_snr"].append(si_snr(rec, audio))
                 scores["log_mel_db"].append(log_mel_distance_db(rec, audio))
                 a, b = np.abs(np.fft.rfft(af.frames(rec), axis=-1)), np.abs(np.fft.rfft(af.frames(audio), axis=-1))
@@ -95,6 +108,8 @@ def evaluate(autoencoder, windows: list[tuple[str, np.ndarray]]) -> list[dict]:
                     agreement = pitch_agreement(rec, audio, SAMPLE_RATE, stem)
                     scores["f0_within_50_cents"].append(agreement.f0_within_50_cents)
                     scores["chroma_correlation"].append(agreement.chroma_correlation)
+                    scores["pitch_clarity"].append(pitch_clarity([rec], SAMPLE_RATE, stem))
+                    scores["input_pitch_clarity"].append(pitch_clarity([audio], SAMPLE_RATE, stem))
             rows.append({"method": name, "stem": stem, "windows": len(scores["si_snr"]),
                          **{k: float(np.nanmean(v)) if v else float("nan") for k, v in scores.items()}})
     return rows
@@ -104,11 +119,13 @@ def write_tables(rows: list[dict], out_prefix: Path) -> None:
     keys = list(rows[0])
     write_atomic(out_prefix.with_suffix(".csv"),
                  lambda tmp: _write_csv(tmp, keys, rows))
-    lines = ["| method | stem | windows | SI-SNR dB | log-mel dB | spectral conv. | F0 within 50 cents | chroma corr. |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | stem | windows | SI-SNR dB | log-mel dB | spectral conv. | F0 within 50 cents | chroma corr. "
+             "| pitch clarity (input's) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['stem']} | {r['windows']} | {r['si_snr']:.1f} | {r['log_mel_db']:.2f} | "
-                     f"{r['spectral_convergence']:.3f} | {r['f0_within_50_cents']:.2f} | {r['chroma_correlation']:.2f} |")
+                     f"{r['spectral_convergence']:.3f} | {r['f0_within_50_cents']:.2f} | {r['chroma_correlation']:.2f} | "
+                     f"{r['pitch_clarity']:.2f} ({r['input_pitch_clarity']:.2f}) |")
     write_atomic(out_prefix.with_suffix(".md"), lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 
@@ -128,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-track", type=int, default=2, help="windows per stem and track")
     parser.add_argument("-o", "--out", type=Path, required=True, help="prefix of the .csv/.md written")
     parser.add_argument("--figure", type=Path, help="spectrograms of input vs reconstruction (PNG)")
+    parser.add_argument("--phase-figure", type=Path,
+                        help="spectrograms below 1.5 kHz of the first pitched windows: input, decoded with "
+                             "Griffin-Lim, decoded with the phase-locked vocoder (PNG)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -143,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         rebuilt = {stem: reconstruct(autoencoder, audio, ceiling=False) for stem, audio in first.items()}
         plot_separation(first, rebuilt, SAMPLE_RATE, args.figure, labels=("input", "reconstruction"),
                         title=f"stem autoencoder {digest}: input vs reconstruction ({args.split} split)")
+    if args.phase_figure:
+        from training.figures import plot_spectrogram_grid
+        panels = {}
+        for stem in af.PITCHED:
+            audio = next(w for s, w in windows if s == stem)
+            panels[f"{stem}: input"] = audio
+            panels[f"{stem}: Griffin-Lim"] = reconstruct(autoencoder, audio, ceiling=False)
+            panels[f"{stem}: phase-locked vocoder"] = reconstruct(autoencoder, audio, ceiling=False, locked=True)
+        plot_spectrogram_grid(panels, SAMPLE_RATE, args.phase_figure, columns=3, max_hz=1500,
+                              title=f"stem autoencoder {digest}: the decoded magnitude's phase ({args.split} split)")
     return 0
 
 

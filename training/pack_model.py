@@ -80,7 +80,8 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
          latent_storage: str | None = None, latent_guide: Path | None = None,
          autoguidance: float | None = None, span_projection: bool | None = None,
          sample_scale: float | None = None, sample_stem_scales: tuple[float, ...] | None = None,
-         sample_stem_gains: tuple[float, ...] | None = None) -> MSDMModel:
+         sample_stem_gains: tuple[float, ...] | None = None,
+         locked_phase_stems: tuple[str, ...] | None = None) -> MSDMModel:
     if (autoencoder is None) != (latent_prior is None):
         raise ModelFileError("a latent prior needs both --autoencoder and --latent-prior")
     model = MSDMModel.load(prior)
@@ -100,6 +101,12 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
     notes += set_latent_settings(model, autoguidance=autoguidance, span_projection=span_projection,
                                  sample_scale=sample_scale, sample_stem_scales=sample_stem_scales,
                                  sample_stem_gains=sample_stem_gains)
+    if locked_phase_stems is not None:
+        if model.autoencoder is None:
+            raise ModelFileError("--locked-phase-stems: the autoencoder's, and the model has none")
+        model.autoencoder.config = dataclasses.replace(model.autoencoder.config,
+                                                       locked_phase_stems=tuple(locked_phase_stems))
+        notes.append("phase-locked vocoder for " + (", ".join(locked_phase_stems) or "no stem"))
     if latent_storage is not None:
         model.latent_storage = latent_storage
     model.__post_init__()  # checks the parts agree on the stems and puts them in eval mode
@@ -129,19 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-stem-scales", type=float, nargs="*", metavar="SCALE",
                         help="one unguided sampling scale per stem, in the model's stem order (chosen on VALID by "
                              "training.choose_sample_scales); none: back to --sample-scale for every stem")
+    parser.add_argument("--locked-phase-stems", nargs="*", metavar="STEM",
+                        help="stems decoded with the phase-locked vocoder's phase instead of Griffin-Lim "
+                             "(engine.core.phase; chosen on VALID); none: Griffin-Lim for every stem")
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--source", help="the provenance line stored in the file")
     args = parser.parse_args(argv)
-    settings = (args.autoguidance, args.span_projection, args.sample_scale, args.sample_stem_scales)
+    settings = (args.autoguidance, args.span_projection, args.sample_scale, args.sample_stem_scales,
+                args.locked_phase_stems)
     if args.separator is None and args.autoencoder is None and args.latent_guide is None and all(
             v is None for v in settings):
         parser.error("give --separator, or --autoencoder with --latent-prior (or all three), or --latent-guide, "
-                     "--autoguidance, --span-projection, --sample-scale or --sample-stem-scales")
+                     "--autoguidance, --span-projection, --sample-scale, --sample-stem-scales or --locked-phase-stems")
     stem_scales = None if args.sample_stem_scales is None else tuple(args.sample_stem_scales)
     try:
         model = pack(args.prior, args.separator, args.out, args.source, args.autoencoder, args.latent_prior,
                      args.latent_storage, args.latent_guide, args.autoguidance, args.span_projection,
-                     args.sample_scale, stem_scales)
+                     args.sample_scale, stem_scales,
+                     locked_phase_stems=None if args.locked_phase_stems is None else tuple(args.locked_phase_stems))
     except (ModelFileError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.out}: prior {model.num_parameters:,} parameters + separator "

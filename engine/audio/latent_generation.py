@@ -11,7 +11,8 @@ mix a caller writes is the sum of the returned stems, exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ import torch
 from engine.audio.harmony_guidance import UNPITCHED, harmony_guided
 from engine.audio.rhythm_guidance import given_onsets, rhythm_guided
 from engine.audio.windows import WindowPlan
-from engine.core.autoencoder import griffin_lim
+from engine.core.autoencoder import griffin_lim, magnitude_to_waveform
 from engine.core.diffusion import seed_for
 from engine.core.frame_levels import apply_level_map
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
@@ -74,21 +75,37 @@ def encode_stems(model: MSDMModel, stems: np.ndarray, chunk_frames: int = 1024) 
 
 @torch.no_grad()
 def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int,
-                 level_maps: list | None = None) -> np.ndarray:
-    """[N x C, K] -> [N, frames] waveforms (Griffin-Lim's start phase from `seed`).
-    Latents are clipped to (-1, 1), the encoder's tanh range: the decoder was
-    never trained outside it, and a sampled latent past it can decode to
-    magnitudes far above anything real. `level_maps` (one (points in, points
-    out) per stem, engine.core.frame_levels) moves each decoded frame's level
-    before the phase is found."""
+                 level_maps: list | None = None, stems: Sequence[int] | None = None) -> np.ndarray:
+    """[N x C, K] -> [N, frames] waveforms. Latents are clipped to (-1, 1),
+    the encoder's tanh range: the decoder was never trained outside it, and a
+    sampled latent past it can decode to magnitudes far above anything real.
+    `level_maps` (one (points in, points out) per stem, engine.core.frame_levels)
+    moves each decoded frame's level before the phase is found. `stems`: the
+    model stem of each of the N rows (default 0..N-1); those the autoencoder's
+    config names in locked_phase_stems take the phase-locked vocoder's phase,
+    the others Griffin-Lim's, its start phase drawn from `seed`."""
     autoencoder = model.autoencoder
-    channels = autoencoder.config.latent_channels
-    stacked = latents.clamp(-1.0, 1.0).reshape(-1, channels, latents.shape[-1])
+    config = autoencoder.config
+    stacked = latents.clamp(-1.0, 1.0).reshape(-1, config.latent_channels, latents.shape[-1])
+    stems = list(range(stacked.shape[0])) if stems is None else list(stems)
+    if len(stems) != stacked.shape[0]:
+        raise ValueError(f"{len(stems)} stem indices for {stacked.shape[0]} decoded stems")
     generator = torch.Generator().manual_seed(seed)
     magnitude = autoencoder.decode_magnitude(stacked)
     if level_maps is not None:
         magnitude = torch.stack([apply_level_map(m, *level_map) for m, level_map in zip(magnitude, level_maps)])
-    return griffin_lim(magnitude, autoencoder.config, autoencoder.window, frames, generator).cpu().numpy()
+    # Griffin-Lim's random start is drawn for every row, so a row's audio does
+    # not depend on which other rows are locked.
+    start = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * (2 * math.pi)
+    locked = [model.stems[n] in config.locked_phase_stems for n in stems]
+    out = torch.zeros(magnitude.shape[0], frames)
+    free = [i for i, is_locked in enumerate(locked) if not is_locked]
+    if free:
+        out[free] = griffin_lim(magnitude[free], config, autoencoder.window, frames, phase=start[free]).cpu()
+    if len(free) < len(locked):
+        rows = [i for i, is_locked in enumerate(locked) if is_locked]
+        out[rows] = magnitude_to_waveform(magnitude[rows], config, autoencoder.window, frames, locked=True).cpu()
+    return out.numpy()
 
 
 def latent_frame_mask(sample_mask: np.ndarray, hop: int, n_fft: int, frames_latent: int) -> np.ndarray:
@@ -245,7 +262,7 @@ def generate_latent_stems(
         # The calibrated frame-level map of each stem, where the file has one.
         levels = prior.config.stem_levels_for(settings.autoguidance)
         level_maps = None if levels is None else [levels[n] for n in free]
-        decoded = decode_stems(model, rows, frames, seed, level_maps=level_maps) * gains
+        decoded = decode_stems(model, rows, frames, seed, level_maps=level_maps, stems=free) * gains
         out[free] = soft_limit(decoded) if limit else decoded
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]

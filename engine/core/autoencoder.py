@@ -14,7 +14,8 @@ The latent has K = T / hop frames (256x fewer than samples: ~86 per second at
 80 x 69). The decoder mirrors the encoder back to a log magnitude, and the
 waveform comes from that magnitude by the fast Griffin-Lim algorithm
 (Perraudin, Balazs & Søndergaard 2013: Griffin-Lim with momentum), which needs
-no training. Phase is not modelled, so a reconstruction is not the input
+no training, or, for the stems the config names (the pitched ones), from the
+phase a phase-locked vocoder builds from its peaks (engine.core.phase). Phase is not modelled, so a reconstruction is not the input
 sample for sample (SI-SNR is low by construction); what it keeps is pitch,
 onsets and spectral envelope, which is what the prior must learn.
 
@@ -32,6 +33,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from engine.core.phase import locked_phase
+
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
@@ -45,6 +48,11 @@ class AutoencoderConfig:
     magnitude_floor: float = 1e-3
     griffin_lim_iterations: int = 48
     griffin_lim_momentum: float = 0.99
+    # Stems (by name) whose waveform takes the phase-locked vocoder's phase
+    # (engine.core.phase) with no Griffin-Lim iterations: the pitched ones,
+    # whose decoded partials Griffin-Lim turns less periodic (measured:
+    # docs/models.md). The others: Griffin-Lim from random phase.
+    locked_phase_stems: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,6 +65,9 @@ class AutoencoderConfig:
             "magnitude_floor": 0 < self.magnitude_floor < 1,
             "griffin_lim_iterations": 1 <= self.griffin_lim_iterations <= 1000,
             "griffin_lim_momentum": 0 <= self.griffin_lim_momentum < 1.2,
+            "locked_phase_stems": isinstance(self.locked_phase_stems, tuple)
+            and all(isinstance(name, str) and name for name in self.locked_phase_stems)
+            and len(set(self.locked_phase_stems)) == len(self.locked_phase_stems),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -80,6 +91,9 @@ class AutoencoderConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown AutoencoderConfig fields: {sorted(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("locked_phase_stems"), list):  # JSON has no tuples
+            data["locked_phase_stems"] = tuple(data["locked_phase_stems"])
         return cls(**data)
 
 
@@ -144,9 +158,12 @@ class StemAutoencoder(nn.Module):
         """[B, C, K] -> the STFT magnitude [B, F, K] the decoder gives."""
         return (self.decode_log_magnitude(latent).exp() - self.config.magnitude_floor).clamp_min(0.0)
 
-    def decode(self, latent: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
-        """[B, C, K] -> waveform [B, length] by fast Griffin-Lim on the decoded magnitude."""
-        return griffin_lim(self.decode_magnitude(latent), self.config, self.window, length, generator)
+    def decode(self, latent: Tensor, length: int, generator: torch.Generator | None = None,
+               locked: bool = False) -> Tensor:
+        """[B, C, K] -> waveform [B, length]: fast Griffin-Lim on the decoded
+        magnitude, or with `locked`, the phase-locked vocoder's phase alone."""
+        return magnitude_to_waveform(self.decode_magnitude(latent), self.config, self.window, length, generator,
+                                     locked)
 
     @torch.no_grad()
     def fit_input_scaling(self, waveforms: Tensor) -> None:
@@ -179,17 +196,31 @@ class StemAutoencoder(nn.Module):
         last_out.weight[:, :components.shape[0], 0] = components.T
 
 
+def magnitude_to_waveform(magnitude: Tensor, config: AutoencoderConfig, window: Tensor, length: int,
+                          generator: torch.Generator | None = None, locked: bool = False) -> Tensor:
+    """[B, F, K] magnitude -> [B, length]: with `locked`, the inverse STFT
+    with the phase-locked vocoder's phase (engine.core.phase; no iterations,
+    no randomness), else fast Griffin-Lim from random phase."""
+    if locked:
+        phase = locked_phase(magnitude, config.n_fft, config.hop)
+        return griffin_lim(magnitude, config, window, length, phase=phase, iterations=0)
+    return griffin_lim(magnitude, config, window, length, generator)
+
+
 def griffin_lim(magnitude: Tensor, config: AutoencoderConfig, window: Tensor, length: int,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, phase: Tensor | None = None,
+                iterations: int | None = None) -> Tensor:
     """Fast Griffin-Lim (Perraudin et al. 2013): alternate projections between
     "has this magnitude" and "is the STFT of a signal", with momentum on the
-    consistent estimate. Starts from random phase drawn from `generator`, so
-    a seed gives the same audio."""
-    phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * (2 * math.pi)
+    consistent estimate. Starts from `phase`, or from random phase drawn from
+    `generator`, so a seed gives the same audio; `iterations` (default the
+    config's) 0 is the inverse STFT of the start."""
+    if phase is None:
+        phase = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * (2 * math.pi)
     spec = torch.polar(magnitude, phase.to(magnitude.device))
     previous = torch.zeros_like(spec)
     alpha = config.griffin_lim_momentum
-    for _ in range(config.griffin_lim_iterations):
+    for _ in range(config.griffin_lim_iterations if iterations is None else iterations):
         signal = torch.istft(spec, config.n_fft, config.hop, window=window, center=True, length=length)
         consistent = torch.stft(signal, config.n_fft, config.hop, window=window, center=True,
                                 pad_mode="constant", return_complex=True)

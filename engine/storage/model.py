@@ -67,6 +67,11 @@ class MSDMModel:
             raise ModelFileError(f"latent_storage must be one of {sorted(LATENT_STORAGE)}, got {self.latent_storage!r}")
         self.network.eval()
         check_latent_parts(self.autoencoder, self.latent_prior, len(self.config.stems), self.latent_guide)
+        if self.autoencoder is not None:
+            unknown = set(self.autoencoder.config.locked_phase_stems) - set(self.config.stems)
+            if unknown:
+                raise ModelFileError(f"the autoencoder locks the phase of stems {sorted(unknown)}, "
+                                     f"which the model does not have (its stems: {', '.join(self.config.stems)})")
         for part in (self.autoencoder, self.latent_prior, self.latent_guide):
             if part is not None:
                 part.eval()
