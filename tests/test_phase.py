@@ -187,3 +187,19 @@ def test_the_shipped_model_decodes_a_bass_line_clearer_with_the_locked_phase():
     assert pitch_clarity([locked], SR, "bass") > pitch_clarity([searched], SR, "bass") + 0.1
     assert (pitch_agreement(locked, line, SR, "bass").f0_within_50_cents
             > pitch_agreement(searched, line, SR, "bass").f0_within_50_cents + 0.05)
+
+
+def test_evaluate_autoencoder_reports_both_decodings_beside_the_ceiling():
+    """training.evaluate_autoencoder: one row per decoding and stem; on a
+    harmonic bass tone the ceiling (Griffin-Lim on the tone's own magnitude)
+    keeps its F0 and its clarity, which the input row shows as ~1."""
+    from training.evaluate_autoencoder import METHODS, evaluate
+
+    torch.manual_seed(0)
+    autoencoder = StemAutoencoder(AutoencoderConfig(latent_channels=8, hidden=32, blocks=1)).eval()
+    bass = tone([98.0 * n for n in range(1, 7)], seconds=3.0)[0].numpy()
+    rows = evaluate(autoencoder, [("bass", bass)])
+    assert [(r["method"], r["stem"]) for r in rows if r["windows"]] == [(m, "bass") for m in METHODS]
+    ceiling = next(r for r in rows if r["method"].startswith("ceiling") and r["stem"] == "bass")
+    assert ceiling["f0_within_50_cents"] > 0.9 and ceiling["input_pitch_clarity"] > 0.9
+    assert abs(ceiling["pitch_clarity"] - ceiling["input_pitch_clarity"]) < 0.05

@@ -124,8 +124,8 @@ def write_tables(rows: list[dict], out_prefix: Path) -> None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['stem']} | {r['windows']} | {r['si_snr']:.1f} | {r['log_mel_db']:.2f} | "
-                     f"{r['spectral_convergence']:.3f} | {r['f0_within_50_cents']:.2f} | {r['chroma_correlation']:.2f} | "
-                     f"{r['pitch_clarity']:.2f} ({r['input_pitch_clarity']:.2f}) |")
+                     f"{r['spectral_convergence']:.3f} | {r['f0_within_50_cents']:.2f} | "
+                     f"{r['chroma_correlation']:.2f} | {r['pitch_clarity']:.2f} ({r['input_pitch_clarity']:.2f}) |")
     write_atomic(out_prefix.with_suffix(".md"), lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
 

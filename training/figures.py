@@ -180,7 +180,8 @@ def plot_separator_curve(log_csv: str | os.PathLike, out_png: str | os.PathLike,
 
 def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out_png: str | os.PathLike,
                         title: str = "", references: Mapping[str, float] | None = None,
-                        column: str = "All", ylabel: str = 'valid SI-SNRi "All" (dB)') -> Path:
+                        column: str = "All", ylabel: str = 'valid SI-SNRi "All" (dB)',
+                        legend_loc: str = "lower right") -> Path:
     """Several training runs' valid score on one time axis: {label: (log.csv,
     minutes trained before this run started)}, so a run continued from
     another's weights is drawn where that one ended. `column` names the score
@@ -197,7 +198,7 @@ def plot_separator_runs(runs: Mapping[str, tuple[str | os.PathLike, float]], out
     ax.set_xlabel("training time (minutes, 1 CPU thread)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc=legend_loc)
     ax.set_title(title)
     fig.tight_layout()
     return _save(plt, fig, out_png)

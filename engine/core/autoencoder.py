@@ -14,10 +14,11 @@ The latent has K = T / hop frames (256x fewer than samples: ~86 per second at
 80 x 69). The decoder mirrors the encoder back to a log magnitude, and the
 waveform comes from that magnitude by the fast Griffin-Lim algorithm
 (Perraudin, Balazs & Søndergaard 2013: Griffin-Lim with momentum), which needs
-no training, or, for the stems the config names (the pitched ones), from the
-phase a phase-locked vocoder builds from its peaks (engine.core.phase). Phase is not modelled, so a reconstruction is not the input
-sample for sample (SI-SNR is low by construction); what it keeps is pitch,
-onsets and spectral envelope, which is what the prior must learn.
+no training, or, for the stems the config names (the pitched ones), with the
+phase a phase-locked vocoder builds from its peaks (engine.core.phase). Phase
+is not modelled, so a reconstruction is not the input sample for sample
+(SI-SNR is low by construction); what it keeps is pitch, onsets and spectral
+envelope, which is what the prior must learn.
 
 Latents pass through tanh, so they are bounded in (-1, 1): the diffusion
 prior's sigma_data is measured on them (training.train_autoencoder).
