@@ -36,7 +36,7 @@ from engine.atomic import write_atomic
 from engine.core.autoencoder import griffin_lim
 from training import audio_features as af
 from training.evaluate import read_track_stems
-from training.generation_metrics import pitch_agreement, pitch_clarity
+from training.generation_metrics import pitch_agreement
 from training.train_autoencoder import STEMS, load_autoencoder
 
 SAMPLE_RATE = 22050
@@ -108,8 +108,8 @@ def evaluate(autoencoder, windows: list[tuple[str, np.ndarray]]) -> list[dict]:
                     agreement = pitch_agreement(rec, audio, SAMPLE_RATE, stem)
                     scores["f0_within_50_cents"].append(agreement.f0_within_50_cents)
                     scores["chroma_correlation"].append(agreement.chroma_correlation)
-                    scores["pitch_clarity"].append(pitch_clarity([rec], SAMPLE_RATE, stem))
-                    scores["input_pitch_clarity"].append(pitch_clarity([audio], SAMPLE_RATE, stem))
+                    scores["pitch_clarity"].append(agreement.clarity)
+                    scores["input_pitch_clarity"].append(agreement.reference_clarity)
             rows.append({"method": name, "stem": stem, "windows": len(scores["si_snr"]),
                          **{k: float(np.nanmean(v)) if v else float("nan") for k, v in scores.items()}})
     return rows

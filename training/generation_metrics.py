@@ -119,14 +119,15 @@ class DistanceScale:
 # Pitch
 # --------------------------------------------------------------------------- #
 
+def _active_clarity(periodicities) -> float:
+    """Mean clarity over the active frames of af.periodicity results, pooled."""
+    pooled = np.concatenate([p.clarity[p.active] for p in periodicities])
+    return float(pooled.mean()) if len(pooled) else 0.0
+
+
 def pitch_clarity(windows: Sequence[np.ndarray], sample_rate: int, stem: str) -> float:
     """Mean periodicity clarity over the active frames of all `windows` of a pitched stem."""
-    values = []
-    for x in windows:
-        p = af.periodicity(x, sample_rate, af.F0_RANGE[stem])
-        values.append(p.clarity[p.active])
-    pooled = np.concatenate(values)
-    return float(pooled.mean()) if len(pooled) else 0.0
+    return _active_clarity([af.periodicity(x, sample_rate, af.F0_RANGE[stem]) for x in windows])
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class PitchAgreement:
     f0_within_50_cents: float   # share of the input's clearly pitched active frames
     chroma_correlation: float   # mean over frames where both sound
     frames: int                 # frames the F0 share is over
+    clarity: float = 0.0            # pitch_clarity of the reconstruction
+    reference_clarity: float = 0.0  # and of its input
 
 
 def pitch_agreement(reconstruction: np.ndarray, reference: np.ndarray, sample_rate: int, stem: str) -> PitchAgreement:
@@ -151,7 +154,8 @@ def pitch_agreement(reconstruction: np.ndarray, reference: np.ndarray, sample_ra
     a, b = af.chroma(reconstruction, sample_rate), af.chroma(reference, sample_rate)
     sounding = (a.sum(-1) > 0) & (b.sum(-1) > 0)
     correlations = [_pearson(x, y) for x, y in zip(a[sounding], b[sounding])]
-    return PitchAgreement(share, float(np.nanmean(correlations)) if correlations else float("nan"), int(judged.sum()))
+    return PitchAgreement(share, float(np.nanmean(correlations)) if correlations else float("nan"), int(judged.sum()),
+                          _active_clarity([got]), _active_clarity([want]))
 
 
 # --------------------------------------------------------------------------- #

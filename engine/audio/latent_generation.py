@@ -97,14 +97,14 @@ def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int
     # Griffin-Lim's random start is drawn for every row, so a row's audio does
     # not depend on which other rows are locked.
     start = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * (2 * math.pi)
-    locked = [model.stems[n] in config.locked_phase_stems for n in stems]
+    locked = [i for i, n in enumerate(stems) if model.stems[n] in config.locked_phase_stems]
+    searched = [i for i in range(len(stems)) if i not in locked]
     out = torch.zeros(magnitude.shape[0], frames)
-    free = [i for i, is_locked in enumerate(locked) if not is_locked]
-    if free:
-        out[free] = griffin_lim(magnitude[free], config, autoencoder.window, frames, phase=start[free]).cpu()
-    if len(free) < len(locked):
-        rows = [i for i, is_locked in enumerate(locked) if is_locked]
-        out[rows] = magnitude_to_waveform(magnitude[rows], config, autoencoder.window, frames, locked=True).cpu()
+    if searched:
+        out[searched] = griffin_lim(magnitude[searched], config, autoencoder.window, frames,
+                                    phase=start[searched]).cpu()
+    if locked:
+        out[locked] = magnitude_to_waveform(magnitude[locked], config, autoencoder.window, frames, locked=True).cpu()
     return out.numpy()
 
 

@@ -5,7 +5,7 @@ Griffin-Lim from random phase finds a signal consistent with that magnitude,
 and on the decoded pitched stems that is the problem: their partials come back
 a little wider than the input's, and the signal consistent with wide partials
 is less periodic. Measured on 32 VALID bass windows of data/synth
-(docs/models.md, "the phase-locked start"): Griffin-Lim on the *true*
+(docs/models.md, "Where the bass's clarity was lost"): Griffin-Lim on the *true*
 magnitude keeps the bass's pitch clarity (0.92 against 0.93), on the decoded
 magnitude it falls to 0.88, while the decoded magnitude with a phase built
 from its peaks, and no Griffin-Lim at all, gives 0.925, with more frames on
