@@ -281,3 +281,32 @@ def test_autoguided_stems_decode_at_their_own_calibrated_scales(monkeypatch):
     best = np.array([0.6, 0.8, 0.7, 0.9])
     by_scale = {s: real * 10 ** ((s - best) * 5) for s in (0.6, 0.7, 0.8, 0.9)}
     assert calibrate.choose_stem_scales(real, by_scale) == (0.6, 0.8, 0.7, 0.9)
+
+
+def test_a_new_autoencoder_drops_the_guide_of_the_old_one(tmp_path):
+    """Packing a latent prior over another autoencoder into a file with a guide:
+    the guide learned the old latents, so it is dropped (and said so); over the
+    same autoencoder it stays."""
+    from training.pack_model import main as pack_main
+    from training.train_autoencoder import save_autoencoder
+    from training.train_latent_prior import save_prior
+
+    guided = with_guide(tiny_latent_model())
+    guided.save(tmp_path / "guided.safetensors")
+    save_prior(guided.latent_prior, tmp_path / "prior.safetensors", {"step": 1})
+    save_autoencoder(guided.autoencoder, tmp_path / "same-ae.safetensors", {"step": 1})
+    other_ae = tiny_latent_model().autoencoder
+    with torch.no_grad():
+        next(other_ae.parameters()).add_(0.5)   # a continued autoencoder: other weights, same shapes
+    save_autoencoder(other_ae, tmp_path / "new-ae.safetensors", {"step": 2})
+
+    def repack(ae: str, out: str) -> MSDMModel:
+        assert pack_main(["--prior", str(tmp_path / "guided.safetensors"), "--autoencoder", str(tmp_path / ae),
+                          "--latent-prior", str(tmp_path / "prior.safetensors"), "-o", str(tmp_path / out)]) == 0
+        return MSDMModel.load(tmp_path / out)
+
+    kept = repack("same-ae.safetensors", "kept.safetensors")
+    assert kept.latent_guide is not None
+    dropped = repack("new-ae.safetensors", "dropped.safetensors")
+    assert dropped.latent_guide is None and "guide dropped" in dropped.source
+    assert dropped.latent_prior.config.autoguidance == 1.0

@@ -13,10 +13,16 @@ training.train_separator.score cuts them):
   not in getting them out of the mix;
 - the guitar/piano score when each window may swap the two estimates: near
   the plain score when the confusion is within windows (bins shared out
-  wrongly) rather than whole passages labelled the wrong way round.
+  wrongly) rather than whole passages labelled the wrong way round;
+- with `--move-guitar G1 G2 ... --move-piano P1 P2 ...`: the scores when
+  the guitar is moved Gi octaves and the piano Pi before they are mixed (band-limited resampling; a stem
+  played faster is repeated to its length, so no window falls silent): a
+  separator that tells them apart by timbre scores about the same whatever
+  the moves, one that leans on register does not.
 
     python -m training.diagnose_separator --model engine/models/default.safetensors \\
-        --data data/holdout-own data/holdout-rec data/synth --tracks 12
+        --data data/holdout-own data/holdout-rec data/synth --tracks 12 \\
+        [--move-guitar 0 1 -1 --move-piano 0 -1 1]
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.augment import resample_pitch
 from training.evaluate import score_windows
-from training.train_separator import PAPER_CHUNK, STEMS, initial_separator, valid_windows
+from training.train_separator import PAPER_CHUNK, STEMS, initial_separator, score, valid_windows
 
 GUITAR, PIANO = STEMS.index("guitar"), STEMS.index("piano")
 
@@ -78,6 +85,30 @@ def diagnose(model, tracks: list[np.ndarray], sample_rate: int = 22050,
             "leak": leak / leak.sum(1, keepdims=True)}
 
 
+def octave_moved(stem: np.ndarray, octaves: int) -> np.ndarray:
+    """`stem` [T] moved `octaves` up (played 2**octaves times faster, then
+    repeated to T samples) or down (slower, its first T samples)."""
+    ratio = 2.0 ** octaves
+    whole = resample_pitch(stem, ratio, int(np.ceil(len(stem) / ratio)) + 1)
+    return np.resize(whole[:max(1, int(len(stem) / ratio))], len(stem)).astype(np.float32)
+
+
+def register_rows(model, tracks: list[np.ndarray], moves: list[tuple[int, int]]) -> str:
+    """A markdown table: per-stem SI-SNRi with guitar and piano moved by each (G, P) octaves."""
+    lines = ["| guitar, piano moved (octaves) | " + " | ".join(STEMS) + " | All |", "|---" * (len(STEMS) + 2) + "|"]
+    for guitar, piano in moves:
+        moved = []
+        for refs in tracks:
+            refs = refs.copy()
+            refs[GUITAR], refs[PIANO] = octave_moved(refs[GUITAR], guitar), octave_moved(refs[PIANO], piano)
+            moved.append(refs)
+        scores = score(model, moved)
+        model.eval()
+        lines.append(f"| {guitar:+d}, {piano:+d} | " + " | ".join(f"{scores[s]:.2f}" for s in STEMS)
+                     + f" | {scores['All']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(name: str, result: dict[str, np.ndarray]) -> str:
     per, pair = result["per_stem"], [GUITAR, PIANO]
     kept = [s for i, s in enumerate(STEMS) if i != PIANO]
@@ -100,18 +131,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=PAPER_CHUNK,
                         help="samples the mix is separated in (the context the network sees; default the paper's "
                              f"{PAPER_CHUNK}, ~12 s)")
+    parser.add_argument("--move-guitar", type=int, nargs="+", default=[], metavar="G",
+                        help="also score with the guitar moved G octaves (-2..2), each with the --move-piano "
+                             "at the same place")
+    parser.add_argument("--move-piano", type=int, nargs="+", default=[], metavar="P")
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.chunk < 4096 or PAPER_CHUNK % args.chunk:
         parser.error(f"--chunk must divide {PAPER_CHUNK} and be at least 4096 samples")
+    moves = list(zip(args.move_guitar, args.move_piano))
+    if len(args.move_guitar) != len(args.move_piano) or any(abs(v) > 2 for move in moves for v in move):
+        parser.error("--move-guitar and --move-piano take as many whole octaves each, within -2..2")
     missing = [str(p) for p in (args.model, *[d / "valid" for d in args.data]) if not p.exists()]
     if missing:
         parser.exit(2, f"error: not found: {', '.join(missing)}\n")
     torch.set_num_threads(args.threads)
     model = initial_separator(args.model).eval()
-    text = "".join(report(str(data), diagnose(model, valid_windows(data, args.tracks), chunk=args.chunk)) + "\n"
-                   for data in args.data)
+    text = ""
+    for data in args.data:
+        tracks = valid_windows(data, args.tracks)
+        text += report(str(data), diagnose(model, tracks, chunk=args.chunk)) + "\n"
+        if moves:
+            text += register_rows(model, tracks, moves) + "\n"
     print(text, end="")
     if args.markdown:
         args.markdown.write_text(f"Separator diagnosis of {args.model}, {args.tracks} VALID tracks each, "

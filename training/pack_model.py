@@ -21,6 +21,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+import torch
+
 from engine.core.autoencoder import AutoencoderConfig, StemAutoencoder
 from engine.core.latent_prior import LatentDenoiser, LatentPriorConfig, LatentUNet
 from engine.errors import ModelFileError
@@ -75,6 +77,16 @@ def set_latent_settings(model: MSDMModel, **settings) -> list[str]:
     return [note for note in notes if note]
 
 
+def same_weights(first: torch.nn.Module | None, second: torch.nn.Module | None) -> bool:
+    """Whether two networks hold the same tensors (compared in float32: a
+    float16-stored part equals its float32 file once rounded the same way)."""
+    if first is None or second is None:
+        return first is second
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and torch.equal(a[k].half().float(), b[k].half().float()) for k in a)
+
+
 def pack(prior: Path, separator: Path | None, out: Path, source: str | None = None,
          autoencoder: Path | None = None, latent_prior: Path | None = None,
          latent_storage: str | None = None, latent_guide: Path | None = None,
@@ -90,8 +102,14 @@ def pack(prior: Path, separator: Path | None, out: Path, source: str | None = No
         model.separator, meta = load_separator(separator)
         notes.append(f"first-guess separator from {separator.name} (step {meta.get('step', '?')})")
     if autoencoder is not None:
+        before = model.autoencoder
         model.autoencoder, model.latent_prior = load_latent_parts(autoencoder, latent_prior)
         notes.append(f"latent prior {latent_prior.name} over autoencoder {autoencoder.name}")
+        if model.latent_guide is not None and latent_guide is None and not same_weights(before, model.autoencoder):
+            # The guide learned another autoencoder's latents: guiding with it would
+            # pull samples toward what those latents meant. Dropped, not kept silently.
+            model.latent_guide = None
+            notes.append("the earlier autoguidance guide dropped (trained over another autoencoder's latents)")
     if latent_guide is not None:
         if model.latent_prior is None:
             raise ModelFileError("--latent-guide guides a latent prior: give one (--autoencoder, --latent-prior) "

@@ -97,6 +97,18 @@ def load_autoencoder(path: Path) -> tuple[StemAutoencoder, str]:
     return model.eval(), digest
 
 
+def valid_items(roots: list[Path], crop: int, count: int) -> torch.Tensor:
+    """[count, crop] fixed VALID crops, shared as evenly as can be among the datasets' VALID splits (the
+    first ones take the remainder), each set drawn with the same seed so a run's scores compare with
+    another's on the same sets."""
+    shares = [count // len(roots) + (i < count % len(roots)) for i in range(len(roots))]
+    crops = []
+    for root, share in zip(roots, shares):
+        valid_set = StemCrops(scan(root / "valid", STEMS).tracks, crop, seed=12345)
+        crops += [valid_set[i] for i in range(share)]
+    return torch.stack(crops)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, nargs="+", help="dataset folder(s) with train/ and valid/")
@@ -112,8 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hop", type=int, default=256)
     parser.add_argument("--valid-items", type=int, default=64)
     parser.add_argument("--valid-every", type=int, default=250)
-    parser.add_argument("--init", choices=("random", "pca"), default="pca",
-                        help="pca: start from the principal components of the training stems' log magnitudes")
+    parser.add_argument("--init", default="pca",
+                        help="pca: start from the principal components of the training stems' log magnitudes; "
+                             "random; or an autoencoder file (a run's best.safetensors, e.g. "
+                             "training/checkpoints/autoencoder-v1.safetensors) to continue it on new data, "
+                             "its config and input scaling kept so a prior over its latents still fits")
+    parser.add_argument("--valid-data", type=Path, nargs="+",
+                        help="dataset(s) whose VALID split scores the run (default: the first --data); "
+                             "--valid-items crops shared among them, e.g. data/synth data/holdout-own")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -121,13 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
-    valid_set = StemCrops(scan(args.data[0] / "valid", STEMS).tracks, args.crop, seed=12345)
-    config = AutoencoderConfig(n_fft=args.n_fft, hop=args.hop, latent_channels=args.latent_channels,
-                               hidden=args.hidden, blocks=args.blocks)
+    valid_crops = valid_items(args.valid_data or args.data[:1], args.crop, args.valid_items)
+    init_file = None if args.init in ("random", "pca") else Path(args.init)
+    if init_file is not None:
+        model, _ = load_autoencoder(init_file)
+        config = model.config
+    else:
+        config = AutoencoderConfig(n_fft=args.n_fft, hop=args.hop, latent_channels=args.latent_channels,
+                                   hidden=args.hidden, blocks=args.blocks)
+        torch.manual_seed(args.seed)
+        model = StemAutoencoder(config)
     torch.manual_seed(args.seed)
-    model = StemAutoencoder(config)
     dataset = StemCrops(tracks, args.crop, args.seed)
-    valid = model.log_magnitude(torch.stack([valid_set[i] for i in range(args.valid_items)]))
+    valid = model.log_magnitude(valid_crops)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     state_path, log_path = args.out / "last.pt", args.out / "log.csv"
     step, elapsed, best = 0, 0.0, math.inf
@@ -137,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         print(f"resumed at step {step}, {elapsed / 60:.1f} min trained, best valid {best:.4f}", flush=True)
-    else:
+    elif init_file is None:
         model.fit_input_scaling(torch.stack([dataset[(1 << 40) - 1 - i] for i in range(64)]))
         if args.init == "pca":
             model.init_from_principal_components(torch.stack([dataset[(1 << 40) - 100 - i] for i in range(400)]))
@@ -150,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if new_log:
         writer.writerow(["step", "minutes", "lr", "train_loss", "valid_log_l1", "valid_spectral_convergence",
                          "valid_loss"])
+    if new_log and init_file is not None:
+        with torch.no_grad():  # where the continued run starts, on this run's VALID crops
+            start_loss, parts = reconstruction_loss(model.eval(), valid)
+        writer.writerow([0, "0.00", "0", "", f"{parts['log_l1']:.4f}", f"{parts['spectral_convergence']:.4f}",
+                         f"{float(start_loss):.4f}"])
+        best = float(start_loss)
+        print(f"start ({init_file.name}): valid log-L1 {parts['log_l1']:.4f} SC {parts['spectral_convergence']:.4f}",
+              flush=True)
     budget = args.minutes * 60
     losses: list[float] = []
     began = time.perf_counter() - elapsed

@@ -40,7 +40,7 @@ from engine.atomic import write_atomic
 from engine.core.separator import MaskSeparator, SeparatorConfig, count_parameters
 from engine.errors import ModelFileError
 from engine.storage.model import SEPARATOR_FORMAT, MSDMModel, load_separator
-from training.augment import TimbreAugment, repitch
+from training.augment import RegisterShift, TimbreAugment, repitch, resample_pitch
 from training.data import Track, scan
 from training.evaluate import PAPER_CHUNK, read_track_stems, score_windows
 from training.widen_separator import widen_separator, widened_config
@@ -52,9 +52,12 @@ class RemixCrops(Dataset):
     """Item i: [N, crop] float32 stems, from its own generator (seed, i)."""
 
     def __init__(self, tracks: list[Track], crop: int, seed: int, remix: float = 0.5,
-                 gain_db: tuple[float, float] = (-9.0, 3.0), augment: TimbreAugment | None = None) -> None:
+                 gain_db: tuple[float, float] = (-9.0, 3.0), augment: TimbreAugment | None = None,
+                 register: RegisterShift | None = None) -> None:
         self.augment = augment or TimbreAugment.none()
+        self.register = register or RegisterShift()
         longest = int(np.ceil(crop * 2 ** (self.augment.semitones / 12))) + 1 if self.augment.repitch else crop
+        longest = int(np.ceil(longest * self.register.longest_ratio)) + 1
         self.tracks = [t for t in tracks if t.frames > longest]
         if not self.tracks:
             raise ValueError(f"no training track longer than {longest} samples")
@@ -84,7 +87,13 @@ class RemixCrops(Dataset):
                 track = self.tracks[rng.integers(len(self.tracks))]
                 start = int(rng.integers(0, track.frames - frames))
             gain = 10 ** (rng.uniform(*self.gain_db) / 20) * (1 if rng.random() < 0.5 else -1)
-            audio = repitch(self._read(track, stem, start, frames), ratio, self.crop)
+            octave = self.register.ratio(stem, rng)
+            if octave == 1.0:
+                audio = repitch(self._read(track, stem, start, frames), ratio, self.crop)
+            else:  # the crop's repitch and the octave in one band-limited resampling
+                length = int(np.ceil(self.crop * ratio * octave)) + 1
+                begin = min(start, track.frames - length)
+                audio = resample_pitch(self._read(track, stem, begin, length), ratio * octave, self.crop)
             stems.append(self.augment.stem(audio, stem, rng) * gain)
         return torch.from_numpy(np.stack(stems).astype(np.float32))
 
@@ -179,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", choices=("none", "timbre"), default="none",
                         help="timbre augmentations per stem (training/augment.py): repitch, equaliser, "
                              "saturation, reverb")
+    parser.add_argument("--register", type=float, default=0.0, metavar="P",
+                        help="move each guitar and piano stem an octave up or down with this probability "
+                             "(training.augment.RegisterShift), so register does not tell them apart")
     parser.add_argument("--valid-data", type=Path, nargs="+",
                         help="dataset(s) whose VALID split chooses the best weights (default: the first --data); "
                              "e.g. the held-out timbres of `msdm dataset synth --timbres holdout` and "
@@ -253,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         step, elapsed, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
         print(f"resumed at step {step}, {elapsed / 60:.1f} min trained, best valid {best:.2f} dB", flush=True)
     augment = TimbreAugment() if args.augment == "timbre" else TimbreAugment.none()
-    dataset = RemixCrops(tracks, args.crop, args.seed, remix=args.remix, augment=augment)
+    dataset = RemixCrops(tracks, args.crop, args.seed, remix=args.remix, augment=augment,
+                         register=RegisterShift(probability=args.register))
     if step == 0 and started_from is None:
         sample = torch.stack([dataset[(1 << 40) - 1 - i] for i in range(32)]).sum(1)
         model.fit_input_scaling(sample)
