@@ -51,6 +51,20 @@ def test_snapshots_are_kept_every_n_steps_and_must_fall_on_a_valid_step(setup):
         main([*args, "-o", str(tmp_path / "bad"), "--snapshot-every", "3"])
 
 
+def test_the_ema_weights_at_the_end_of_the_budget_are_kept_as_last(setup):
+    """last.safetensors: the EMA of last.pt at its final step, whatever the valid loss chose as best."""
+    from safetensors.torch import load_file
+
+    tmp_path, args = setup
+    run = tmp_path / "run"
+    assert main([*args, "-o", str(run)]) == 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert int(header(run / "last.safetensors")["step"]) == state["step"]
+    last = load_file(str(run / "last.safetensors"))
+    ema = {k.removeprefix("net."): v for k, v in state["ema"].items()}
+    assert last.keys() <= ema.keys() and all(torch.equal(last[k], ema[k]) for k in last)
+
+
 def test_init_and_resume_keep_the_diffusion_space_the_weights_were_trained_in(setup):
     tmp_path, args = setup
     width = 4 * 8

@@ -384,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
                      "step": step, "elapsed": clock() - began, "best": best,
                      "config": json.dumps(denoiser.config.to_dict())}
             write_atomic(state_path, lambda tmp: torch.save(state, tmp))
+            if done:
+                # The EMA weights when the budget ran out: what equal-time comparisons
+                # take (best.safetensors is chosen by a loss on data/synth alone).
+                save_prior(ema, args.out / "last.safetensors", metadata)
         if done:
             break
     log.close()
