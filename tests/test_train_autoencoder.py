@@ -66,3 +66,11 @@ def test_a_run_continued_from_a_file_starts_from_its_score_and_keeps_its_shape(t
     # Resuming does not write the start row again.
     assert train_autoencoder.main([*args, "--minutes", "0.05"]) == 0
     assert [r["step"] for r in read_log(second / "log.csv")].count("0") == 1
+
+
+def test_an_init_that_is_neither_a_method_nor_a_file_is_a_usage_error(tmp_path, capsys):
+    make_dataset(tmp_path / "a", np.random.default_rng(0))
+    with pytest.raises(SystemExit) as stop:
+        train_autoencoder.main(["--data", str(tmp_path / "a"), "-o", str(tmp_path / "run"), *TINY, "--init", "pcaa"])
+    assert stop.value.code == 2 and "--init" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "log.csv").exists()

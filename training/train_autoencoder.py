@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     tracks = [t for root in args.data for t in scan(root / "train", STEMS).tracks]
     valid_crops = valid_items(args.valid_data or args.data[:1], args.crop, args.valid_items)
     init_file = None if args.init in ("random", "pca") else Path(args.init)
+    if init_file is not None and not init_file.is_file():
+        parser.error(f"--init takes pca, random or an autoencoder file; {init_file} is none of these")
     if init_file is not None:
         model, _ = load_autoencoder(init_file)
         config = model.config
