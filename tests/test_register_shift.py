@@ -72,3 +72,14 @@ def test_crops_move_guitar_and_piano_registers_and_keep_bass(tmp_path):
     # Off by default: the crops are what they were.
     plain = RemixCrops(tracks, 16384, seed=0, remix=0.0)
     assert abs(peak_hz(plain[0].numpy()[2]) - 440.0) < 3
+
+
+def test_a_register_probability_outside_0_1_is_a_usage_error(tmp_path, capsys):
+    import pytest
+
+    from training.train_separator import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--data", str(tmp_path), "-o", str(tmp_path / "run"), "--register", "1.5"])
+    assert stop.value.code == 2 and "--register" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

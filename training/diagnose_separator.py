@@ -89,8 +89,8 @@ def octave_moved(stem: np.ndarray, octaves: int) -> np.ndarray:
     """`stem` [T] moved `octaves` up (played 2**octaves times faster, then
     repeated to T samples) or down (slower, its first T samples)."""
     ratio = 2.0 ** octaves
-    whole = resample_pitch(stem, ratio, int(np.ceil(len(stem) / ratio)) + 1)
-    return np.resize(whole[:max(1, int(len(stem) / ratio))], len(stem)).astype(np.float32)
+    whole = resample_pitch(stem, ratio, max(1, int(len(stem) / ratio)))
+    return np.resize(whole, len(stem))
 
 
 def register_rows(model, tracks: list[np.ndarray], moves: list[tuple[int, int]]) -> str:

@@ -143,15 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     init_file = None if args.init in ("random", "pca") else Path(args.init)
     if init_file is not None and not init_file.is_file():
         parser.error(f"--init takes pca, random or an autoencoder file; {init_file} is none of these")
+    torch.manual_seed(args.seed)
     if init_file is not None:
         model, _ = load_autoencoder(init_file)
         config = model.config
     else:
         config = AutoencoderConfig(n_fft=args.n_fft, hop=args.hop, latent_channels=args.latent_channels,
                                    hidden=args.hidden, blocks=args.blocks)
-        torch.manual_seed(args.seed)
         model = StemAutoencoder(config)
-    torch.manual_seed(args.seed)
     dataset = StemCrops(tracks, args.crop, args.seed)
     valid = model.log_magnitude(valid_crops)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)

@@ -57,7 +57,8 @@ class RemixCrops(Dataset):
         self.augment = augment or TimbreAugment.none()
         self.register = register or RegisterShift()
         longest = int(np.ceil(crop * 2 ** (self.augment.semitones / 12))) + 1 if self.augment.repitch else crop
-        longest = int(np.ceil(longest * self.register.longest_ratio)) + 1
+        if self.register.probability:
+            longest = int(np.ceil(longest * self.register.longest_ratio)) + 1
         self.tracks = [t for t in tracks if t.frames > longest]
         if not self.tracks:
             raise ValueError(f"no training track longer than {longest} samples")
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                              "run starts from what the init computes)")
     parser.add_argument("--refine-layers", type=int, default=4)
     args = parser.parse_args(argv)
+    if not 0.0 <= args.register <= 1.0:
+        parser.error(f"--register is a probability in [0, 1], got {args.register}")
     if args.widen < 1:
         parser.error(f"--widen must be a positive integer, got {args.widen}")
     if args.widen != 1 and args.init is None:
