@@ -166,9 +166,13 @@ def test_pack_model_sets_the_locked_stems(tmp_path):
 def test_the_shipped_model_decodes_a_bass_line_clearer_with_the_locked_phase():
     """The shipped file locks the pitched stems; on a bass line (six notes of
     E2-A2 with eight harmonics) through its autoencoder, the locked phase
-    gives back a clearer tone with more frames on the input's F0 than
-    Griffin-Lim does on the same decoded magnitude (measured 0.84 / 0.84
-    against 0.62 / 0.71; the drums row decodes with Griffin-Lim)."""
+    gives back a clearer tone, as clear as the input's, with no fewer frames
+    on the input's F0 than Griffin-Lim does on the same decoded magnitude
+    (the drums row decodes with Griffin-Lim). Measured with autoencoder-v2
+    (shipped since the sixth session of 2026-12-07): clarity 0.94 against
+    0.88 (the input 0.96), F0 within 50 cents 1.00 against 0.98; with
+    autoencoder-v1, whose magnitudes Griffin-Lim read worse: 0.84 / 0.84
+    against 0.62 / 0.71."""
     from engine.audio.latent_generation import encode_stems
     from engine.storage.loading import DEFAULT_MODEL_PATH
     from training.generation_metrics import pitch_agreement, pitch_clarity
@@ -185,9 +189,10 @@ def test_the_shipped_model_decodes_a_bass_line_clearer_with_the_locked_phase():
     latents = encode_stems(model, line[None])
     locked = latent_generation.decode_stems(model, latents, len(line), seed=0, stems=[0])[0]
     searched = latent_generation.decode_stems(model, latents, len(line), seed=0, stems=[1])[0]
-    assert pitch_clarity([locked], SR, "bass") > pitch_clarity([searched], SR, "bass") + 0.1
-    assert (pitch_agreement(locked, line, SR, "bass").f0_within_50_cents
-            > pitch_agreement(searched, line, SR, "bass").f0_within_50_cents + 0.05)
+    assert pitch_clarity([locked], SR, "bass") > pitch_clarity([searched], SR, "bass") + 0.03
+    assert pitch_clarity([locked], SR, "bass") > pitch_clarity([line], SR, "bass") - 0.05
+    on_f0 = pitch_agreement(locked, line, SR, "bass").f0_within_50_cents
+    assert on_f0 >= 0.95 and on_f0 >= pitch_agreement(searched, line, SR, "bass").f0_within_50_cents
 
 
 def test_evaluate_autoencoder_reports_both_decodings_beside_the_ceiling():
