@@ -14,20 +14,32 @@ import torch
 from engine.storage.model import MSDMModel
 from training.calibrate_separator import valid_set
 from training.train_separator import score
-torch.set_num_threads(1)
-sep = MSDMModel.load("engine/models/default.safetensors").separator
-sets = {n: valid_set(Path(f"data/{n}"), 12) for n in ("holdout-own", "holdout-rec")}
-orig = sep.masks
-def with_bias(bias):
+
+
+def with_bias(separator, bias: list[float]) -> None:
+    """Reweight the separator's trained masks by exp(bias) per stem:
+    softmax(l / T + b) = m exp(b) / sum over stems of m exp(b)."""
+    trained = type(separator).masks.__get__(separator)
     b = torch.tensor(bias, dtype=torch.float32)[None, :, None, None]
+
     def masks(spec):
-        m = orig(spec)
-        # softmax(l / T + b) = m exp(b) / sum over stems of m exp(b): the trained masks reweighted
-        w = m * torch.exp(b)
-        return w / w.sum(1, keepdim=True)
-    sep.masks = masks
-with torch.no_grad():
-    for d in [0.0, 0.3, -0.3, 0.6, -0.6]:
-        with_bias([0.0, 0.0, d, 0.0])
-        r = {n: score(sep, w) for n, w in sets.items()}
-        print(f"guitar bias {d:+.1f}: " + "  ".join(f"{n} All {v['All']:.2f} g {v['guitar']:.2f} p {v['piano']:.2f} b {v['bass']:.2f}" for n, v in r.items()), flush=True)
+        weighted = trained(spec) * torch.exp(b)
+        return weighted / weighted.sum(1, keepdim=True)
+    separator.masks = masks
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    separator = MSDMModel.load("engine/models/default.safetensors").separator
+    sets = {name: valid_set(Path(f"data/{name}"), 12) for name in ("holdout-own", "holdout-rec")}
+    with torch.no_grad():
+        for guitar in (0.0, 0.3, -0.3, 0.6, -0.6):
+            with_bias(separator, [0.0, 0.0, guitar, 0.0])
+            scores = {name: score(separator, windows) for name, windows in sets.items()}
+            print(f"guitar bias {guitar:+.1f}: " + "  ".join(
+                f"{name} All {v['All']:.2f} g {v['guitar']:.2f} p {v['piano']:.2f} b {v['bass']:.2f}"
+                for name, v in scores.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
