@@ -254,7 +254,7 @@ def test_autoguided_stems_decode_at_their_own_calibrated_scales(monkeypatch):
 
     seen = []
 
-    def capture(model, latents, frames, seed, level_maps=None, stems=None):
+    def capture(model, latents, frames, seed, level_maps=None, stems=None, band_maps=None):
         seen.append(latents.clone())
         return np.zeros((latents.shape[0] // model.autoencoder.config.latent_channels, frames), np.float32)
 

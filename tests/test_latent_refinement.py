@@ -67,7 +67,7 @@ def latents_the_decoder_gets(monkeypatch, sample_scale: float = 1.0) -> torch.Te
     model.latent_prior = WideGaussianPrior(model.latent_prior.net)
     seen = {}
 
-    def capture(model, latents, frames, seed, level_maps=None, stems=None):
+    def capture(model, latents, frames, seed, level_maps=None, stems=None, band_maps=None):
         seen["latents"] = latents.clone()
         return np.zeros((latents.shape[0] // model.autoencoder.config.latent_channels, frames), np.float32)
 

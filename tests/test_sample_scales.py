@@ -30,7 +30,7 @@ def test_unguided_stems_decode_at_their_own_scales(monkeypatch):
     its own scale."""
     seen = []
 
-    def capture(model, latents, frames, seed, level_maps=None, stems=None):
+    def capture(model, latents, frames, seed, level_maps=None, stems=None, band_maps=None):
         seen.append(latents.clone())
         return np.zeros((latents.shape[0] // model.autoencoder.config.latent_channels, frames), np.float32)
 
@@ -140,7 +140,7 @@ def test_gains_multiply_each_decoded_stem_when_unguided(monkeypatch):
     limiter, which leaves quiet audio untouched); autoguided sampling has none."""
     decoded = np.full((4, 2048), 0.01, np.float32)
 
-    def fixed(model, latents, frames, seed, level_maps=None, stems=None):
+    def fixed(model, latents, frames, seed, level_maps=None, stems=None, band_maps=None):
         return decoded[: latents.shape[0] // model.autoencoder.config.latent_channels, :frames].copy()
 
     monkeypatch.setattr(latent_generation, "decode_stems", fixed)

@@ -297,3 +297,24 @@ def plot_level_distributions(rows: Mapping[str, Sequence[np.ndarray]], stems: Se
     np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(plt, fig, out_png)
+
+
+def plot_band_levels(rows: Mapping[str, np.ndarray], stem: str, out_png: str | os.PathLike) -> Path:
+    """Two panels for one stem's band levels [B, frames] per row (real,
+    generated, mapped; training.calibrate_band_levels): each band's mean
+    level and its spread (std) over sounding frames, low band to high."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0), dpi=120)
+    for k, (label, levels) in enumerate(rows.items()):
+        bands = np.arange(levels.shape[0])
+        style = dict(color=f"C{k}", lw=1.2, marker="o", ms=3, ls="-" if k == 0 else "--", label=label)
+        axes[0].plot(bands, levels.mean(1), **style)
+        axes[1].plot(bands, levels.std(1), **style)
+    for ax, what in zip(axes, ("mean level (dB)", "spread over frames (std, dB)")):
+        ax.set_title(f"{stem}: {what}", fontsize=9)
+        ax.set_xlabel("band (log-spaced, low to high)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(plt, fig, out_png)

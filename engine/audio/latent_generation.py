@@ -22,6 +22,7 @@ from engine.audio.rhythm_guidance import given_onsets, rhythm_guided
 from engine.audio.windows import WindowPlan
 from engine.core.autoencoder import griffin_lim, magnitude_to_waveform
 from engine.core.diffusion import seed_for
+from engine.core.band_levels import apply_band_maps
 from engine.core.frame_levels import apply_level_map
 from engine.core.harmony import HARMONY_N_FFT, PITCH_CLASSES, stem_chroma
 from engine.core.latent_prior import sampling_denoiser
@@ -75,12 +76,15 @@ def encode_stems(model: MSDMModel, stems: np.ndarray, chunk_frames: int = 1024) 
 
 @torch.no_grad()
 def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int,
-                 level_maps: list | None = None, stems: Sequence[int] | None = None) -> np.ndarray:
+                 level_maps: list | None = None, stems: Sequence[int] | None = None,
+                 band_maps: list | None = None) -> np.ndarray:
     """[N x C, K] -> [N, frames] waveforms. Latents are clipped to (-1, 1),
     the encoder's tanh range: the decoder was never trained outside it, and a
     sampled latent past it can decode to magnitudes far above anything real.
     `level_maps` (one (points in, points out) per stem, engine.core.frame_levels)
-    moves each decoded frame's level before the phase is found. `stems`: the
+    moves each decoded frame's level before the phase is found, then
+    `band_maps` (per row its band maps or None, engine.core.band_levels) each
+    band's level. `stems`: the
     model stem of each of the N rows (default 0..N-1); those the autoencoder's
     config names in locked_phase_stems take the phase-locked vocoder's phase,
     the others Griffin-Lim's, its start phase drawn from `seed`."""
@@ -94,6 +98,8 @@ def decode_stems(model: MSDMModel, latents: torch.Tensor, frames: int, seed: int
     magnitude = autoencoder.decode_magnitude(stacked)
     if level_maps is not None:
         magnitude = torch.stack([apply_level_map(m, *level_map) for m, level_map in zip(magnitude, level_maps)])
+    if band_maps is not None:
+        magnitude = torch.stack([m if maps is None else apply_band_maps(m, maps) for m, maps in zip(magnitude, band_maps)])
     # Griffin-Lim's random start is drawn for every row, so a row's audio does
     # not depend on which other rows are locked.
     start = torch.rand(magnitude.shape, generator=generator, dtype=magnitude.dtype) * (2 * math.pi)
@@ -262,7 +268,11 @@ def generate_latent_stems(
         # The calibrated frame-level map of each stem, where the file has one.
         levels = prior.config.stem_levels_for(settings.autoguidance)
         level_maps = None if levels is None else [levels[n] for n in free]
-        decoded = decode_stems(model, rows, frames, seed, level_maps=level_maps, stems=free) * gains
+        # ... and its band maps after it (engine.core.band_levels).
+        bands = prior.config.stem_band_maps_for(settings.autoguidance)
+        band_maps = None if bands is None else [bands[n] for n in free]
+        decoded = decode_stems(model, rows, frames, seed, level_maps=level_maps, stems=free,
+                               band_maps=band_maps) * gains
         out[free] = soft_limit(decoded) if limit else decoded
     if given_stems:
         out[list(given_stems)] = given[list(given_stems)]
