@@ -206,3 +206,22 @@ def test_a_file_with_broken_band_maps_is_refused_with_the_field_named(tmp_path):
         with pytest.raises(ModelFileError, match="sample_band") as error:
             MSDMModel.load(bad)
         assert str(bad) in str(error.value), name
+
+
+def test_spread_only_keeps_the_generated_medians_and_the_real_spread():
+    rng = np.random.default_rng(4)
+    real = rng.normal([[0.0], [10.0]], [[8.0], [3.0]], (2, 5000))
+    generated = rng.normal([[-6.0], [20.0]], [[4.0], [1.0]], (2, 3000))
+    target = calibrate_band_levels.spread_only(real, generated)
+    np.testing.assert_allclose(np.median(target, axis=1), np.median(generated, axis=1))
+    np.testing.assert_allclose(target.std(1), real.std(1))
+    maps = fit_band_maps(generated, target, points=17)
+    mapped = np.stack([map_band(generated[b], maps[b]) for b in range(2)])
+    assert abs(np.median(mapped[0]) + 6.0) < 0.5 and abs(np.median(mapped[1]) - 20.0) < 0.5
+    assert abs(mapped[0].std() - 8.0) < 0.8 and abs(mapped[1].std() - 3.0) < 0.3
+
+
+def map_band(levels: np.ndarray, band_map) -> np.ndarray:
+    from engine.core.frame_levels import map_levels
+
+    return map_levels(torch.from_numpy(levels), *band_map).numpy()

@@ -52,6 +52,14 @@ def refine_band_maps(maps, mapped: np.ndarray, real: np.ndarray):
     return refined
 
 
+def spread_only(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """Real band levels [B, frames] moved, band by band, so their median is
+    the generated one's: a map fitted to them restores the real spread over
+    frames but keeps the generated spectral balance (which differs from kit
+    to kit, where the spread is what the prior blurs)."""
+    return real - np.median(real, axis=1, keepdims=True) + np.median(generated, axis=1, keepdims=True)
+
+
 def summary(label: str, levels: np.ndarray) -> str:
     return (f"| {label} | " + " / ".join(f"{v:.1f}" for v in levels.mean(1)) + " | "
             + " / ".join(f"{v:.1f}" for v in levels.std(1)) + " |")
@@ -84,8 +92,9 @@ def run(args) -> None:
             report[n].append(summary("generated" if round_ == 0 else f"mapped, round {round_}", generated))
             if round_ == 0:
                 drawn[n]["generated"] = generated
-            maps[n] = fit_band_maps(generated, real[n], args.points) if round_ == 0 else \
-                refine_band_maps(maps[n], generated, real[n])
+            target = spread_only(real[n], generated) if args.spread_only else real[n]
+            maps[n] = fit_band_maps(generated, target, args.points) if round_ == 0 else \
+                refine_band_maps(maps[n], generated, target)
         flat_in, flat_out = flatten_band_maps(maps, args.bands, args.points)
         prior.config = prior.net.config = dataclasses.replace(original, sample_bands=args.bands,
                                                               sample_band_in=flat_in, sample_band_out=flat_out)
@@ -120,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=32, help="generated windows to fit on (and again each round)")
     parser.add_argument("--points", type=int, default=17, help="points of each band's map")
     parser.add_argument("--rounds", type=int, default=1, help="refinements, each on newly generated windows")
+    parser.add_argument("--spread-only", action="store_true",
+                        help="match each band's spread over frames, keep the generated band medians")
     parser.add_argument("--seed", type=int, default=3000,
                         help="first seed of the generated windows (apart from evaluate-generation's and the frame maps')")
     parser.add_argument("--threads", type=int, default=1)
