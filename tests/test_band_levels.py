@@ -37,6 +37,9 @@ def test_bands_cover_every_bin_once_log_spaced_and_the_gains_interpolate():
     assert widths[-1] > 10 * widths[1]                      # log-spaced: the top band is far wider
     weights = band_gain_weights(513, edges)
     torch.testing.assert_close(weights.sum(1), torch.ones(513))
+    for b, (a, c) in enumerate(edges):     # a band's own (one-bin or odd-width) centre bin takes its gain alone
+        if (c - a) % 2:
+            assert weights[(a + c - 1) // 2, b] == 1.0, (b, a, c)
     assert (weights >= 0).all()
     with pytest.raises(ValueError, match="bands"):
         band_edges(513, 0)

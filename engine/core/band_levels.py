@@ -51,8 +51,10 @@ def band_gain_weights(bins: int, edges: list[tuple[int, int]]) -> Tensor:
     """[F, B]: each bin's gain as a linear interpolation, in log frequency,
     between the gains of the two band centres around it (the end bands'
     gains beyond the outer centres). Rows sum to one."""
-    centres = np.log([max(0.5 * (a + b - 1), 1.0) for a, b in edges])
-    where = np.log(np.maximum(np.arange(bins), 1.0))
+    # Bin 0 (DC) sits at half a bin in log frequency, so the one-bin bands
+    # at the bottom keep distinct centres.
+    centres = np.log([max(0.5 * (a + b - 1), 0.5) for a, b in edges])
+    where = np.log(np.maximum(np.arange(bins), 0.5))
     weights = np.zeros((bins, len(edges)))
     for f, x in enumerate(where):
         j = int(np.searchsorted(centres, x))
