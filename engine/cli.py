@@ -133,8 +133,8 @@ def _run(args) -> int:
             if c.sample_level_in:
                 parts.append(f"frame levels mapped to real stems' ({len(c.sample_level_in) // c.stems} points a stem, "
                              "unguided)")
-            if c.sample_bands:
-                mapped = [name for name, maps in zip(models.stems, c.stem_band_maps_for(1.0)) if maps is not None]
+            mapped = [name for name, maps in zip(latent.stems, c.stem_band_maps_for(1.0) or ()) if maps is not None]
+            if mapped:
                 parts.append(f"band levels of {', '.join(mapped)} mapped to real stems' ({c.sample_bands} bands, unguided)")
             print(", ".join(parts) + " (generate and impute run on it)")
         for model in models.models:

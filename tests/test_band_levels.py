@@ -101,6 +101,8 @@ def test_config_stores_checks_and_scopes_band_maps():
         LatentPriorConfig(sample_bands=3, sample_band_in=flat_in, sample_band_out=tuple(-v for v in flat_out))
     with pytest.raises(ValueError, match="sample_band"):
         LatentPriorConfig(sample_bands=4, sample_band_in=flat_in, sample_band_out=flat_out)
+    with pytest.raises(ValueError, match="without band maps"):
+        LatentPriorConfig(sample_bands=16)
 
 
 def test_generation_decodes_through_band_maps_of_the_mapped_stem_only():
@@ -201,7 +203,8 @@ def test_a_file_with_broken_band_maps_is_refused_with_the_field_named(tmp_path):
                                                                 sample_band_out=[0.0, -40.0] * 4)),
                          ("a count that does not divide", lambda c: c.update(sample_bands=3,
                                                                              sample_band_in=[-40.0, 0.0] * 4,
-                                                                             sample_band_out=[-40.0, 0.0] * 4))):
+                                                                             sample_band_out=[-40.0, 0.0] * 4)),
+                         ("bands without maps", lambda c: c.update(sample_bands=16))):
         config = json.loads(metadata["latent_prior_config"])
         change(config)
         bad = tmp_path / "bad.safetensors"
@@ -209,6 +212,15 @@ def test_a_file_with_broken_band_maps_is_refused_with_the_field_named(tmp_path):
         with pytest.raises(ModelFileError, match="sample_band") as error:
             MSDMModel.load(bad)
         assert str(bad) in str(error.value), name
+    # More bands than the autoencoder's STFT has bins: refused on opening, not at decode.
+    config = json.loads(metadata["latent_prior_config"])
+    config.update(sample_bands=64, sample_band_in=[-40.0, 0.0] * 4 * 64, sample_band_out=[-40.0, 5.0] * 4 * 64)
+    autoencoder = json.loads(metadata["autoencoder_config"])
+    autoencoder.update(n_fft=64, hop=16)
+    save_file(load_file(str(good)), str(bad), metadata={**metadata, "latent_prior_config": json.dumps(config),
+                                                        "autoencoder_config": json.dumps(autoencoder)})
+    with pytest.raises(ModelFileError, match="64 bands, more than the autoencoder's 33 STFT bins"):
+        MSDMModel.load(bad)
 
 
 def test_spread_only_keeps_the_generated_medians_and_the_real_spread():
@@ -228,3 +240,27 @@ def map_band(levels: np.ndarray, band_map) -> np.ndarray:
     from engine.core.frame_levels import map_levels
 
     return map_levels(torch.from_numpy(levels), *band_map).numpy()
+
+
+def test_calibration_with_spread_only_keeps_the_generated_band_medians(tmp_path, monkeypatch):
+    """The tilted real drums of the test above: fitted --spread-only (two
+    refinement rounds), the generated drums' band medians stay where the
+    unmapped generation had them, though the full maps move them by > 5 dB."""
+    model, model_path, window = saved_tiny_model(tmp_path)
+    rng = np.random.default_rng(3)
+    spectrum = np.fft.rfft(rng.standard_normal((6, window)))
+    spectrum[:, spectrum.shape[1] // 8:] *= 10 ** (-30 / 20)
+    reference = np.zeros((6, 4, window), np.float32)
+    reference[:, 1] = np.fft.irfft(spectrum, n=window) * 0.1
+    reference[:, [0, 2, 3]] = 0.01 * rng.standard_normal((6, 3, window))
+    use_real_windows(monkeypatch, reference, module=calibrate_band_levels)
+    out = tmp_path / "spread.safetensors"
+    assert calibrate_band_levels.main(["--model", str(model_path), "--data", str(tmp_path), "--windows", "3",
+                                       "--bands", "6", "--points", "9", "--rounds", "2", "--spread-only",
+                                       "-o", str(out)]) == 0
+    from training.calibrate_frame_levels import generate_windows
+    before = calibrate_band_levels.stem_band_levels(model, generate_windows(model, window, 3, 50, limit=False), 1, 6)
+    calibrated = MSDMModel.load(out)
+    after = calibrate_band_levels.stem_band_levels(calibrated, generate_windows(calibrated, window, 3, 50, limit=False),
+                                                   1, 6)
+    assert np.abs(np.median(after, 1) - np.median(before, 1)).max() < 2.0

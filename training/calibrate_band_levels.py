@@ -92,8 +92,9 @@ def run(args) -> None:
             report[n].append(summary("generated" if round_ == 0 else f"mapped, round {round_}", generated))
             if round_ == 0:
                 drawn[n]["generated"] = generated
-            target = spread_only(real[n], generated) if args.spread_only else real[n]
-            maps[n] = fit_band_maps(generated, target, args.points) if round_ == 0 else \
+            # --spread-only keeps the unmapped generation's medians in every round.
+            target = spread_only(real[n], drawn[n]["generated"]) if args.spread_only else real[n]
+            maps[n] = fit_band_maps(generated, target, args.points) if round_ == 0 or maps[n] is None else \
                 refine_band_maps(maps[n], generated, target)
         flat_in, flat_out = flatten_band_maps(maps, args.bands, args.points)
         prior.config = prior.net.config = dataclasses.replace(original, sample_bands=args.bands,

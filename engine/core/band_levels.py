@@ -98,8 +98,9 @@ def fit_band_maps(generated: np.ndarray, real: np.ndarray, points: int = 17):
     maps = []
     for g, r in zip(generated, real):
         a, b = np.percentile(g, q), np.percentile(r, q)
-        keep = np.concatenate([[True], np.diff(a) >= 1e-3])
-        a, b = a[keep], np.maximum.accumulate(b[keep])
+        group = np.cumsum(np.concatenate([[False], np.diff(a) >= 1e-3]))   # tied inputs share a group
+        a = np.array([a[group == k][0] for k in range(group[-1] + 1)])
+        b = np.maximum.accumulate([b[group == k].mean() for k in range(group[-1] + 1)])
         if len(a) < 2:
             raise ValueError("a band's generated frames all have one level: no map can be fitted")
         maps.append((tuple(np.round(a, 3)), tuple(np.round(b, 3))))

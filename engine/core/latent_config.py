@@ -85,7 +85,7 @@ class LatentPriorConfig:
     # autoencoder's STFT, flattened stem after stem, band after band, the
     # same number of points each; identity maps leave a stem alone; empty:
     # none): real stems' spectral dynamics for the frames the prior blurs
-    # (training.calibrate_frame_levels --band-stems). Unguided sampling only.
+    # (training.calibrate_band_levels --stems). Unguided sampling only.
     sample_bands: int = 0
     sample_band_in: tuple[float, ...] = ()
     sample_band_out: tuple[float, ...] = ()
@@ -180,8 +180,12 @@ class LatentPriorConfig:
         if level_problem:
             raise ValueError(f"latent prior config: sample_level_in/out: {level_problem}")
         band_problem = check_band_maps(self.sample_band_in, self.sample_band_out, self.stems, self.sample_bands)
-        if band_problem or not 0 <= self.sample_bands <= 64:
-            raise ValueError(f"latent prior config: sample_bands/sample_band_in/out: {band_problem or 'bands from 0 to 64'}")
+        if not band_problem and not 0 <= self.sample_bands <= 64:
+            band_problem = "bands from 0 to 64"
+        if not band_problem and self.sample_bands and not self.sample_band_in:
+            band_problem = "sample_bands given without band maps"
+        if band_problem:
+            raise ValueError(f"latent prior config: sample_bands/sample_band_in/out: {band_problem}")
         if self.attention_heads and (self.channels * self.multipliers[-1]) % self.attention_heads:
             raise ValueError("latent prior config: the coarsest width must be a multiple of attention_heads")
 

@@ -130,6 +130,9 @@ class MSDMModel:
             raise ModelFileError(f"{path}: the latent model expects {latent_config.stems} stems x "
                                  f"{latent_config.latent_channels} latent channels, the autoencoder gives "
                                  f"{autoencoder_config.latent_channels} channels for {len(config.stems)} stems")
+        if latent_config is not None and latent_config.sample_bands > autoencoder_config.bins:
+            raise ModelFileError(f"{path}: the latent prior's band maps have {latent_config.sample_bands} bands, "
+                                 f"more than the autoencoder's {autoencoder_config.bins} STFT bins")
         if separator_config is not None and separator_config.stems != len(config.stems):
             raise ModelFileError(f"{path}: the first-guess separator has {separator_config.stems} stems, "
                                  f"the model {len(config.stems)}")
