@@ -27,7 +27,7 @@ import torch
 from engine.audio.latent_generation import window_samples
 from engine.core.band_levels import fit_band_maps, flatten_band_maps, sounding_band_levels, split_band_maps
 from engine.errors import UserError
-from training.calibrate_frame_levels import generate_windows, load_latent_model
+from training.calibrate_frame_levels import generate_windows, load_latent_model, refined_outputs
 from training.generation_candidates import load_real_windows
 
 
@@ -43,13 +43,8 @@ def stem_band_levels(model, windows: np.ndarray, stem: int, bands: int) -> np.nd
 def refine_band_maps(maps, mapped: np.ndarray, real: np.ndarray):
     """One round: per band, out += (real quantile - mapped quantile) at each
     output level, kept non-decreasing (calibrate_frame_levels.refine_maps, per band)."""
-    q = np.linspace(1.0, 99.0, 33)
-    refined = []
-    for (points_in, points_out), m, r in zip(maps, mapped, real):
-        at, miss = np.percentile(m, q), np.percentile(r, q) - np.percentile(m, q)
-        out = np.maximum.accumulate(np.asarray(points_out) + np.interp(points_out, at, miss))
-        refined.append((points_in, tuple(np.round(out, 3))))
-    return refined
+    return [(points_in, tuple(np.round(refined_outputs(points_out, m, r), 3)))
+            for (points_in, points_out), m, r in zip(maps, mapped, real)]
 
 
 def spread_only(real: np.ndarray, generated: np.ndarray) -> np.ndarray:

@@ -62,6 +62,8 @@ def generate_windows(model: MSDMModel, window: int, count: int, seed: int, limit
                      for k in range(count)])
 
 
+REFINE_QUANTILES = 33   # the probabilities a refinement compares mapped and real levels at
+
 # The map of a stem left as it is: the identity over every level a frame can have.
 IDENTITY = (-150.0, 150.0)
 
@@ -87,20 +89,27 @@ def fit_maps(generated: list[np.ndarray], real: list[np.ndarray], points: int,
     return tuple(points_in), tuple(points_out)
 
 
+def refined_outputs(points_out, mapped: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """One refinement of a map's outputs: out += c(out), c the real quantiles
+    less the mapped levels' at the same probabilities, interpolated at each
+    output level; kept non-decreasing."""
+    q = np.linspace(1.0, 99.0, REFINE_QUANTILES)
+    at, miss = np.percentile(mapped, q), np.percentile(real, q) - np.percentile(mapped, q)
+    return np.maximum.accumulate(np.asarray(points_out, np.float64) + np.interp(points_out, at, miss))
+
+
 def refine_maps(points_in: tuple[float, ...], points_out: tuple[float, ...], mapped: list[np.ndarray],
                 real: list[np.ndarray], which: list[bool] | None = None) -> tuple[float, ...]:
     """One round: per stem, out += c(out), c the real quantiles less the
     mapped frames' at the same probabilities (sounding frames), interpolated
     at each output level; kept non-decreasing. Stems with `which` False stay."""
-    q = np.linspace(1.0, 99.0, 33)
     refined = []
     stem_maps = split_stem_maps(points_in, points_out, len(real))
     for n, (m, r, (_, stem_out)) in enumerate(zip(mapped, real, stem_maps)):
         m, r = m[m > ACTIVE_LEVEL_DB], r[r > ACTIVE_LEVEL_DB]
         out = np.array(stem_out)
-        if (which is None or which[n]) and len(m) >= len(q) and len(r) >= len(q):
-            at, miss = np.percentile(m, q), np.percentile(r, q) - np.percentile(m, q)
-            out = np.maximum.accumulate(out + np.interp(out, at, miss))
+        if (which is None or which[n]) and len(m) >= REFINE_QUANTILES and len(r) >= REFINE_QUANTILES:
+            out = refined_outputs(out, m, r)
         refined.extend(round(float(v), 3) for v in out)
     return tuple(refined)
 

@@ -18,14 +18,18 @@ correction has no steps at band edges; silent frames are left alone.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from engine.core.frame_levels import ACTIVE_LEVEL_DB, POWER_FLOOR, check_level_map, frame_levels_db, map_levels
+from engine.core.frame_levels import (ACTIVE_LEVEL_DB, POWER_FLOOR, check_level_map, fit_level_map, frame_levels_db,
+                                      map_levels, split_stem_maps)
 
 
-def band_edges(bins: int, bands: int) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=16)
+def band_edges(bins: int, bands: int) -> tuple[tuple[int, int], ...]:
     """`bands` log-spaced bin ranges [start, stop) covering bins 0..bins-1
     (bin 0 joins the first); a low band that would be narrower than a bin
     gets one bin, and the bands above it start one bin later."""
@@ -38,19 +42,22 @@ def band_edges(bins: int, bands: int) -> list[tuple[int, int]]:
     edges[-1] = bins
     if np.any(np.diff(edges) < 1):
         raise ValueError(f"{bands} bands do not fit in {bins} bins")
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
 
 
-def band_levels_db(magnitude: Tensor, edges: list[tuple[int, int]]) -> Tensor:
+def band_levels_db(magnitude: Tensor, edges: tuple[tuple[int, int], ...]) -> Tensor:
     """[..., F, K] magnitudes -> [..., B, K]: 10 log10 of each band's mean power."""
     power = magnitude.pow(2)
     return torch.stack([10.0 * torch.log10(power[..., a:b, :].mean(dim=-2) + POWER_FLOOR) for a, b in edges], dim=-2)
 
 
-def band_gain_weights(bins: int, edges: list[tuple[int, int]]) -> Tensor:
+@functools.lru_cache(maxsize=16)
+def band_gain_weights(bins: int, edges: tuple[tuple[int, int], ...]) -> Tensor:
     """[F, B]: each bin's gain as a linear interpolation, in log frequency,
     between the gains of the two band centres around it (the end bands'
-    gains beyond the outer centres). Rows sum to one."""
+    gains beyond the outer centres). Rows sum to one. Cached: decoding asks
+    for the same bands for every mapped row of every window (do not modify
+    the returned tensor in place)."""
     # Bin 0 (DC) sits at half a bin in log frequency, so the one-bin bands
     # at the bottom keep distinct centres.
     centres = np.log([max(0.5 * (a + b - 1), 0.5) for a, b in edges])
@@ -88,23 +95,14 @@ def sounding_band_levels(magnitude: Tensor, bands: int, active_db: float = ACTIV
 
 def fit_band_maps(generated: np.ndarray, real: np.ndarray, points: int = 17):
     """Per band, the quantile map from generated band levels [B, frames] to
-    real ones' [B, frames']: `points` quantiles from the 1st to the 99th
-    percentile, ties merged (as fit_level_map), outputs non-decreasing."""
+    real ones' [B, frames']: frame_levels.fit_level_map, once per band (the
+    frames are sounding frames already, so every level counts)."""
     if generated.shape[0] != real.shape[0]:
         raise ValueError(f"band levels of {generated.shape[0]} and {real.shape[0]} bands")
     if generated.shape[1] < points or real.shape[1] < points:
         raise ValueError(f"a band map of {points} points needs at least {points} sounding frames of each")
-    q = np.linspace(1.0, 99.0, points)
-    maps = []
-    for g, r in zip(generated, real):
-        a, b = np.percentile(g, q), np.percentile(r, q)
-        group = np.cumsum(np.concatenate([[False], np.diff(a) >= 1e-3]))   # tied inputs share a group
-        a = np.array([a[group == k][0] for k in range(group[-1] + 1)])
-        b = np.maximum.accumulate([b[group == k].mean() for k in range(group[-1] + 1)])
-        if len(a) < 2:
-            raise ValueError("a band's generated frames all have one level: no map can be fitted")
-        maps.append((tuple(np.round(a, 3)), tuple(np.round(b, 3))))
-    return maps
+    return [tuple(tuple(float(v) for v in side) for side in fit_level_map(g, r, points, active_db=-np.inf))
+            for g, r in zip(generated, real)]
 
 
 def split_band_maps(flat_in, flat_out, stems: int, bands: int) -> list[list[tuple[tuple[float, ...], tuple[float, ...]]] | None]:
@@ -113,13 +111,9 @@ def split_band_maps(flat_in, flat_out, stems: int, bands: int) -> list[list[tupl
     all the identity (it is left alone)."""
     if not bands or not len(flat_in):
         return [None] * stems
-    q = len(flat_in) // (stems * bands)
-    out = []
-    for n in range(stems):
-        maps = [(tuple(flat_in[(n * bands + b) * q:(n * bands + b + 1) * q]),
-                 tuple(flat_out[(n * bands + b) * q:(n * bands + b + 1) * q])) for b in range(bands)]
-        out.append(None if all(a == b for a, b in maps) else maps)
-    return out
+    every = split_stem_maps(flat_in, flat_out, stems * bands)   # one map per (stem, band)
+    per_stem = [every[n * bands:(n + 1) * bands] for n in range(stems)]
+    return [None if all(a == b for a, b in maps) else maps for maps in per_stem]
 
 
 def check_band_maps(flat_in, flat_out, stems: int, bands: int) -> str | None:
@@ -130,9 +124,8 @@ def check_band_maps(flat_in, flat_out, stems: int, bands: int) -> str | None:
         return "sample_bands must be from 1 to 64 when band maps are given"
     if len(flat_in) != len(flat_out) or len(flat_in) % (stems * bands) or len(flat_in) < 2 * stems * bands:
         return "sample_band_in and sample_band_out need the same number of points (>= 2) for every stem and band"
-    q = len(flat_in) // (stems * bands)
-    for k in range(stems * bands):
-        problem = check_level_map(flat_in[k * q:(k + 1) * q], flat_out[k * q:(k + 1) * q])
+    for points_in, points_out in split_stem_maps(flat_in, flat_out, stems * bands):
+        problem = check_level_map(points_in, points_out)
         if problem:
             return problem
     return None
